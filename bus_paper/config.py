@@ -1,0 +1,162 @@
+"""One config dataclass per concern; a profile (smoke / cpu / gpu) is a small TOML file filling them.
+
+An ablation is a config change, never a code copy:
+
+>>> p = load_profile("cpu")
+>>> q = p.replace(**{"model.fusion": False})      # "no multiscale fusion"
+>>> q.model.fusion, p.model.fusion
+(False, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .paths import PACKAGE_DIR
+
+PROFILES_DIR = PACKAGE_DIR / "profiles"
+PROFILE_NAMES = ("smoke", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 224            # side of the padded square the model sees at full scale
+    conflict_policy: str = "exclude"  # duplicate groups with conflicting labels: exclude | keep
+    phash_max_distance: int = 4      # perceptual-hash Hamming distance for a near-duplicate candidate
+    min_correlation: float = 0.97    # stricter check on 64x64 thumbnails to confirm a candidate
+    val_fraction: float = 0.10
+    test_fraction: float = 0.20
+    max_images_per_dataset: int | None = None  # smoke profile: a small deterministic subset
+    synthetic: bool = False          # smoke profile: phantom data instead of the real datasets
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    variant: str = "coatnet_nano"    # timm CoAtNet width: coatnet_nano | coatnet_0
+    in_chans: int = 1                # grayscale ultrasound
+    multiscale_input: bool = True    # image at several scales, one encoder pass each
+    scales: tuple[int, ...] = (224, 128, 64)  # multiples of 32 (timm); see the methods page
+    fusion: bool = True              # top-down multiscale feature fusion
+    fusion_stages: tuple[int, ...] = (2, 3, 4)  # stages fused (upsampled to the shallowest)
+    dilation: bool = True            # dilated convolutions in the last two stages
+    proj_hidden: int = 2048          # eq. 3-4: Linear(d, 2048) -> BN -> ReLU -> Linear(2048, 128)
+    proj_dim: int = 128
+    num_classes: int = 2             # benign vs malignant
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    enabled: bool = True             # False: random init ("No SSL" ablation)
+    pool: tuple[str, ...] = ("busbra", "busuclm")  # unlabeled pool; BUSI/UDIAT never in it
+    epochs: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    temperature: float = 0.07
+    augment: str = "ssl"             # ssl | reduced
+    max_steps: int | None = None     # cap on optimizer steps per epoch (smoke)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    datasets: tuple[str, ...] = ("busi", "udiat")
+    epochs: int = 200
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    augment: str = "full"            # full | reduced | none
+    label_fraction: float = 1.0      # share of training labels used (label-efficiency curve)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    split_seed: int = 0
+    patience: int | None = None      # early stopping on validation AUC (None: never)
+    max_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    device: str = "auto"             # auto | cpu | cuda
+    precision: str = "bf16"          # bf16 | fp32
+    channels_last: bool = True
+    num_workers: int = 0
+    threads: int | None = None       # torch.set_num_threads; None: leave as is
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def replace(self, **dotted: Any) -> "Profile":
+        """Copy with fields changed, named ``section.field`` (e.g. ``model.fusion=False``)."""
+        sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for key, value in dotted.items():
+            if "." in key:
+                sec, name = key.split(".", 1)
+                sections.setdefault(sec, {})[name] = value
+            else:
+                top[key] = value
+        changes: dict[str, Any] = dict(top)
+        for sec, values in sections.items():
+            current = getattr(self, sec, None)
+            if not dataclasses.is_dataclass(current):
+                raise KeyError(f"unknown config section {sec!r}")
+            changes[sec] = _build(type(current), {**dataclasses.asdict(current), **values}, sec)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    # TOML has arrays, not tuples: keep the dataclass's tuple fields tuples (hashable, printable).
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise KeyError(f"unknown key(s) in [{where}]: {sorted(unknown)}; known: {sorted(names)}")
+    defaults = cls()
+    return cls(**{k: _coerce(v, getattr(defaults, k)) for k, v in values.items()})
+
+
+def profile_from_dict(d: dict[str, Any], name: str = "custom") -> Profile:
+    kinds = {f.name: f for f in dataclasses.fields(Profile)}
+    kwargs: dict[str, Any] = {"name": d.get("name", name), "description": d.get("description", "")}
+    for key, value in d.items():
+        if key in ("name", "description"):
+            continue
+        if key not in kinds:
+            raise KeyError(f"unknown profile section [{key}]")
+        kwargs[key] = _build(type(getattr(Profile(), key)), value, key)
+    return Profile(**kwargs)
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load ``smoke`` / ``cpu`` / ``gpu`` (shipped files) or any TOML file with the same sections."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = PROFILES_DIR / f"{name_or_path}.toml"
+    if not p.exists():
+        raise FileNotFoundError(f"no profile {name_or_path!r} (looked at {p}); "
+                                f"shipped profiles: {', '.join(PROFILE_NAMES)}")
+    with open(p, "rb") as fh:
+        return profile_from_dict(tomllib.load(fh), name=p.stem)
