@@ -1,0 +1,90 @@
+"""The manifest: one row per usable image of the requested datasets, plus every issue found.
+
+>>> res = build_manifest(datasets=["udiat"])          # doctest: +SKIP
+>>> res.frame.groupby("label").size()                 # doctest: +SKIP
+benign       109
+malignant     54
+
+Columns (the project's data contract): ``dataset, path, label, patient_id, lesion_id, view,
+mask_paths, width, height, mode`` and dataset-specific ones (``histology, birads, device,
+doppler, marks, combined``). ``path`` is relative to the data root and unique.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..paths import data_root, data_root_candidates
+from .adapters import ADAPTERS, CORE_COLUMNS, DataIssue
+from .registry import BUS_DATASETS, DatasetNotFound, get_info
+
+__all__ = ["ManifestResult", "build_manifest", "DatasetNotFound", "DataIssue", "resolve_root"]
+
+
+@dataclass(frozen=True)
+class ManifestResult:
+    frame: pd.DataFrame
+    issues: list[DataIssue]
+    root: Path
+
+    def issues_frame(self) -> pd.DataFrame:
+        """The issues as a table (columns dataset, path, kind, message, excluded)."""
+        cols = [f.name for f in dataclasses.fields(DataIssue)]
+        return pd.DataFrame([dataclasses.astuple(i) for i in self.issues], columns=cols)
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write the manifest; the issues go beside it as ``<stem>_issues.csv``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.frame.to_csv(path, index=False)
+        self.issues_frame().to_csv(path.with_name(f"{path.stem}_issues.csv"), index=False)
+        return path
+
+
+def resolve_root(root: str | os.PathLike | None, datasets: Iterable[str]) -> Path:
+    """The data root, or :class:`DatasetNotFound` for the first dataset saying where we looked."""
+    names = list(datasets)
+    try:
+        return data_root(root)
+    except FileNotFoundError:
+        looked = [Path(root)] if root is not None else data_root_candidates()
+        raise DatasetNotFound(names[0] if names else "busi", looked,
+                              "no data root found") from None
+
+
+def build_manifest(root: str | os.PathLike | None = None,
+                   datasets: Iterable[str] | None = None) -> ManifestResult:
+    """Read the datasets' original layouts under ``root`` (None: the default data root).
+
+    ``datasets`` defaults to the four ultrasound datasets. A missing dataset raises
+    :class:`DatasetNotFound` (a ``FileNotFoundError``) naming where it looked and the public
+    source of the data.
+    """
+    names = list(BUS_DATASETS if datasets is None else datasets)
+    if not names:
+        raise ValueError("build_manifest needs at least one dataset")
+    for name in names:
+        get_info(name)  # unknown names fail here, with the list of known ones
+        if name not in ADAPTERS:
+            raise ValueError(f"no adapter for {name!r}; adapters exist for {', '.join(ADAPTERS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"datasets listed twice: {names}")
+    base = resolve_root(root, names)
+    for name in names:
+        if not (base / get_info(name).layout).is_dir():
+            raise DatasetNotFound(name, [base])
+    frames, issues = [], []
+    for name in names:
+        df, found = ADAPTERS[name](base)
+        frames.append(df)
+        issues.extend(found)
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    frame = frame[CORE_COLUMNS + [c for c in frame.columns if c not in CORE_COLUMNS]]
+    assert frame["path"].is_unique, "manifest paths must be unique"
+    return ManifestResult(frame=frame, issues=issues, root=base)
