@@ -1,0 +1,453 @@
+"""The book's runner: execute the chapter notebooks with papermill, skip what is up to date, build.
+
+``bus-paper run`` executes ``notebooks/NN_name.ipynb`` (sources, no outputs) into
+``book/chapters/NN_name.ipynb`` (what the book renders); each chapter writes its result files into
+``book/results/<name>/``. A chapter is re-executed only when its *content hash* changes: the hash of
+the notebook's cells, the parameters, every ``bus_paper/**/*.py`` and profile TOML, and the data
+checksums. The hash and the provenance are kept in the executed notebook (``metadata.bus_paper``).
+``bus-paper book`` then builds the HTML with jupyter-book, warnings as errors.
+
+Inside a notebook, :func:`chapter` turns the papermill parameters into a :class:`Chapter` (profile,
+data root, results folder, provenance-stamped savers), so the notebooks stay thin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from . import plotting
+from .config import PROFILE_NAMES, Profile, load_profile
+from .paths import PACKAGE_DIR, repo_root, runs_dir
+from .paths import data_root as find_data_root
+from .provenance import data_checksums, provenance, save_result, save_table, stamp
+
+KERNEL = "python3"
+MAX_TEXT_CHARS = 20_000          # per text output; a runaway print must not bloat the book
+MAX_NOTEBOOK_BYTES = 5_000_000   # warn above this: figures are meant to be ~100 dpi PNGs
+BOOK_SOURCES = ("_config.yml", "_toc.yml")  # + the book/ folder, minus generated parts
+GENERATED = ("_build", "chapters", "results", "failed")  # under book/: outputs, not sources
+_STEM = re.compile(r"^(\d+)_(.+)$")
+
+
+def project_root() -> Path:
+    """The checkout (notebooks/, _toc.yml); the current folder when run outside one."""
+    return repo_root() or Path.cwd()
+
+
+# ----------------------------------------------------------------------------- discovery
+@dataclass(frozen=True)
+class Notebook:
+    path: Path   # notebooks/01_data.ipynb
+    stem: str    # 01_data
+    name: str    # data: the stem without its numeric prefix
+
+
+def discover(notebooks_dir: str | os.PathLike) -> list[Notebook]:
+    """``NN_name.ipynb`` files in book order; other notebooks (scratch, checkpoints) are ignored."""
+    folder = Path(notebooks_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no notebooks folder {folder}")
+    out = []
+    for p in sorted(folder.glob("*.ipynb")):
+        m = _STEM.match(p.stem)
+        if m:
+            out.append(Notebook(p, p.stem, m.group(2)))
+    names = [nb.name for nb in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"two notebooks share the name(s) {dupes} in {folder}")
+    return out
+
+
+def select(notebooks: Sequence[Notebook], only: Iterable[str] | None) -> list[Notebook]:
+    """Keep those named in ``only`` (name ``data`` or stem ``01_data``), in book order."""
+    if not only:
+        return list(notebooks)
+    wanted = set(only)
+    known = {nb.name for nb in notebooks} | {nb.stem for nb in notebooks}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; known: "
+                         f"{', '.join(nb.name for nb in notebooks) or 'none'}")
+    return [nb for nb in notebooks if nb.name in wanted or nb.stem in wanted]
+
+
+# ----------------------------------------------------------------------------- content hash
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def code_digest(package_dir: Path = PACKAGE_DIR) -> str:
+    """sha256 over every ``*.py`` and profile ``*.toml`` of the package (path + content)."""
+    h = hashlib.sha256()
+    files = [p for p in package_dir.rglob("*") if p.suffix in (".py", ".toml") and p.is_file()
+             and "__pycache__" not in p.parts]
+    for p in sorted(files, key=lambda q: q.relative_to(package_dir).as_posix()):
+        h.update(p.relative_to(package_dir).as_posix().encode() + b"\0")
+        h.update(_sha(p.read_bytes()).encode() + b"\n")
+    return h.hexdigest()
+
+
+def notebook_digest(path: str | os.PathLike) -> str:
+    """sha256 of the cells that matter: type, source and tags (``parameters`` is a tag).
+
+    Outputs, execution counts, cell ids and notebook metadata are left out: opening and saving a
+    notebook in Jupyter must not force a re-run.
+    """
+    nb = nbformat.read(path, as_version=4)
+    cells = [{"type": c.cell_type, "source": c.source,
+              "tags": sorted(c.get("metadata", {}).get("tags", []))} for c in nb.cells]
+    return _sha(json.dumps(cells, sort_keys=True).encode())
+
+
+def content_hash(notebook: str | os.PathLike, parameters: Mapping[str, Any],
+                 data: Mapping[str, str], code: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The hash that decides whether a chapter is re-executed, and the parts it was made of.
+
+    ``data_root`` and ``results_dir`` are not hashed: *where* things live changes nothing that
+    ``data`` (the checksums) and the output location do not already capture.
+    """
+    params = {k: v for k, v in parameters.items() if k not in ("data_root", "results_dir")}
+    parts = {"notebook": notebook_digest(notebook),
+             "parameters": params,
+             "code": code if code is not None else code_digest(),
+             "data": dict(sorted(data.items()))}
+    return _sha(json.dumps(parts, sort_keys=True, default=str).encode()), parts
+
+
+# ----------------------------------------------------------------------------- data root
+def _registry_datasets() -> tuple[str, ...]:
+    from .data.registry import DATASETS
+    return tuple(DATASETS)
+
+
+def data_state(profile: Profile, data_root: str | os.PathLike | None
+               ) -> tuple[Path | None, dict[str, str]]:
+    """(root to pass to the notebooks, data part of the hash).
+
+    A synthetic profile without an explicit root gets ``None``: each notebook then writes its own
+    phantom root, which is a function of the code (already hashed), so it needs no checksum.
+    """
+    if data_root is None and profile.data.synthetic:
+        return None, {"synthetic": "phantom"}
+    root = find_data_root(data_root)
+    return root, data_checksums(root, _registry_datasets())
+
+
+def resolve_data_root(profile: Profile | str, data_root: str | os.PathLike | None) -> Path:
+    """The data root a notebook reads: explicit > phantom (synthetic profile) > the default root.
+
+    A phantom root goes to a temporary folder that is removed when the process (kernel) exits.
+    """
+    profile = load_profile(profile)
+    if data_root is not None or not profile.data.synthetic:
+        return find_data_root(data_root)
+    from .data.phantom import write_phantom_root
+
+    tmp = Path(tempfile.mkdtemp(prefix="bus-paper-phantom-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return Path(write_phantom_root(tmp))
+
+
+# ----------------------------------------------------------------------------- inside a notebook
+@dataclass
+class Chapter:
+    """What a chapter notebook needs, built from its papermill parameters by :func:`chapter`."""
+    name: str
+    profile: Profile
+    data_root: Path
+    results_dir: Path
+    seed: int
+    datasets: tuple[str, ...]
+    started: float = field(default_factory=time.time)
+    _prov: dict[str, Any] | None = field(default=None, repr=False)
+
+    def provenance(self) -> dict[str, Any]:
+        """The chapter's provenance; git, checksums and hardware are gathered once per chapter."""
+        if self._prov is None:
+            self._prov = provenance(self.profile, self.seed, self.data_root, self.datasets,
+                                    self.started)
+        return {**self._prov, **stamp(self.started)}
+
+    def save_result(self, name: str, payload: Mapping[str, Any]) -> Path:
+        return save_result(self.results_dir, name, payload, self.provenance())
+
+    def save_table(self, name: str, table: Any) -> Path:
+        return save_table(self.results_dir, name, table, self.provenance())
+
+    def save_figure(self, name: str, fig: Any, data: Mapping[str, Any] | None = None) -> Path:
+        return plotting.save_figure(self.results_dir, name, fig, self.provenance(), data)
+
+
+def chapter(name: str, profile: str = "cpu", data_root: str | None = None,
+            results_dir: str | None = None, seed: int = 0) -> Chapter:
+    """Set up a chapter: figure style, profile, data root and where its results go.
+
+    ``results_dir`` None (the notebook run by hand, not by ``bus-paper run``) sends results to
+    ``runs/notebook-results/<name>`` so a manual run never overwrites the book's results.
+    """
+    plotting.setup()
+    prof = load_profile(profile)
+    root = resolve_data_root(prof, data_root)
+    out = Path(results_dir) if results_dir else runs_dir() / "notebook-results" / name
+    out.mkdir(parents=True, exist_ok=True)
+    return Chapter(name, prof, root, out, int(seed), _registry_datasets())
+
+
+# ----------------------------------------------------------------------------- execution
+def trim_outputs(nb: nbformat.NotebookNode, max_chars: int = MAX_TEXT_CHARS) -> int:
+    """Cap text outputs, drop widget views (no widget state in a static book). Returns # trimmed."""
+    def cap(text: str | list[str]) -> tuple[str, bool]:
+        text = "".join(text) if isinstance(text, list) else text
+        if len(text) <= max_chars:
+            return text, False
+        return text[:max_chars] + f"\n... [{len(text) - max_chars} characters cut by bus-paper]", True
+
+    trimmed = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                out.text, cut = cap(out.text)
+                trimmed += cut
+            elif out.output_type in ("display_data", "execute_result"):
+                data = out.data
+                data.pop("application/vnd.jupyter.widget-view+json", None)
+                html = data.get("text/html")
+                if html is not None and len("".join(html)) > max_chars:
+                    del data["text/html"]  # cutting HTML mid-tag breaks the page; keep the text
+                    trimmed += 1
+                for mime in ("text/plain", "text/markdown", "text/latex"):
+                    if mime in data:
+                        data[mime], cut = cap(data[mime])
+                        trimmed += cut
+            elif out.output_type == "error":
+                out.traceback = [cap(line)[0] for line in out.traceback]
+    nb.metadata.pop("widgets", None)
+    return trimmed
+
+
+def _write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, path)
+
+
+def stored_hash(executed: Path) -> str | None:
+    """The content hash an executed chapter was made with, None if absent/unreadable."""
+    if not executed.exists():
+        return None
+    try:
+        return nbformat.read(executed, as_version=4).metadata.get("bus_paper", {}).get("hash")
+    except (OSError, ValueError):  # a corrupt chapter is simply re-executed
+        return None
+
+
+@dataclass
+class Outcome:
+    notebook: Notebook
+    status: str                 # executed | up to date | failed | skipped
+    seconds: float = 0.0
+    output: Path | None = None
+    error: str = ""
+
+
+def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data: Mapping[str, str],
+            profile: Profile, data_root: Path | None, code: str, force: bool = False,
+            cwd: Path | None = None) -> Outcome:
+    """Execute one notebook into ``out_dir`` unless its content hash is unchanged.
+
+    The run happens in a temporary copy: the chapter in ``out_dir`` is replaced only on success;
+    a failed copy goes to ``<out_dir>/../failed/`` (outside the book) for inspection.
+    """
+    import papermill as pm
+
+    target = out_dir / f"{nb.stem}.ipynb"
+    digest, parts = content_hash(nb.path, parameters, data, code)
+    if not force and stored_hash(target) == digest:
+        return Outcome(nb, "up to date", 0.0, target)
+    results = Path(parameters["results_dir"])
+    if results.exists():  # results are this run's, never a stale file of an older version
+        shutil.rmtree(results)
+    results.mkdir(parents=True)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="bus-paper-run-") as tmp:
+        work = Path(tmp) / target.name
+        try:
+            executed = pm.execute_notebook(
+                nb.path, work, parameters=dict(parameters), kernel_name=KERNEL,
+                cwd=str(cwd or project_root()), progress_bar=False, log_output=False)
+        except Exception as err:  # noqa: BLE001 -- a cell raised, the kernel died or timed out
+            if isinstance(err, pm.PapermillExecutionError):
+                msg = f"cell {err.exec_count}: {err.ename}: {err.evalue}"
+            else:
+                msg = f"{type(err).__name__}: {err}"
+            failed = out_dir.parent / "failed" / target.name
+            if work.exists():
+                failed.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(work, failed)
+                msg += f"\n  failed copy: {failed}"
+            return Outcome(nb, "failed", time.time() - started, None, msg)
+    trim_outputs(executed)
+    executed.metadata["bus_paper"] = {
+        "hash": digest,
+        "hash_parts": parts,
+        "source": nb.path.name,
+        "parameters": dict(parameters),
+        "provenance": provenance(profile, parameters.get("seed"), data_root,
+                                 [k for k in data if k != "synthetic"], started),
+    }
+    _write_atomic(executed, target)
+    (out_dir.parent / "failed" / target.name).unlink(missing_ok=True)  # an older failure is moot
+    return Outcome(nb, "executed", time.time() - started, target)
+
+
+def parse_value(text: str) -> Any:
+    """``-p KEY VALUE`` values, typed like papermill's ``-p``: int, float, bool, None, else str."""
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"True": True, "true": True, "False": False, "false": False,
+            "None": None, "null": None}.get(text, text)
+
+
+def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool = False,
+        out: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
+        overrides: Mapping[str, Any] | None = None, notebooks_dir: str | os.PathLike | None = None,
+        echo: bool = True) -> list[Outcome]:
+    """Execute the selected chapters in order; stop at the first failure (later chapters may read
+    its results). Results go to ``<out>/../results/<name>/``."""
+    root = project_root()
+    prof = load_profile(profile)
+    notebooks = select(discover(notebooks_dir or root / "notebooks"), only)
+    out_dir = Path(out).resolve() if out else root / "book" / "chapters"
+    overrides = dict(overrides or {})
+    declared = {nb.stem: _declared_parameters(nb.path) for nb in notebooks}
+    unused = sorted(k for k in overrides if not any(k in d for d in declared.values()))
+    if unused:
+        raise ValueError(f"-p {', '.join(unused)}: no selected notebook has such a parameter")
+    root_for_nb, data = data_state(prof, data_root)
+    code = code_digest()
+    outcomes: list[Outcome] = []
+    for nb in notebooks:
+        if outcomes and outcomes[-1].status in ("failed", "skipped"):
+            outcomes.append(Outcome(nb, "skipped", error="an earlier chapter failed"))
+        else:
+            params = {"profile": prof.name,
+                      "data_root": str(root_for_nb) if root_for_nb else None,
+                      "results_dir": str(out_dir.parent / "results" / nb.name),
+                      **{k: v for k, v in overrides.items() if k in declared[nb.stem]}}
+            outcomes.append(execute(nb, params, out_dir=out_dir, data=data, profile=prof,
+                                    data_root=root_for_nb, code=code, force=force, cwd=root))
+        if echo:
+            _report(outcomes[-1])
+    return outcomes
+
+
+def _declared_parameters(path: Path) -> set[str]:
+    import papermill as pm
+    return set(pm.inspect_notebook(str(path)))
+
+
+def _report(o: Outcome) -> None:
+    size = ""
+    if o.status == "executed" and o.output is not None:
+        nbytes = o.output.stat().st_size
+        size = f"  {nbytes / 1e6:.1f} MB" + ("  (large: check figure sizes)"
+                                            if nbytes > MAX_NOTEBOOK_BYTES else "")
+    print(f"{o.notebook.stem:<24} {o.status:<11} {o.seconds:7.1f} s{size}", flush=True)
+    if o.error:
+        print(f"  {o.error}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- book
+def build_book(chapters: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+               source: str | os.PathLike | None = None, strict: bool = True) -> int:
+    """Build the HTML book into ``<out>/_build/html``; returns jupyter-book's exit status.
+
+    The book's sources (``_config.yml``, ``_toc.yml``, ``book/*``) and the executed chapters (and
+    their results, beside them) are staged in a fresh temporary folder, so any chapters folder can
+    be built (tests build into tmp) and every build is a full one: an incremental Sphinx build
+    would not repeat the warnings of unchanged pages, and ``-W`` must see them all.
+    """
+    src = Path(source) if source else project_root()
+    chapters = Path(chapters) if chapters else src / "book" / "chapters"
+    out = Path(out).resolve() if out else src / "book"
+    if not chapters.is_dir():
+        raise FileNotFoundError(f"no executed chapters in {chapters}: run `bus-paper run` first")
+    for name in BOOK_SOURCES:
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"{src / name} is missing: not a book checkout?")
+    with tempfile.TemporaryDirectory(prefix="bus-paper-book-") as tmp:
+        stage = Path(tmp)
+        for name in BOOK_SOURCES:
+            shutil.copy2(src / name, stage / name)
+        shutil.copytree(src / "book", stage / "book",
+                        ignore=lambda d, names: GENERATED if Path(d) == src / "book" else ())
+        shutil.copytree(chapters, stage / "book" / "chapters")
+        if (chapters.parent / "results").is_dir():
+            shutil.copytree(chapters.parent / "results", stage / "book" / "results")
+        cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(stage),
+               "--path-output", str(out)]
+        if strict:
+            cmd += ["-W", "-n", "--keep-going"]
+        return subprocess.run(cmd, check=False).returncode
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = {k: parse_value(v) for k, v in (args.param or [])}
+    t0 = time.time()
+    outcomes = run(args.profile, only=args.only, force=args.force, out=args.out,
+                   data_root=args.data_root, overrides=overrides, notebooks_dir=args.notebooks)
+    bad = [o for o in outcomes if o.status == "failed"]
+    print(f"{len(outcomes)} notebook(s), {sum(o.status == 'executed' for o in outcomes)} executed,"
+          f" {len(bad)} failed, {time.time() - t0:.1f} s")
+    if bad:
+        print(f"bus-paper run: failed: {', '.join(o.notebook.stem for o in bad)}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    return build_book(args.chapters, args.out, strict=not args.no_strict)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="execute the chapter notebooks (skips up-to-date ones)",
+                              description=run.__doc__)
+    p.add_argument("--profile", default="cpu", choices=PROFILE_NAMES)
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="chapters to run: name (data) or stem (01_data)")
+    p.add_argument("--force", action="store_true", help="re-execute even if up to date")
+    p.add_argument("--out", help="folder for executed chapters (default: book/chapters)")
+    p.add_argument("--data-root", help="data root (default: $BUS_PAPER_DATA, ./data, ...)")
+    p.add_argument("--notebooks", help="source notebooks folder (default: notebooks/)")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="extra notebook parameter (repeatable), as papermill -p")
+    p.set_defaults(func=_cmd_run)
+
+    b = subparsers.add_parser("book", help="build the HTML book from the executed chapters",
+                              description=build_book.__doc__)
+    b.add_argument("--chapters", help="executed chapters (default: book/chapters)")
+    b.add_argument("--out", help="output folder; HTML in <out>/_build/html (default: book)")
+    b.add_argument("--no-strict", action="store_true",
+                   help="do not treat warnings as errors (drafts only)")
+    b.set_defaults(func=_cmd_book)

@@ -1,0 +1,64 @@
+"""End to end: the smoke profile of every chapter on a phantom data root, then the HTML book.
+
+Everything is written under tmp_path (chapters, results, caches, the built site); the repository's
+book/_build is never touched.
+"""
+
+import re
+
+import pytest
+
+from bus_paper import pipeline
+from bus_paper.data.phantom import write_phantom_root
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_pipeline_and_book(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUS_PAPER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
+    repo_build = pipeline.project_root() / "book" / "_build"
+    before = sorted(repo_build.rglob("*")) if repo_build.exists() else None
+    root = write_phantom_root(tmp_path / "data")
+    chapters = tmp_path / "book" / "chapters"
+
+    outcomes = pipeline.run("smoke", out=chapters, data_root=root)
+    assert outcomes and {o.status for o in outcomes} == {"executed"}, \
+        [(o.notebook.stem, o.status, o.error) for o in outcomes]
+    assert (tmp_path / "book" / "results" / "data" / "counts.json").exists()
+    assert {o.status for o in pipeline.run("smoke", out=chapters, data_root=root)} == {"up to date"}
+
+    assert pipeline.build_book(chapters, out=tmp_path / "site") == 0
+    html = tmp_path / "site" / "_build" / "html"
+    assert (html / "index.html").exists() and (html / "book" / "intro.html").exists()
+    for o in outcomes:
+        page = (html / "book" / "chapters" / f"{o.notebook.stem}.html").read_text()
+        assert "<img" in page or "<table" in page, f"{o.notebook.stem}: no figure or table"
+    data_page = (html / "book" / "chapters" / "01_data.html").read_text()
+    assert re.search(r"<h1>The data", data_page) and "no leak" in data_page
+    assert "aldhabyani2020busi" not in data_page  # citations resolved, not left as raw keys
+    assert (sorted(repo_build.rglob("*")) if repo_build.exists() else None) == before
+
+
+def test_book_build_fails_on_a_broken_reference(tmp_path):
+    import nbformat
+    import yaml
+
+    toc = yaml.safe_load((pipeline.project_root() / "_toc.yml").read_text())
+    stems = re.findall(r"book/chapters/([\w-]+)", str(toc))
+    assert stems, "the table of contents lists no chapters"
+
+    def write_chapters(citation: str) -> None:
+        for stem in stems:  # a stub for every chapter the table of contents lists
+            nb = nbformat.v4.new_notebook()
+            nb.cells = [nbformat.v4.new_markdown_cell(f"# {stem}\n\nAs {{cite}}`{citation}` says.")]
+            nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                         "language": "python"}
+            nbformat.write(nb, chapters / f"{stem}.ipynb")
+
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    write_chapters("aldhabyani2020busi")
+    assert pipeline.build_book(chapters, out=tmp_path / "good") == 0
+    write_chapters("nosuchkey2099")
+    assert pipeline.build_book(chapters, out=tmp_path / "bad") != 0
