@@ -26,8 +26,11 @@ PROFILE_NAMES = ("smoke", "cpu", "gpu")
 class DataConfig:
     image_size: int = 224            # side of the padded square the model sees at full scale
     conflict_policy: str = "exclude"  # duplicate groups with conflicting labels: exclude | keep
-    phash_max_distance: int = 4      # perceptual-hash Hamming distance for a near-duplicate candidate
-    min_correlation: float = 0.97    # stricter check on 64x64 thumbnails to confirm a candidate
+    # Near duplicates: phash distance for a candidate, then 64x64-thumbnail correlation to confirm.
+    # Tuned on the real data (bus_paper/data/duplicates.py): BUSI re-crops of one scan reach only
+    # 0.86-0.97 at distance 0-4; unrelated images (BUS-BRA, cross-dataset) stay below 0.88.
+    phash_max_distance: int = 10
+    min_correlation: float = 0.90
     val_fraction: float = 0.10
     test_fraction: float = 0.20
     max_images_per_dataset: int | None = None  # smoke profile: a small deterministic subset
@@ -45,9 +48,34 @@ class ModelConfig:
     dilation: bool = True            # dilated convolutions in the last two stages
     proj_hidden: int = 2048          # eq. 3-4: Linear(d, 2048) -> BN -> ReLU -> Linear(2048, 128)
     proj_dim: int = 128
-    num_classes: int = 2             # benign vs malignant
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
+    num_classes: int = 2             # benign vs malignant: 2 logits, softmax / cross-entropy
+    drop_rate: float = 0.0           # dropout before the classifier
+    drop_path_rate: float = 0.0      # stochastic depth in the timm blocks
+
+    def __post_init__(self) -> None:
+        # Checkpoints store asdict(cfg) as JSON, which turns tuples into lists: coerce back so a
+        # config rebuilt from a checkpoint equals (and hashes like) the original.
+        for name in ("scales", "fusion_stages"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.scales:
+            raise ValueError("model.scales is empty; give at least one input side, e.g. [128]")
+        bad = [s for s in self.scales if not isinstance(s, int) or s < 32 or s % 32]
+        if bad:
+            raise ValueError(f"model.scales {list(self.scales)}: sides {bad} are invalid; CoAtNet "
+                             "halves the map 5 times, so each side must be a multiple of 32 (>= 32)")
+        if len(set(self.scales)) != len(self.scales) or self.scales[0] != max(self.scales):
+            raise ValueError(f"model.scales {list(self.scales)}: sides must be distinct and the first "
+                             "must be the largest (the input side; the others are downsampled from it)")
+        fs = self.fusion_stages
+        if list(fs) != sorted(set(fs)) or not all(0 <= s <= 4 for s in fs):
+            raise ValueError(f"model.fusion_stages {list(fs)}: need increasing stage indices in 0..4 "
+                             "(S0 stem .. S4 last transformer stage)")
+        if self.fusion and len(fs) < 2:
+            raise ValueError(f"model.fusion_stages {list(fs)}: fusion needs at least two stages")
+        if self.in_chans < 1 or self.num_classes < 1 or self.proj_dim < 1 or self.proj_hidden < 1:
+            raise ValueError("model.in_chans, num_classes, proj_dim and proj_hidden must be >= 1")
+        if not (0.0 <= self.drop_rate < 1.0 and 0.0 <= self.drop_path_rate < 1.0):
+            raise ValueError("model.drop_rate and model.drop_path_rate must be in [0, 1)")
 
 
 @dataclass(frozen=True)
