@@ -45,7 +45,7 @@ class ModelConfig:
     scales: tuple[int, ...] = (224, 128, 64)  # multiples of 32 (timm); see the methods page
     fusion: bool = True              # top-down multiscale feature fusion
     fusion_stages: tuple[int, ...] = (2, 3, 4)  # stages fused (upsampled to the shallowest)
-    dilation: bool = True            # dilated convolutions in the last two stages
+    dilation: bool = True            # dilated depthwise convs in S1-S2 (see models/coatnet.py)
     proj_hidden: int = 2048          # eq. 3-4: Linear(d, 2048) -> BN -> ReLU -> Linear(2048, 128)
     proj_dim: int = 128
     num_classes: int = 2             # benign vs malignant: 2 logits, softmax / cross-entropy
