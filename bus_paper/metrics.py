@@ -1,0 +1,122 @@
+"""Binary classification metrics with bootstrap confidence intervals.
+
+Malignant is the positive class. Thresholds are chosen on validation data only
+(:func:`choose_threshold`) and then applied unchanged to the test split.
+
+>>> import numpy as np
+>>> y = np.array([0, 0, 1, 1]); p = np.array([0.1, 0.6, 0.4, 0.9])
+>>> round(binary_metrics(y, p, 0.5)["accuracy"], 2)
+0.5
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+
+
+def _check(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).astype(int).ravel()
+    p = np.asarray(prob, dtype=float).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"y_true has {y.size} entries but prob has {p.size}")
+    if y.size == 0:
+        raise ValueError("no samples")
+    if not set(np.unique(y)) <= {0, 1}:
+        raise ValueError("y_true must be 0 (benign) / 1 (malignant)")
+    return y, p
+
+
+def confusion(y_true, pred) -> dict[str, int]:
+    y, d = np.asarray(y_true).astype(int), np.asarray(pred).astype(int)
+    return {"tp": int(((d == 1) & (y == 1)).sum()), "fp": int(((d == 1) & (y == 0)).sum()),
+            "tn": int(((d == 0) & (y == 0)).sum()), "fn": int(((d == 0) & (y == 1)).sum())}
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else float("nan")
+
+
+def binary_metrics(y_true, prob, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, precision, recall (sensitivity), specificity, F1 and AUC, plus the confusion counts."""
+    y, p = _check(y_true, prob)
+    c = confusion(y, p >= threshold)
+    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
+    out = {
+        "accuracy": _ratio(tp + tn, y.size),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        # AUC is undefined with a single class present (a tiny bootstrap resample, say)
+        "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else float("nan"),
+    }
+    out.update({k: float(v) for k, v in c.items()})
+    out["threshold"] = float(threshold)
+    return out
+
+
+def choose_threshold(y_val, prob_val, criterion: str = "youden") -> float:
+    """Decision threshold picked on validation data: max Youden's J (sens + spec - 1) or max F1."""
+    y, p = _check(y_val, prob_val)
+    if not 0 < y.sum() < y.size:
+        return 0.5  # one class only: nothing to tune, keep the natural threshold
+    if criterion == "youden":
+        fpr, tpr, thr = roc_curve(y, p)
+        j = tpr - fpr
+        best = int(np.argmax(j))
+        t = float(thr[best])
+        return min(t, 1.0)  # roc_curve's first threshold is +inf
+    if criterion == "f1":
+        cands = np.unique(p)
+        f1 = [binary_metrics(y, p, t)["f1"] for t in cands]
+        return float(cands[int(np.nanargmax(f1))])
+    raise ValueError(f"unknown criterion {criterion!r}: youden | f1")
+
+
+def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap (1 - alpha) intervals of every metric, resampling images."""
+    y, p = _check(y_true, prob)
+    rng = np.random.default_rng(seed)
+    samples = {m: [] for m in METRICS}
+    for _ in range(n_boot):
+        idx = rng.integers(0, y.size, y.size)
+        m = binary_metrics(y[idx], p[idx], threshold)
+        for k in METRICS:
+            samples[k].append(m[k])
+    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
+    return {k: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi)))
+            for k, v in samples.items()}
+
+
+def paired_bootstrap(y_true, prob_a, prob_b, metric: str = "auc", threshold_a: float = 0.5,
+                     threshold_b: float = 0.5, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Difference ``metric(a) - metric(b)`` on the same images, with a paired bootstrap CI and p-value."""
+    y, pa = _check(y_true, prob_a)
+    _, pb = _check(y_true, prob_b)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, y.size, y.size)
+        a = binary_metrics(y[idx], pa[idx], threshold_a)[metric]
+        b = binary_metrics(y[idx], pb[idx], threshold_b)[metric]
+        diffs.append(a - b)
+    d = np.asarray(diffs)
+    d = d[~np.isnan(d)]
+    delta = binary_metrics(y, pa, threshold_a)[metric] - binary_metrics(y, pb, threshold_b)[metric]
+    # two-sided p: how often the resampled difference falls on the other side of zero
+    p = 2 * min((d <= 0).mean(), (d >= 0).mean()) if d.size else float("nan")
+    return {"delta": float(delta), "lo": float(np.percentile(d, 2.5)),
+            "hi": float(np.percentile(d, 97.5)), "p": float(min(p, 1.0))}
+
+
+def summarize_runs(rows: list[dict[str, float]], metrics=METRICS) -> dict[str, tuple[float, float]]:
+    """Mean and sample sd of each metric over runs (fine-tuning seeds or folds)."""
+    out = {}
+    for m in metrics:
+        v = np.array([r[m] for r in rows], dtype=float)
+        out[m] = (float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if v.size > 1 else float("nan"))
+    return out

@@ -1,0 +1,153 @@
+"""`bus-paper bench`: our pretraining step loop vs the recipe a user would pick instead.
+
+Reference recipe: lightly's SimCLR transforms (adapted to grayscale: no saturation/hue jitter, no
+random-grayscale, one-channel normalisation) applied per image in a torch DataLoader that decodes
+PNGs, lightly's ``NTXentLoss``, fp32, contiguous NCHW. Ours: uint8 images decoded once and cached,
+batched augmentations as tensor ops, bf16 autocast, channels_last. Same backbone, image size, batch
+size and optimiser. The run also measures this machine's bf16 matmul peak, so our achieved GFLOP/s
+can be read as a fraction of what the hardware can do.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..config import Profile
+from .data import load_pool, resolve_root
+from .engine import select_device
+from .pretraining import PretrainStage
+
+
+def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 12) -> float:
+    """Best-of bf16 square-matmul throughput: the ceiling our training step is compared with."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(3):
+        a @ b
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t) / steps
+
+
+def bench_ours(profile: Profile, images: torch.Tensor, steps: int) -> dict[str, float]:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = PretrainStage(profile, images, Path(tmp), key="bench", progress=False)
+    bs = profile.pretrain.batch_size
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        idx = torch.randint(0, len(images), (bs,), generator=g)
+        loss = stage.train_step(idx)
+        stage.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        stage.optimizer.step()
+
+    # FLOPs of one full step (forward + backward of both views), counted once
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    sec = _time_steps(step, steps, warmup=2, device=stage.device)
+    return {"img_s": bs / sec, "step_s": sec, "step_gflop": flops / 1e9, "gflop_s": flops / sec / 1e9}
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    def __init__(self, files: list[Path], transform):
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        with Image.open(self.files[i]) as im:
+            img = im.convert("L")
+        return self.transform(img)
+
+
+def bench_reference(profile: Profile, files: list[Path], steps: int, workers: int) -> dict[str, float]:
+    from lightly.loss import NTXentLoss as LightlyNTXent
+    from lightly.transforms import SimCLRTransform
+
+    from ..models import build_model
+    device = select_device(profile.run)
+    size, bs = profile.data.image_size, profile.pretrain.batch_size
+    transform = SimCLRTransform(input_size=size, cj_sat=0.0, cj_hue=0.0, random_gray_scale=0.0,
+                                vf_prob=0.5, rr_prob=0.5, rr_degrees=30,
+                                normalize={"mean": [0.5], "std": [0.25]})
+    loader = torch.utils.data.DataLoader(_FileDataset(files, transform), batch_size=bs, shuffle=True,
+                                         num_workers=workers, drop_last=True,
+                                         persistent_workers=workers > 0,
+                                         generator=torch.Generator().manual_seed(0))
+    model = build_model(profile.model).to(device)
+    loss_fn = LightlyNTXent(temperature=profile.pretrain.temperature)
+    opt = torch.optim.Adam(model.parameters(), lr=profile.pretrain.lr)
+    it = iter(loader)
+
+    def step():
+        nonlocal it
+        try:
+            (v1, v2) = next(it)
+        except StopIteration:
+            it = iter(loader)
+            (v1, v2) = next(it)
+        # two passes, as in lightly's SimCLR example
+        loss = loss_fn(model.project(v1.to(device)), model.project(v2.to(device)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sec = _time_steps(step, steps, warmup=2, device=device)
+    return {"img_s": bs / sec, "step_s": sec, "workers": workers}
+
+
+def run_bench(profile: Profile, root: str | Path | None = None, steps: int = 8,
+              ref_workers: int = 2) -> dict[str, Any]:
+    """Returns the JSON of `bus-paper bench` (keys: ours_img_s, reference_img_s, speedup, ...)."""
+    root = resolve_root(profile, root)
+    images, pool = load_pool(profile, root)
+    files = [root / p for p in pool.path]
+    device = select_device(profile.run)
+    torch.manual_seed(0)
+    ours = bench_ours(profile, images, steps)
+    ref = bench_reference(profile, files, max(2, steps // 2), ref_workers)
+    peak = matmul_peak_gflops(device)
+    return {
+        "profile": profile.name, "device": str(device), "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "model": profile.model.variant, "scales": list(profile.model.scales),
+        "image_size": profile.data.image_size, "batch_size": profile.pretrain.batch_size,
+        "ours_img_s": ours["img_s"], "reference_img_s": ref["img_s"],
+        "speedup": ours["img_s"] / ref["img_s"],
+        "ours_gflop_s": ours["gflop_s"], "step_gflop": ours["step_gflop"],
+        "matmul_peak_gflop_s": peak, "peak_fraction": ours["gflop_s"] / peak,
+        "reference_workers": ref["workers"], "ours": ours, "reference": ref,
+        "targets": {"speedup": 2.5, "peak_fraction": 0.20},
+    }

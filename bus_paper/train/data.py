@@ -1,0 +1,130 @@
+"""From a profile to tensors: the unlabeled pool for pretraining and leak-free labelled splits.
+
+Images come from the preprocessing cache (decoded, padded, resized once) as uint8 tensors
+[N, 1, S, S]; augmentation and z-scoring happen per batch on the training device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import Profile
+from ..data.preprocess import Normalizer
+from ..paths import PACKAGE_DIR, cache_dir, data_root
+
+LABELS = ("benign", "malignant")  # index = class id; malignant is the positive class
+
+
+def resolve_root(profile: Profile, root: str | Path | None = None) -> Path:
+    """The data root; the smoke profile writes (once) and uses a synthetic phantom root."""
+    if root is not None:
+        return data_root(root)
+    if profile.data.synthetic:
+        from ..data.phantom import write_phantom_root
+        n = max(8, (profile.data.max_images_per_dataset or 24) // 3)
+        out = cache_dir() / "phantom" / f"n{n}_s{max(96, profile.data.image_size)}"
+        if not (out / ".complete").exists():
+            shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier write
+            write_phantom_root(out, n_per_class=n, size=max(96, profile.data.image_size), seed=0)
+            (out / ".complete").write_text("ok")
+        return out
+    return data_root()
+
+
+def manifest_for(profile: Profile, root: Path, datasets) -> pd.DataFrame:
+    from ..data.manifest import build_manifest
+    frame = build_manifest(root, list(datasets)).frame
+    cap = profile.data.max_images_per_dataset
+    if cap:  # smoke: a deterministic subset per dataset
+        frame = pd.concat([g.sample(min(cap, len(g)), random_state=0)
+                           for _, g in frame.groupby("dataset", sort=False)])
+    return frame.reset_index(drop=True)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, S, S] -> uint8 tensor [N, 1, S, S] (kept uint8 in memory: 4x smaller)."""
+    return torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).unsqueeze(1)  # cache may be read-only
+
+
+def load_pool(profile: Profile, root: Path) -> tuple[torch.Tensor, pd.DataFrame]:
+    """The unlabeled pretraining pool (labels are never read). Evaluation datasets never enter it,
+    and pool images that duplicate an evaluation image are dropped so nothing leaks through SSL."""
+    from ..data.duplicates import load_duplicates
+    from ..data.preprocess import load_images
+    evaluation = set(profile.finetune.datasets)
+    overlap = evaluation & set(profile.pretrain.pool)
+    if overlap:
+        raise ValueError(f"evaluation datasets {sorted(overlap)} must not be in the pretraining pool")
+    frame = manifest_for(profile, root, tuple(profile.pretrain.pool) + tuple(sorted(evaluation)))
+    dups = load_duplicates(frame, root, profile.data)
+    pool = frame[frame.dataset.isin(profile.pretrain.pool)]
+    if len(dups):
+        cross = dups[dups.dataset.isin(evaluation) | dups.dataset_b.isin(evaluation)]
+        tainted = set(cross.image_a) | set(cross.image_b)
+        pool = pool[~pool.path.isin(tainted)]
+    pool = pool.reset_index(drop=True)
+    images = load_images(pool, root, profile.data.image_size).images
+    return to_tensor(images), pool
+
+
+@dataclass
+class LabelledSplits:
+    dataset: str
+    x: dict[str, torch.Tensor]          # split -> uint8 [N, 1, S, S]
+    y: dict[str, torch.Tensor]          # split -> int64 [N]
+    paths: dict[str, list[str]]
+    normalizer: Normalizer
+    splits: pd.DataFrame
+
+
+def load_labelled(profile: Profile, root: Path, dataset: str, label_fraction: float = 1.0,
+                  label_seed: int = 0) -> LabelledSplits:
+    """Leak-free 70/10/20 split of one dataset (benign vs malignant), tensors and normaliser."""
+    from ..data.duplicates import load_duplicates
+    from ..data.preprocess import load_images
+    from ..data.splits import label_subset, make_splits
+    frame = manifest_for(profile, root, (dataset,))
+    dups = load_duplicates(frame, root, profile.data)
+    splits = make_splits(frame, dataset, profile.finetune.split_seed, scheme="holdout",
+                         duplicates=dups, cfg=profile.data, labels=LABELS)
+    if label_fraction < 1.0:
+        train = label_subset(splits[splits.split == "train"], label_fraction, label_seed)
+        splits = pd.concat([train, splits[splits.split != "train"]], ignore_index=True)
+    rows = frame.set_index("path").loc[splits.path].reset_index()
+    images = load_images(rows, root, profile.data.image_size).images
+    x_all = to_tensor(images)
+    y_all = torch.tensor([LABELS.index(v) for v in splits.label], dtype=torch.long)
+    x, y, paths = {}, {}, {}
+    for part in ("train", "val", "test"):
+        m = np.array(splits.split == part, dtype=bool)
+        x[part], y[part] = x_all[torch.from_numpy(m)], y_all[torch.from_numpy(m)]
+        paths[part] = splits.path[m].tolist()
+    return LabelledSplits(dataset, x, y, paths, Normalizer.fit(x["train"].numpy()), splits)
+
+
+def code_hash() -> str:
+    """Hash of the code that shapes a trained model, so caches never outlive the code behind them."""
+    h = hashlib.sha256()
+    parts = ["models", "losses.py", "augment.py", "train", "data/preprocess.py"]
+    for part in parts:
+        p = PACKAGE_DIR / part
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            if f.exists() and f.name != "cli.py":
+                h.update(f.relative_to(PACKAGE_DIR).as_posix().encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def config_key(*parts) -> str:
+    """Short stable key of JSON-able parts (configs, checksums, seeds)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,127 @@
+"""Self-supervised contrastive pretraining (paper 000, eq. 1-7) on the unlabeled pool.
+
+Two augmented views of each image go through the shared encoder and the projection head; NT-Xent
+pulls the views of the same image together against the 2N-2 other embeddings of the batch. Under
+DDP the embeddings of all ranks are gathered (differentiably), so the negatives are those of the
+global batch, as on one large GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..augment import build_augment
+from ..config import Profile
+from ..losses import NTXentLoss
+from ..models import build_model
+from ..paths import runs_dir
+from .data import Normalizer, code_hash, config_key, load_pool, resolve_root
+from .engine import (Stage, autocast, init_distributed, load_checkpoint, main_first, prepare_input,
+                     save_checkpoint, seed_everything, select_device)
+
+
+class _Project(nn.Module):
+    """forward = encoder + projection head of both views, in one call that DDP wraps and syncs.
+
+    The two views go through as two passes of N rather than one of 2N: measured 1.5x faster on
+    CPU (smaller working set), and BatchNorm then normalises each view's batch on its own.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.m = model
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.m.project(v1), self.m.project(v2)
+
+
+def _gather(z: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    from torch.distributed.nn.functional import all_gather  # keeps gradients flowing to every rank
+    return torch.cat(all_gather(z), dim=0)
+
+
+class PretrainStage(Stage):
+    name = "pretrain"
+
+    def __init__(self, profile: Profile, images: torch.Tensor, run_dir: Path, key: str,
+                 progress: bool = True):
+        p = profile.pretrain
+        self.profile = profile
+        self.images = images
+        self.normalizer = Normalizer.fit(images.numpy())
+        self.augment = build_augment(p.augment)
+        self.loss_fn = NTXentLoss(p.temperature)
+        seed_everything(0)  # initial weights
+        super().__init__(_Project(build_model(profile.model)), run_dir, epochs=p.epochs,
+                         batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+                         seed=0, run=profile.run, n_train=len(images), max_steps=p.max_steps,
+                         key=key, progress=progress)
+        self.augment = self.augment.to(self.device)
+
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.images[idx].to(self.device, non_blocking=True).float().div_(255.0)
+        with torch.no_grad():  # views are data, not part of the graph
+            v1, v2 = (prepare_input(self.normalizer(self.augment(x)), self.run) for _ in range(2))
+        with autocast(self.device, self.run.precision):
+            z1, z2 = self.ddp_model(v1, v2)
+        return self.loss_fn(_gather(z1.float()), _gather(z2.float()))
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"normalizer": self.normalizer.to_dict()}
+
+
+def pretrain_key(profile: Profile, checksums: dict[str, str]) -> str:
+    return config_key("pretrain", dataclasses.asdict(profile.model),
+                      dataclasses.asdict(profile.pretrain), profile.data.image_size,
+                      dataclasses.asdict(profile.data), checksums, code_hash())
+
+
+def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = True,
+             force: bool = False) -> Path:
+    """Pretrain (or reuse) the encoder of ``profile``; returns the path of ``encoder.pt``.
+
+    The result is cached under ``runs/pretrain/<key>/`` where the key covers the model and
+    pretraining configs, the data checksums of the pool and the training code: every fine-tuning
+    (any seed, any dataset) of the same profile shares it. A killed run resumes from ``last.pt``.
+    """
+    from ..data.checksum import data_checksum
+    d = init_distributed(select_device(profile.run).type)
+    root = main_first(d, resolve_root, profile, root)
+    pool_and_eval = tuple(profile.pretrain.pool) + tuple(profile.finetune.datasets)
+    key = pretrain_key(profile, data_checksum(root, pool_and_eval))
+    run_dir = runs_dir() / "pretrain" / key
+    out = run_dir / "encoder.pt"
+    if out.exists() and not force:
+        return out
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    images, pool = main_first(d, load_pool, profile, root)
+    stage = PretrainStage(profile, images, run_dir, key, progress=progress)
+    t0 = time.perf_counter()
+    history = stage.fit()
+    if stage.dist.main:
+        model = stage.model.m
+        save_checkpoint(out, {"encoder": model.encoder_state_dict(),
+                              "model_config": dataclasses.asdict(profile.model),
+                              "normalizer": stage.normalizer.to_dict(), "key": key,
+                              "pool": list(profile.pretrain.pool), "n_images": len(pool),
+                              "history": json.dumps(history.epochs),
+                              "seconds": time.perf_counter() - t0})
+    return out
+
+
+def load_pretrained(path: Path) -> dict[str, Any]:
+    state = load_checkpoint(path)
+    state["history"] = json.loads(state["history"])
+    return state

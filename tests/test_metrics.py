@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from bus_paper.metrics import binary_metrics, bootstrap_ci, choose_threshold, paired_bootstrap
+
+
+def test_binary_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)
+    m = binary_metrics(y, p, 0.5)
+    d = p >= 0.5
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, d))
+    assert m["precision"] == pytest.approx(precision_score(y, d))
+    assert m["recall"] == pytest.approx(recall_score(y, d))
+    assert m["f1"] == pytest.approx(f1_score(y, d))
+    assert m["specificity"] == pytest.approx(recall_score(1 - y, 1 - d))
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == 200
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="entries"):
+        binary_metrics([0, 1], [0.5])
+    with pytest.raises(ValueError, match="0 \\(benign\\)"):
+        binary_metrics([0, 2], [0.1, 0.2])
+
+
+def test_threshold_separates_perfectly_separable_validation():
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.35])  # separable, but not at 0.5
+    t = choose_threshold(y, p)
+    assert binary_metrics(y, p, t)["accuracy"] == 1.0
+    assert binary_metrics(y, p, choose_threshold(y, p, "f1"))["f1"] == 1.0
+
+
+def test_bootstrap_ci_brackets_point_estimate_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+
+    def width(n):
+        y = rng.integers(0, 2, n)
+        p = np.clip(0.35 * y + 0.65 * rng.random(n), 0, 1)
+        ci = bootstrap_ci(y, p, 0.5, n_boot=300)
+        point = binary_metrics(y, p, 0.5)["auc"]
+        assert ci["auc"][0] <= point <= ci["auc"][1]
+        return ci["auc"][1] - ci["auc"][0]
+
+    assert width(1000) < width(60)
+
+
+def test_paired_bootstrap_detects_real_difference_only():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    good = np.clip(0.5 * y + 0.5 * rng.random(300), 0, 1)
+    bad = rng.random(300)
+    res = paired_bootstrap(y, good, bad, n_boot=300)
+    assert res["delta"] > 0.2 and res["lo"] > 0 and res["p"] < 0.01
+    same = paired_bootstrap(y, good, good, n_boot=100)
+    assert same["delta"] == 0 and same["p"] == 1.0

@@ -1,0 +1,126 @@
+"""The training engine on the smoke profile: end to end, deterministic, resumable, predictable."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bus_paper.config import load_profile
+from bus_paper.train import finetune, pretrain
+from bus_paper.train.engine import load_checkpoint
+from bus_paper.train.finetuning import FinetuneStage
+
+SMOKE = load_profile("smoke").replace(**{"finetune.epochs": 2, "finetune.datasets": ["busi"]})
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory):
+    """One cache (phantom root, decoded images, duplicates) for the module; runs per test."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = {k: os.environ.get(k) for k in ("BUS_PAPER_CACHE", "BUS_PAPER_RUNS")}
+    os.environ["BUS_PAPER_CACHE"] = str(cache)
+    os.environ["BUS_PAPER_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    yield cache
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture()
+def runs(workdirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def test_pretrain_then_finetune_end_to_end(runs):
+    enc = pretrain(SMOKE, progress=False)
+    state = load_checkpoint(enc)  # weights_only=True
+    assert state["n_images"] > 0 and "encoder" in state
+    assert pretrain(SMOKE, progress=False) == enc  # a finished stage is reused
+    r = finetune(SMOKE, "busi", seed=0, progress=False)
+    assert r["pretrained"] and r["n"]["test"] > 0
+    assert 0.0 <= r["metrics"]["auc"] <= 1.0
+    assert 0.0 <= r["threshold"] <= 1.0
+    ck = load_checkpoint(r["checkpoint"])
+    assert ck["image_size"] == SMOKE.data.image_size and ck["classes"] == ["benign", "malignant"]
+    preds = r["predictions"]
+    assert set(preds.split) == {"val", "test"} and preds.prob.between(0, 1).all()
+
+
+def test_same_seed_same_metrics(runs, tmp_path, monkeypatch):
+    a = finetune(SMOKE, "busi", seed=3, encoder_path=None, progress=False)
+    monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "other"))
+    b = finetune(SMOKE, "busi", seed=3, encoder_path=None, progress=False)
+    np.testing.assert_allclose(a["predictions"].prob, b["predictions"].prob, rtol=0, atol=1e-6)
+    assert a["metrics"] == b["metrics"]
+
+
+def test_killed_run_resumes_and_matches_uninterrupted(runs, tmp_path, monkeypatch):
+    profile = SMOKE.replace(**{"finetune.epochs": 3})
+    full = finetune(profile, "busi", seed=1, encoder_path=None, progress=False)
+
+    monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "killed"))
+    calls = {"n": 0}
+    real_validate = FinetuneStage.validate
+
+    def dying_validate(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # die during epoch 2, after epoch 1 was checkpointed
+            raise KeyboardInterrupt
+        return real_validate(self)
+
+    monkeypatch.setattr(FinetuneStage, "validate", dying_validate)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(profile, "busi", seed=1, encoder_path=None, progress=False)
+    monkeypatch.setattr(FinetuneStage, "validate", real_validate)
+    run_dir = next((tmp_path / "killed" / "finetune").iterdir())
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 0  # epoch 1 of 3 survived
+    resumed = finetune(profile, "busi", seed=1, encoder_path=None, progress=False)
+    assert len(resumed["history"]) == 3
+    np.testing.assert_allclose(resumed["predictions"].prob, full["predictions"].prob, atol=1e-6)
+
+
+def test_predict_cli_reports_unreadable_and_writes_heatmaps(runs, tmp_path):
+    from bus_paper.cli import main
+    r = finetune(SMOKE, "busi", seed=0, encoder_path=None, progress=False)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (90, 70), dtype=np.uint8)).save(imgs / "a.png")
+    Image.fromarray(rng.integers(0, 65535, (50, 80), dtype=np.uint16)).save(imgs / "b16.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(imgs / "c.png")
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--checkpoint", r["checkpoint"], str(imgs), "--out", str(out),
+                 "--heatmaps", str(tmp_path / "heat")]) == 0
+    import pandas as pd
+    df = pd.read_csv(out)
+    assert sorted(Path(p).name for p in df.path) == ["a.png", "b16.png", "c.png"]
+    assert df.prob_malignant.between(0, 1).all()
+    assert set(df.prediction) <= {"benign", "malignant"}
+    assert all(Path(h).exists() for h in df.heatmap)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(workdirs, tmp_path):
+    """torchrun, 2 processes, gloo: every rank ends with the same weights, different from init."""
+    env = {**os.environ, "BUS_PAPER_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
+    worker = Path(__file__).with_name("ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(worker), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert res[0]["world"] == res[1]["world"] == 2
+    assert res[0]["checksum"] == pytest.approx(res[1]["checksum"], abs=0)
+    assert res[0]["checksum"] != pytest.approx(res[0]["init_checksum"])
+    assert res[0]["first_batch"] != res[1]["first_batch"]  # each rank trains on its own shard
