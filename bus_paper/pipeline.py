@@ -14,7 +14,6 @@ data root, results folder, provenance-stamped savers), so the notebooks stay thi
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
 import json
 import os
@@ -151,18 +150,9 @@ def data_state(profile: Profile, data_root: str | os.PathLike | None
 
 
 def resolve_data_root(profile: Profile | str, data_root: str | os.PathLike | None) -> Path:
-    """The data root a notebook reads: explicit > phantom (synthetic profile) > the default root.
-
-    A phantom root goes to a temporary folder that is removed when the process (kernel) exits.
-    """
-    profile = load_profile(profile)
-    if data_root is not None or not profile.data.synthetic:
-        return find_data_root(data_root)
-    from .data.phantom import write_phantom_root
-
-    tmp = Path(tempfile.mkdtemp(prefix="bus-paper-phantom-"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    return Path(write_phantom_root(tmp))
+    """The data root a notebook reads: explicit > phantom (synthetic profile) > the default root."""
+    from .data.manifest import root_for
+    return root_for(load_profile(profile).data, data_root)
 
 
 # ----------------------------------------------------------------------------- inside a notebook

@@ -24,7 +24,7 @@ from ..paths import data_root, data_root_candidates
 from .adapters import ADAPTERS, CORE_COLUMNS, DataIssue
 from .registry import BUS_DATASETS, DatasetNotFound, get_info
 
-__all__ = ["ManifestResult", "build_manifest", "DatasetNotFound", "DataIssue", "resolve_root"]
+__all__ = ["DataIssue", "DatasetNotFound", "ManifestResult", "build_manifest", "resolve_root"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,16 @@ def resolve_root(root: str | os.PathLike | None, datasets: Iterable[str]) -> Pat
         looked = [Path(root)] if root is not None else data_root_candidates()
         raise DatasetNotFound(names[0] if names else "busi", looked,
                               "no data root found") from None
+
+
+def root_for(data_cfg, root: str | os.PathLike | None = None) -> Path:
+    """The data root a profile reads: an explicit root, else a cached phantom root for a
+    synthetic profile (smoke), else the default data root."""
+    if root is None and data_cfg.synthetic:
+        from .phantom import cached_phantom_root
+        n = max(8, (data_cfg.max_images_per_dataset or 24) // 3)
+        return cached_phantom_root(n_per_class=n, size=max(96, data_cfg.image_size))
+    return resolve_root(root, BUS_DATASETS)
 
 
 def build_manifest(root: str | os.PathLike | None = None,

@@ -306,3 +306,26 @@ def write_phantom_root(out: str | Path, n_per_class: int = 8, size: int = 96,
         f"Synthetic breast-ultrasound phantoms (bus_paper.data.phantom, seed={seed}, "
         f"n_per_class={n_per_class}, size={size}). Not real data.\n")
     return out
+
+
+def cached_phantom_root(n_per_class: int = 8, size: int = 96, seed: int = 0) -> Path:
+    """A phantom root under ``cache_dir()``, written once and shared by every later caller.
+
+    Written into a private temporary folder and renamed into place, so concurrent processes
+    (DDP ranks, parallel tests) never see half a root.
+    """
+    import os
+    import shutil
+
+    from ..paths import cache_dir
+    out = cache_dir() / "phantom" / f"n{n_per_class}_s{size}_seed{seed}"
+    if out.exists():
+        return out
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_phantom_root(tmp, n_per_class=n_per_class, size=size, seed=seed)
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process renamed its copy first: identical content, keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

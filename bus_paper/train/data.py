@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,25 +17,15 @@ import torch
 
 from ..config import Profile
 from ..data.preprocess import Normalizer
-from ..paths import PACKAGE_DIR, cache_dir, data_root
+from ..paths import PACKAGE_DIR
 
 LABELS = ("benign", "malignant")  # index = class id; malignant is the positive class
 
 
 def resolve_root(profile: Profile, root: str | Path | None = None) -> Path:
-    """The data root; the smoke profile writes (once) and uses a synthetic phantom root."""
-    if root is not None:
-        return data_root(root)
-    if profile.data.synthetic:
-        from ..data.phantom import write_phantom_root
-        n = max(8, (profile.data.max_images_per_dataset or 24) // 3)
-        out = cache_dir() / "phantom" / f"n{n}_s{max(96, profile.data.image_size)}"
-        if not (out / ".complete").exists():
-            shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier write
-            write_phantom_root(out, n_per_class=n, size=max(96, profile.data.image_size), seed=0)
-            (out / ".complete").write_text("ok")
-        return out
-    return data_root()
+    """The data root; the smoke profile uses a (cached) synthetic phantom root."""
+    from ..data.manifest import root_for
+    return root_for(profile.data, root)
 
 
 def manifest_for(profile: Profile, root: Path, datasets) -> pd.DataFrame:

@@ -23,9 +23,26 @@ from ..config import Profile
 from ..metrics import binary_metrics, bootstrap_ci, choose_threshold
 from ..models import build_model
 from ..paths import runs_dir
-from .data import LABELS, LabelledSplits, Normalizer, code_hash, config_key, load_labelled, resolve_root
-from .engine import (Stage, autocast, init_distributed, load_checkpoint, main_first, prepare_input,
-                     save_checkpoint, seed_everything, select_device)
+from .data import (
+    LABELS,
+    LabelledSplits,
+    Normalizer,
+    code_hash,
+    config_key,
+    load_labelled,
+    resolve_root,
+)
+from .engine import (
+    Stage,
+    autocast,
+    init_distributed,
+    load_checkpoint,
+    main_first,
+    prepare_input,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+)
 
 
 @torch.no_grad()
@@ -140,7 +157,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     result = {"dataset": dataset, "seed": seed, "profile": profile.name, "threshold": threshold,
               "metrics": metrics, "ci": ci, "history": history.epochs,
               "pretrained": encoder is not None, "encoder_key": encoder["key"] if encoder else None,
-              "n": {s: int(len(data.y[s])) for s in ("train", "val", "test")},
+              "n": {s: len(data.y[s]) for s in ("train", "val", "test")},
               "seconds": time.perf_counter() - t0, "run_dir": str(run_dir),
               "checkpoint": str(run_dir / "model.pt")}
     if stage.dist.main:

@@ -24,8 +24,17 @@ from ..losses import NTXentLoss
 from ..models import build_model
 from ..paths import runs_dir
 from .data import Normalizer, code_hash, config_key, load_pool, resolve_root
-from .engine import (Stage, autocast, init_distributed, load_checkpoint, main_first, prepare_input,
-                     save_checkpoint, seed_everything, select_device)
+from .engine import (
+    Stage,
+    autocast,
+    init_distributed,
+    load_checkpoint,
+    main_first,
+    prepare_input,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+)
 
 
 class _Project(nn.Module):
