@@ -211,5 +211,5 @@ def test_chapter_under_smoke_uses_a_phantom_and_a_private_results_dir(tmp_path, 
     explicit = pipeline.chapter("x", profile="smoke", data_root=str(ch.data_root),
                                 results_dir=str(tmp_path / "res"))
     assert explicit.data_root == ch.data_root and explicit.results_dir == tmp_path / "res"
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="looked for .* Public source"):
         pipeline.resolve_data_root("cpu", tmp_path / "absent")
