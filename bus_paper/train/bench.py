@@ -70,10 +70,14 @@ def bench_ours(profile: Profile, images: torch.Tensor, steps: int) -> dict[str, 
         loss.backward()
         stage.optimizer.step()
 
-    # FLOPs of one full step (forward + backward of both views), counted once
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
+    # FLOPs of one step by the usual convention: forward FLOPs of both views x 3 (backward ~ 2x
+    # forward). torch's counter is used on the forward only: its convolution_backward formula
+    # over-counts grouped (depthwise) convolutions by ~20x on this model.
+    model = stage.model.m
+    x = stage.normalizer(images[:bs].float() / 255.0).to(stage.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.project(x)
+    flops = 3 * 2 * counter.get_total_flops()
     sec = _time_steps(step, steps, warmup=2, device=stage.device)
     return {"img_s": bs / sec, "step_s": sec, "step_gflop": flops / 1e9, "gflop_s": flops / sec / 1e9}
 
@@ -129,7 +133,7 @@ def bench_reference(profile: Profile, files: list[Path], steps: int, workers: in
 
 
 def run_bench(profile: Profile, root: str | Path | None = None, steps: int = 8,
-              ref_workers: int = 2) -> dict[str, Any]:
+              ref_workers: int | None = None) -> dict[str, Any]:
     """Returns the JSON of `bus-paper bench` (keys: ours_img_s, reference_img_s, speedup, ...)."""
     root = resolve_root(profile, root)
     images, pool = load_pool(profile, root)
@@ -137,7 +141,10 @@ def run_bench(profile: Profile, root: str | Path | None = None, steps: int = 8,
     device = select_device(profile.run)
     torch.manual_seed(0)
     ours = bench_ours(profile, images, steps)
-    ref = bench_reference(profile, files, max(2, steps // 2), ref_workers)
+    # the reference at its best DataLoader worker count on this machine (None: try 0, 1, 2)
+    tries = [bench_reference(profile, files, max(3, steps // 2), w)
+             for w in ((0, 1, 2) if ref_workers is None else (ref_workers,))]
+    ref = max(tries, key=lambda r: r["img_s"])
     peak = matmul_peak_gflops(device)
     return {
         "profile": profile.name, "device": str(device), "threads": torch.get_num_threads(),
@@ -149,5 +156,6 @@ def run_bench(profile: Profile, root: str | Path | None = None, steps: int = 8,
         "ours_gflop_s": ours["gflop_s"], "step_gflop": ours["step_gflop"],
         "matmul_peak_gflop_s": peak, "peak_fraction": ours["gflop_s"] / peak,
         "reference_workers": ref["workers"], "ours": ours, "reference": ref,
+        "reference_tries": tries,
         "targets": {"speedup": 2.5, "peak_fraction": 0.20},
     }

@@ -95,5 +95,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument("--json", default=None)
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference")
+    p.add_argument("--ref-workers", type=int, default=None,
+                   help="DataLoader workers of the reference (default: the fastest of 0, 1, 2)")
     p.set_defaults(func=_cmd_bench)

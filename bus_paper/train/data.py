@@ -107,7 +107,7 @@ def code_hash() -> str:
         p = PACKAGE_DIR / part
         files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
         for f in files:
-            if f.exists() and f.name != "cli.py":
+            if f.exists() and f.name not in ("cli.py", "bench.py", "predict.py"):
                 h.update(f.relative_to(PACKAGE_DIR).as_posix().encode())
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]
