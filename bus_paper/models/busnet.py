@@ -12,7 +12,7 @@ Data flow for an input ``x`` of side ``S = scales[0]``::
 Multiscale input. The paper analyses each image at 224, 112 and 28 px "individually ... at its
 specific resolution" and concatenates the resulting feature maps on channels. CoAtNet halves the
 map five times, so every side must be a multiple of 32; the profiles use the nearest valid sides
-(gpu 224/128/32, cpu 128/64/32) and :class:`~bus_paper.config.ModelConfig` rejects others. The
+(gpu 224/128/32, cpu 96/64/32) and :class:`~bus_paper.config.ModelConfig` rejects others. The
 scales share one encoder: the paper's figure has a single encoder f, and sharing keeps the
 parameter count of the single-scale model (only the heads widen), so the "single-scale input"
 ablation changes the input, not the capacity. The relative-position biases are indexed by offset

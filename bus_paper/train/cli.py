@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 
 
 def _profile(args):
@@ -24,6 +26,8 @@ def _profile(args):
 def _cmd_pretrain(args) -> int:
     from .pretraining import load_pretrained, pretrain
     path = pretrain(_profile(args), args.data_root, force=args.force)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     state = load_pretrained(path)
     last = state["history"][-1] if state["history"] else {}
     print(f"encoder: {path}\nimages: {state['n_images']}  epochs: {len(state['history'])}  "
@@ -32,6 +36,7 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from ..paths import runs_dir
     from .finetuning import finetune
     profile = _profile(args)
     if args.no_pretrain:
@@ -39,10 +44,15 @@ def _cmd_train(args) -> int:
     for dataset in args.dataset or profile.finetune.datasets:
         for seed in args.seed if args.seed is not None else profile.finetune.seeds:
             r = finetune(profile, dataset, seed, args.data_root, force=args.force)
+            if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+                continue
             m = r["metrics"]
             print(f"{dataset} seed {seed}: AUC {m['auc']:.3f} acc {m['accuracy']:.3f} "
                   f"F1 {m['f1']:.3f} (threshold {r['threshold']:.3f}, n_test {r['n']['test']})")
-            print(f"  checkpoint: {r['checkpoint']}")
+            stable = runs_dir() / "models" / f"{profile.name}_{dataset}_seed{seed}.pt"
+            stable.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(r["checkpoint"], stable)  # a documented, stable place for `predict`
+            print(f"  checkpoint: {stable}")
     return 0
 
 

@@ -199,6 +199,9 @@ class Stage:
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def after_step(self, step: int) -> None:
+        """Called after every optimizer step (e.g. a DINO teacher's EMA update)."""
+
     def validate(self) -> dict[str, float]:
         return {}
 
@@ -249,11 +252,12 @@ class Stage:
             t0, seen, total = time.perf_counter(), 0, 0.0
             bar = tqdm(batches, desc=f"{self.name} {epoch + 1}/{self.epochs}", leave=False,
                        disable=not self.progress, mininterval=2.0)
-            for idx in bar:
+            for i, idx in enumerate(bar):
                 loss = self.train_step(idx)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                self.after_step(epoch * len(batches) + i)  # global step index
                 seen += len(idx) * self.dist.world
                 value = float(loss.detach())
                 total += value * len(idx)

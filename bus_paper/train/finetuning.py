@@ -35,6 +35,7 @@ from .data import (
 from .engine import (
     Stage,
     autocast,
+    barrier,
     init_distributed,
     load_checkpoint,
     main_first,
@@ -165,6 +166,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
                                                                dataset))
         preds.to_csv(run_dir / "predictions.csv", index=False)
         (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=float))
+    barrier(d)  # other ranks return only once model.pt exists
     result["predictions"] = preds
     return result
 

@@ -27,6 +27,7 @@ from .data import Normalizer, code_hash, config_key, load_pool, resolve_root
 from .engine import (
     Stage,
     autocast,
+    barrier,
     init_distributed,
     load_checkpoint,
     main_first,
@@ -127,6 +128,7 @@ def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = 
                               "pool": list(profile.pretrain.pool), "n_images": len(pool),
                               "history": json.dumps(history.epochs),
                               "seconds": time.perf_counter() - t0})
+    barrier(d)  # other ranks return only once encoder.pt exists
     return out
 
 
