@@ -19,8 +19,11 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, target_class: int = 1,
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     layers = target_layers or model.gradcam_target_layers()
+    # transformer baselines give tokens, not maps: they say how to fold them back into a grid
+    reshape = getattr(model, "gradcam_reshape_transform", lambda: None)()
     model.eval()
-    with torch.enable_grad(), GradCAM(model=model, target_layers=layers) as cam:
+    with torch.enable_grad(), GradCAM(model=model, target_layers=layers,
+                                      reshape_transform=reshape) as cam:
         maps = cam(input_tensor=x.float(), targets=[ClassifierOutputTarget(target_class)] * len(x))
     return np.asarray(maps, dtype=np.float32)
 

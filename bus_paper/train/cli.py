@@ -65,8 +65,15 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    import time
+
+    from ..provenance import provenance
     from .bench import run_bench
-    res = run_bench(_profile(args), args.data_root, steps=args.steps, ref_workers=args.ref_workers)
+    from .data import resolve_root
+    started, profile = time.time(), _profile(args)
+    res = run_bench(profile, args.data_root, steps=args.steps, ref_workers=args.ref_workers)
+    res["provenance"] = provenance(profile, 0, resolve_root(profile, args.data_root),
+                                   profile.pretrain.pool, started)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)
