@@ -126,7 +126,7 @@ class Profile:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def replace(self, **dotted: Any) -> "Profile":
+    def replace(self, **dotted: Any) -> Profile:
         """Copy with fields changed, named ``section.field`` (e.g. ``model.fusion=False``)."""
         sections: dict[str, dict[str, Any]] = {}
         top: dict[str, Any] = {}

@@ -68,7 +68,7 @@ def _first(root: Path, pattern: str) -> Path:
 @pytest.fixture(scope="session")
 def broken_root(phantom_root, tmp_path_factory) -> BrokenRoot:
     root = copy_root(phantom_root, tmp_path_factory.mktemp("broken") / "data")
-    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    rel = lambda p: p.relative_to(root).as_posix()
     busi = root / "busi" / "Dataset_BUSI_with_GT"
     udiat = root / "udiat" / "BUS"
     bra = root / "busbra" / "BUSBRA"

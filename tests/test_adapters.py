@@ -185,7 +185,7 @@ def test_conflicting_and_duplicate_metadata_rows(phantom_root, tmp_path):
     rows = lines[:3] + [",".join(c)] + lines[4:] + [",".join(a_fields), b]
     csv.write_text("\n".join(rows) + "\n")
     res = build_manifest(root, ["busbra"])
-    key = lambda line: f"busbra/BUSBRA/Images/{line.split(',')[0]}.png"  # noqa: E731
+    key = lambda line: f"busbra/BUSBRA/Images/{line.split(',')[0]}.png"
     assert key(a) not in set(res.frame.path) and _issues(res, key(a), "label_conflict")[0].excluded
     assert key(b) in set(res.frame.path) and _issues(res, key(b), "duplicate_metadata")
     (bad,) = _issues(res, key(lines[3]), "bad_metadata")

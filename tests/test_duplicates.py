@@ -13,8 +13,14 @@ from PIL import Image, ImageFilter
 
 from bus_paper.config import DataConfig
 from bus_paper.data import duplicates as dup_mod
-from bus_paper.data.duplicates import (candidate_pairs, duplicate_groups, find_duplicates,
-                                       group_members, load_duplicates, summarize_duplicates)
+from bus_paper.data.duplicates import (
+    candidate_pairs,
+    duplicate_groups,
+    find_duplicates,
+    group_members,
+    load_duplicates,
+    summarize_duplicates,
+)
 
 BUSI = "busi/Dataset_BUSI_with_GT"
 UDIAT = "udiat/BUS/original"

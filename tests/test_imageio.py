@@ -7,8 +7,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from bus_paper.data.imageio import (ImageReadError, mask_colour_label, probe_image, read_image,
-                                    read_mask)
+from bus_paper.data.imageio import (
+    ImageReadError,
+    mask_colour_label,
+    probe_image,
+    read_image,
+    read_mask,
+)
 
 GRAY = (np.arange(12 * 10, dtype=np.uint16).reshape(12, 10) * 2).astype(np.uint8)
 

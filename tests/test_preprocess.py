@@ -10,8 +10,13 @@ import pytest
 from PIL import Image
 
 from bus_paper.data import preprocess
-from bus_paper.data.preprocess import (Normalizer, load_images, pad_to_square, square_resize,
-                                       zscore_stats)
+from bus_paper.data.preprocess import (
+    Normalizer,
+    load_images,
+    pad_to_square,
+    square_resize,
+    zscore_stats,
+)
 
 
 def test_pad_to_square_centres_and_keeps_pixels():

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from bus_paper.config import DataConfig
 from bus_paper.data.duplicates import COLUMNS
-from bus_paper.data.splits import (LeakError, assert_no_leak, label_subset, make_splits,
-                                   split_groups)
+from bus_paper.data.splits import LeakError, assert_no_leak, label_subset, make_splits, split_groups
 
 
 def manifest_of(labels, patients=None, lesions=None, dataset="busi") -> pd.DataFrame:
