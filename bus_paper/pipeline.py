@@ -131,6 +131,13 @@ def content_hash(notebook: str | os.PathLike, parameters: Mapping[str, Any],
 
 
 # ----------------------------------------------------------------------------- data root
+def _portable(path: str | os.PathLike, cwd: Path) -> str:
+    """``path`` relative to the folder the notebooks run in, when it is near it (what a reader sees
+    in the committed notebook: ``../shared/data``, not one machine's absolute layout)."""
+    rel = os.path.relpath(Path(path).resolve(), cwd.resolve())
+    return rel if not rel.startswith(os.pardir + os.sep + os.pardir) else str(Path(path).resolve())
+
+
 def _registry_datasets() -> tuple[str, ...]:
     from .data.registry import DATASETS
     return tuple(DATASETS)
@@ -342,8 +349,8 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
             outcomes.append(Outcome(nb, "skipped", error="an earlier chapter failed"))
         else:
             params = {"profile": prof.name,
-                      "data_root": str(root_for_nb) if root_for_nb else None,
-                      "results_dir": str(out_dir.parent / "results" / nb.name),
+                      "data_root": _portable(root_for_nb, root) if root_for_nb else None,
+                      "results_dir": _portable(out_dir.parent / "results" / nb.name, root),
                       **{k: v for k, v in overrides.items() if k in declared[nb.stem]}}
             outcomes.append(execute(nb, params, out_dir=out_dir, data=data, profile=prof,
                                     data_root=root_for_nb, code=code, force=force, cwd=root))
