@@ -43,6 +43,7 @@ import timm
 import torch
 from torch import nn
 
+from .busnet import BusNet
 from .heads import ClassifierHead, ProjectionHead
 
 BASELINES: dict[str, str] = {
@@ -162,27 +163,8 @@ class BaselineNet(nn.Module):
         """Everything but the classifier: backbone and projection head."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}
 
-    def load_encoder_state_dict(self, state: Mapping[str, torch.Tensor],
-                                strict: bool = True) -> list[str]:
-        """Load a pretrained :meth:`encoder_state_dict`; the classifier keeps its initialisation.
-
-        Same contract as :meth:`BusNet.load_encoder_state_dict`: with ``strict`` every key must
-        match in name and shape; otherwise matching keys are loaded and the skipped own keys are
-        returned.
-        """
-        own = self.encoder_state_dict()
-        extra = sorted(set(state) - set(own))
-        missing = sorted(set(own) - set(state))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if strict and (extra or missing):
-            raise KeyError(f"encoder state does not match baseline {self.name!r}: missing "
-                           f"{missing[:5]}, unexpected {extra[:5]} ({len(missing)} / {len(extra)} keys)")
-        if strict and wrong:
-            raise ValueError(f"encoder state has other shapes for {wrong[:5]} ({len(wrong)} keys); "
-                             f"was it pretrained with another baseline or image size?")
-        keep = {k: v for k, v in state.items() if k in own and k not in wrong}
-        self.load_state_dict(keep, strict=False)
-        return sorted(set(own) - set(keep))
+    # same contract as BusNet's: strict name/shape match, or load the matching keys only
+    load_encoder_state_dict = BusNet.load_encoder_state_dict
 
 
 def _nhwc_to_nchw(x: torch.Tensor) -> torch.Tensor:
