@@ -88,23 +88,14 @@ def embed(model, x_u8, normalizer, run, batch_size: int = 64) -> np.ndarray:
     ``[N, 1, S, S]``, float32 ``[N, feature_dim]``; eval mode, batched, under the run's autocast."""
     import torch
 
-    from .train.engine import autocast, prepare_input
+    from .train.engine import infer
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x_u8 = torch.as_tensor(x_u8)
     if x_u8.ndim != 4 or x_u8.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images [N, 1, S, S], got {x_u8.dtype} {list(x_u8.shape)}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x_u8), batch_size):
-            x = normalizer(x_u8[i:i + batch_size].to(device).float() / 255.0)
-            with autocast(device, run.precision):
-                out.append(model.encode(prepare_input(x, run)).float().cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, model.feature_dim), np.float32)
+    feats = infer(model, x_u8, normalizer, run, lambda m, x: m.encode(x), batch_size)
+    return feats.reshape(-1, model.feature_dim).numpy()
 
 
 # ----------------------------------------------------------------------------- embeddings

@@ -42,7 +42,7 @@ def _open(path: str | os.PathLike) -> Image.Image:
             return im
     # Pillow raises a zoo of types for broken files (OSError, SyntaxError, ValueError, EOFError,
     # struct.error, zlib.error, DecompressionBombError): all of them mean "unreadable".
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
 
 
@@ -56,7 +56,7 @@ def probe_image(path: str | os.PathLike) -> tuple[int, int, str]:
         with Image.open(path) as im:
             size, mode = im.size, im.mode
             im.verify()
-    except Exception as e:  # noqa: BLE001  (see _open)
+    except Exception as e:
         raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
     return size[0], size[1], mode
 

@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,25 +42,20 @@ from torch import nn
 
 from ..config import Profile
 from ..models.baselines import BASELINES, BaselineNet, build_baseline_from_config
-from ..paths import runs_dir
-from .data import Normalizer, code_hash, config_key, load_pool, resolve_root
+from .data import Normalizer, code_hash, config_key
 from .engine import (
     Stage,
     autocast,
-    barrier,
-    init_distributed,
-    main_first,
     prepare_input,
-    save_checkpoint,
     seed_everything,
-    select_device,
     shard_batches,
 )
+from .pretraining import run_pretraining
 
 # The code that shapes a DINO encoder (as train.data.TRAINING_CODE for the proposed model): the
 # BusNet and SimCLR files are not in it, so changing them keeps the cached DINO runs.
 DINO_CODE = ("models/heads.py", "models/baselines.py", "data/preprocess.py", "train/engine.py",
-             "train/data.py", "train/dino.py")
+             "train/data.py", "train/pretraining.py", "train/dino.py")
 
 
 @dataclass(frozen=True)
@@ -373,32 +365,14 @@ def dino_pretrain(profile: Profile, root: str | Path | None = None, name: str = 
     is untrained) and ``model_config`` the :meth:`BaselineNet.config` that rebuilds it
     (``baseline`` names the model: rebuild it with ``build_baseline_from_config``), plus ``dino``.
     """
-    from ..data.checksum import data_checksum
     if name not in BASELINES:  # before the pool is loaded
         raise KeyError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
-    d = init_distributed(select_device(profile.run).type)
-    root = main_first(d, resolve_root, profile, root)
-    pool_and_eval = tuple(profile.pretrain.pool) + tuple(profile.finetune.datasets)
-    key = dino_key(profile, name, dino, data_checksum(root, pool_and_eval))
-    run_dir = runs_dir() / "pretrain-dino" / key
-    out = run_dir / "encoder.pt"
-    if out.exists() and not force:
-        return out
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    images, pool = main_first(d, load_pool, profile, root)
-    stage = DinoPretrainStage(profile, images, run_dir, key, baseline=name, dino=dino,
-                              progress=progress)
-    t0 = time.perf_counter()
-    history = stage.fit()
-    if stage.dist.main:
-        teacher = stage.model.teacher["net"]
-        save_checkpoint(out, {"encoder": teacher.encoder_state_dict(),
-                              "model_config": baseline_config(profile, name),
-                              "normalizer": stage.normalizer.to_dict(), "key": key,
-                              "pool": list(profile.pretrain.pool), "n_images": len(pool),
-                              "history": json.dumps(history.epochs),
-                              "seconds": time.perf_counter() - t0,
-                              "dino": dataclasses.asdict(dino)})
-    barrier(d)  # other ranks return only once encoder.pt exists
-    return out
+    return run_pretraining(
+        profile, root, "pretrain-dino", lambda sums: dino_key(profile, name, dino, sums),
+        lambda images, run_dir, key: DinoPretrainStage(profile, images, run_dir, key,
+                                                       baseline=name, dino=dino,
+                                                       progress=progress),
+        lambda stage: {"encoder": stage.model.teacher["net"].encoder_state_dict(),
+                       "model_config": baseline_config(profile, name),
+                       "dino": dataclasses.asdict(dino)},
+        progress, force)

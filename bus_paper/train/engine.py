@@ -68,6 +68,23 @@ def prepare_input(x: torch.Tensor, run: RunConfig) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if run.channels_last else x
 
 
+@torch.no_grad()
+def infer(model: nn.Module, x_u8: torch.Tensor, normalizer, run: RunConfig, fn,
+          batch_size: int = 64) -> torch.Tensor:
+    """``fn(model, x)`` over uint8 images ``[N, 1, S, S]``: z-scored, in eval mode, batched, under
+    the run's autocast; the outputs concatenated as float32 on the CPU (empty for no images)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(x_u8), batch_size):
+        x = normalizer(x_u8[i:i + batch_size].to(device).float() / 255.0)
+        with autocast(device, run.precision):
+            out.append(fn(model, prepare_input(x, run)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
 # ----------------------------------------------------------------------------- distributed
 @dataclass(frozen=True)
 class Dist:

@@ -36,6 +36,7 @@ from .engine import (
     Stage,
     autocast,
     barrier,
+    infer,
     init_distributed,
     load_checkpoint,
     main_first,
@@ -46,21 +47,11 @@ from .engine import (
 )
 
 
-@torch.no_grad()
 def predict_proba(model: torch.nn.Module, x_u8: torch.Tensor, normalizer: Normalizer,
                   run, batch_size: int = 64) -> np.ndarray:
     """P(malignant) for uint8 images [N, 1, S, S], in eval mode, batched, under autocast."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(x_u8), batch_size):
-        x = normalizer(x_u8[i:i + batch_size].to(device).float() / 255.0)
-        with autocast(device, run.precision):
-            logits = model(prepare_input(x, run))
-        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0)
+    return infer(model, x_u8, normalizer, run,
+                 lambda m, x: torch.softmax(m(x).float(), dim=1)[:, 1], batch_size).numpy()
 
 
 class FinetuneStage(Stage):
@@ -182,14 +173,8 @@ def deployable_state(model, profile: Profile, data: LabelledSplits, threshold: f
 
 def load_deployable(path: str | Path, device: str = "cpu"):
     """(model in eval mode, checkpoint dict) from a `model.pt` written by :func:`finetune`."""
-    from ..config import ModelConfig, _build
-    state = load_checkpoint(Path(path), device)
-    cfg = _build(ModelConfig, state["model_config"], "model")
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
-    return model.to(select_device_for(device)).eval(), state
-
-
-def select_device_for(device: str) -> torch.device:
     from ..config import RunConfig
-    return select_device(RunConfig(device=device))
+    state = load_checkpoint(Path(path), device)
+    model = build_model(state["model_config"])  # validates the stored config
+    model.load_state_dict(state["model"])
+    return model.to(select_device(RunConfig(device=device))).eval(), state

@@ -97,6 +97,39 @@ def pretrain_key(profile: Profile, checksums: dict[str, str]) -> str:
                       dataclasses.asdict(profile.data), checksums, code_hash())
 
 
+def run_pretraining(profile: Profile, root: str | Path | None, kind: str, key_of, make_stage,
+                    export, progress: bool = True, force: bool = False) -> Path:
+    """Cache-or-run one self-supervised pretraining; returns ``runs/<kind>/<key>/encoder.pt``.
+
+    Shared by every objective (SimCLR here, DINO in :mod:`.dino`): ``key_of(checksums)`` names the
+    run, ``make_stage(images, run_dir, key)`` builds its :class:`Stage`, ``export(stage)`` gives
+    the objective's own entries of ``encoder.pt`` (at least ``encoder`` and ``model_config``).
+    A finished run is reused, a killed one resumes from ``last.pt``.
+    """
+    from ..data.checksum import data_checksum
+    d = init_distributed(select_device(profile.run).type)
+    root = main_first(d, resolve_root, profile, root)
+    pool_and_eval = tuple(profile.pretrain.pool) + tuple(profile.finetune.datasets)
+    key = key_of(data_checksum(root, pool_and_eval))
+    run_dir = runs_dir() / kind / key
+    out = run_dir / "encoder.pt"
+    if out.exists() and not force:
+        return out
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    images, pool = main_first(d, load_pool, profile, root)
+    stage = make_stage(images, run_dir, key)
+    t0 = time.perf_counter()
+    history = stage.fit()
+    if stage.dist.main:
+        save_checkpoint(out, {**export(stage), "normalizer": stage.normalizer.to_dict(),
+                              "key": key, "pool": list(profile.pretrain.pool),
+                              "n_images": len(pool), "history": json.dumps(history.epochs),
+                              "seconds": time.perf_counter() - t0})
+    barrier(d)  # other ranks return only once encoder.pt exists
+    return out
+
+
 def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = True,
              force: bool = False) -> Path:
     """Pretrain (or reuse) the encoder of ``profile``; returns the path of ``encoder.pt``.
@@ -105,31 +138,12 @@ def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = 
     pretraining configs, the data checksums of the pool and the training code: every fine-tuning
     (any seed, any dataset) of the same profile shares it. A killed run resumes from ``last.pt``.
     """
-    from ..data.checksum import data_checksum
-    d = init_distributed(select_device(profile.run).type)
-    root = main_first(d, resolve_root, profile, root)
-    pool_and_eval = tuple(profile.pretrain.pool) + tuple(profile.finetune.datasets)
-    key = pretrain_key(profile, data_checksum(root, pool_and_eval))
-    run_dir = runs_dir() / "pretrain" / key
-    out = run_dir / "encoder.pt"
-    if out.exists() and not force:
-        return out
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    images, pool = main_first(d, load_pool, profile, root)
-    stage = PretrainStage(profile, images, run_dir, key, progress=progress)
-    t0 = time.perf_counter()
-    history = stage.fit()
-    if stage.dist.main:
-        model = stage.model.m
-        save_checkpoint(out, {"encoder": model.encoder_state_dict(),
-                              "model_config": dataclasses.asdict(profile.model),
-                              "normalizer": stage.normalizer.to_dict(), "key": key,
-                              "pool": list(profile.pretrain.pool), "n_images": len(pool),
-                              "history": json.dumps(history.epochs),
-                              "seconds": time.perf_counter() - t0})
-    barrier(d)  # other ranks return only once encoder.pt exists
-    return out
+    return run_pretraining(
+        profile, root, "pretrain", lambda sums: pretrain_key(profile, sums),
+        lambda images, run_dir, key: PretrainStage(profile, images, run_dir, key, progress=progress),
+        lambda stage: {"encoder": stage.model.m.encoder_state_dict(),
+                       "model_config": dataclasses.asdict(profile.model)},
+        progress, force)
 
 
 def load_pretrained(path: Path) -> dict[str, Any]:
