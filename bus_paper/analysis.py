@@ -39,11 +39,11 @@ def paper_000_numbers() -> pd.DataFrame:
 def encoder_from_pretrained(state: Mapping[str, Any]):
     """The :class:`~bus_paper.models.BusNet` of a :func:`~bus_paper.train.load_pretrained` state,
     with the pretrained encoder (and projection head) loaded, in eval mode on the CPU."""
-    from .models import build_model
+    from .models import build_network
     missing = [k for k in ("encoder", "model_config") if k not in state]
     if missing:
         raise KeyError(f"not a pretrained-encoder state: no {missing} (use load_pretrained)")
-    model = build_model(state["model_config"])
+    model = build_network(state["model_config"])
     model.load_encoder_state_dict(state["encoder"])
     return model.eval()
 
@@ -53,9 +53,9 @@ def random_encoder(model_config: Mapping[str, Any], seed: int = 0):
     (``torch.manual_seed(0)`` then ``build_model``): the encoder *before* pretraining."""
     import torch
 
-    from .models import build_model
+    from .models import build_network
     torch.manual_seed(seed)
-    return build_model(model_config).eval()
+    return build_network(model_config).eval()
 
 
 def embedding_sample(profile, root, n_per_dataset: int, seed: int = 0):

@@ -107,6 +107,45 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class DinoConfig:
+    """DINO hyperparameters of the DINO-ViT baseline (defaults: the ViT-S/16 recipe of main_dino.py);
+    see :mod:`bus_paper.train.dino`."""
+    out_dim: int = 65536              # prototypes K of the last layer
+    hidden_dim: int = 2048            # head MLP width
+    bottleneck_dim: int = 256         # head output before the weight-normalised last layer
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04  # linear warm-up of the teacher temperature from this ...
+    warmup_teacher_temp_epochs: int = 0  # ... over these many epochs
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996   # EMA momentum at step 0, cosine to 1 at the end
+    n_local_crops: int = 8
+    global_crop_scale: tuple[float, float] = (0.4, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    local_size: int | None = None     # None: 96/224 of the image side (DINO's ratio), see local_side
+
+    def __post_init__(self) -> None:
+        for name in ("global_crop_scale", "local_crop_scale"):  # JSON turns tuples into lists
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.out_dim < 1 or self.hidden_dim < 1 or self.bottleneck_dim < 1:
+            raise ValueError("dino out_dim, hidden_dim and bottleneck_dim must be >= 1")
+        if not (self.teacher_temp > 0 and self.warmup_teacher_temp > 0 and self.student_temp > 0):
+            raise ValueError("dino temperatures must be > 0")
+        if not (0 <= self.center_momentum <= 1 and 0 <= self.momentum_teacher <= 1):
+            raise ValueError("dino center_momentum and momentum_teacher must be in [0, 1]")
+        if self.n_local_crops < 0 or self.warmup_teacher_temp_epochs < 0:
+            raise ValueError("dino n_local_crops and warmup_teacher_temp_epochs must be >= 0")
+
+    def local_side(self, img_size: int, multiple: int) -> int:
+        """Side of the local crops: DINO's 96 px at 224 px, rounded to the backbone's multiple."""
+        if self.local_size is not None:
+            if self.local_size % multiple:
+                raise ValueError(f"dino local_size {self.local_size} must be a multiple of {multiple}")
+            return self.local_size
+        return max(multiple, round(img_size * 96 / 224 / multiple) * multiple)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     device: str = "auto"             # auto | cpu | cuda
     precision: str = "bf16"          # bf16 | fp32
@@ -124,6 +163,7 @@ class Profile:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    dino: DinoConfig = field(default_factory=DinoConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def replace(self, **dotted: Any) -> Profile:

@@ -122,3 +122,45 @@ def test_ddp_two_cpu_processes(workdirs, tmp_path):
     assert res[0]["checksum"] == pytest.approx(res[1]["checksum"], abs=0)
     assert res[0]["checksum"] != pytest.approx(res[0]["init_checksum"])
     assert res[0]["first_batch"] != res[1]["first_batch"]  # each rank trains on its own shard
+
+
+def test_baseline_simclr_pretrain_and_finetune(runs):
+    """A Table 1 baseline goes through the same engine: SimCLR pretraining of its own encoder,
+    fine-tuning, a deployable checkpoint that rebuilds the baseline (not a BusNet)."""
+    from bus_paper.models.baselines import BaselineNet
+    from bus_paper.train import load_deployable
+    enc = pretrain(SMOKE, progress=False, baseline="resnet50")
+    assert enc != pretrain(SMOKE, progress=False)  # its own cache entry
+    assert load_checkpoint(enc)["model_config"]["baseline"] == "resnet50"
+    r = finetune(SMOKE, "busi", seed=0, progress=False, baseline="resnet50")
+    assert r["model"] == "resnet50" and r["pretrained"] and r["encoder_key"] in str(enc)
+    model, state = load_deployable(r["checkpoint"])
+    assert isinstance(model, BaselineNet) and model.name == "resnet50"
+    proposed = finetune(SMOKE, "busi", seed=0, progress=False)
+    assert proposed["model"] == "proposed" and proposed["run_dir"] != r["run_dir"]
+
+
+def test_finetune_refuses_an_encoder_of_another_model(runs):
+    enc = pretrain(SMOKE, progress=False, baseline="resnet50")
+    with pytest.raises(ValueError, match="resnet50 encoder, but fine-tuning builds the proposed"):
+        finetune(SMOKE, "busi", seed=0, progress=False, encoder_path=enc)
+
+
+def test_dino_encoder_finetunes_as_its_baseline(runs):
+    from bus_paper.train.dino import dino_pretrain
+    enc = dino_pretrain(SMOKE, name="vit_small", progress=False)  # the profile's [dino] section
+    assert load_checkpoint(enc)["dino"]["out_dim"] == SMOKE.dino.out_dim == 64
+    r = finetune(SMOKE, "busi", seed=0, progress=False, encoder_path=enc, baseline="vit_small")
+    assert r["model"] == "vit_small" and r["pretrained"]
+    assert np.isfinite(r["metrics"]["accuracy"])
+
+
+def test_ablation_variant_loads_the_full_models_encoder(runs):
+    """No fusion / single scale change the heads' width only: the full model's pretrained encoder
+    is loaded into the variant (matching weights), as the cpu ablation chapter does."""
+    enc = pretrain(SMOKE, progress=False)
+    variant = SMOKE.replace(**{"model.fusion": False})
+    r = finetune(variant, "busi", seed=0, progress=False, encoder_path=enc)
+    assert r["pretrained"] and r["encoder_key"] == load_checkpoint(enc)["key"]
+    skipped = r["encoder_weights_not_loaded"]
+    assert skipped and all(k.startswith("projector.") for k in skipped)  # never an encoder weight

@@ -30,7 +30,6 @@ import copy
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile
+from ..config import DinoConfig, Profile
 from ..models.baselines import BASELINES, BaselineNet, build_baseline_from_config
 from .data import Normalizer, code_hash, config_key
 from .engine import (
@@ -50,50 +49,12 @@ from .engine import (
     seed_everything,
     shard_batches,
 )
-from .pretraining import run_pretraining
+from .pretraining import baseline_config, run_pretraining
 
 # The code that shapes a DINO encoder (as train.data.TRAINING_CODE for the proposed model): the
 # BusNet and SimCLR files are not in it, so changing them keeps the cached DINO runs.
 DINO_CODE = ("models/heads.py", "models/baselines.py", "data/preprocess.py", "train/engine.py",
              "train/data.py", "train/pretraining.py", "train/dino.py")
-
-
-@dataclass(frozen=True)
-class DinoConfig:
-    """DINO hyperparameters (defaults: the paper's ViT-S/16 recipe, main_dino.py)."""
-    out_dim: int = 65536              # prototypes K of the last layer
-    hidden_dim: int = 2048            # head MLP width
-    bottleneck_dim: int = 256         # head output before the weight-normalised last layer
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04  # linear warm-up of the teacher temperature from this ...
-    warmup_teacher_temp_epochs: int = 0  # ... over these many epochs
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    momentum_teacher: float = 0.996   # EMA momentum at step 0, cosine to 1 at the end
-    n_local_crops: int = 8
-    global_crop_scale: tuple[float, float] = (0.4, 1.0)
-    local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    local_size: int | None = None     # None: 96/224 of the image side (DINO's ratio), see local_side
-
-    def __post_init__(self) -> None:
-        for name in ("global_crop_scale", "local_crop_scale"):  # JSON turns tuples into lists
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.out_dim < 1 or self.hidden_dim < 1 or self.bottleneck_dim < 1:
-            raise ValueError("dino out_dim, hidden_dim and bottleneck_dim must be >= 1")
-        if not (self.teacher_temp > 0 and self.warmup_teacher_temp > 0 and self.student_temp > 0):
-            raise ValueError("dino temperatures must be > 0")
-        if not (0 <= self.center_momentum <= 1 and 0 <= self.momentum_teacher <= 1):
-            raise ValueError("dino center_momentum and momentum_teacher must be in [0, 1]")
-        if self.n_local_crops < 0 or self.warmup_teacher_temp_epochs < 0:
-            raise ValueError("dino n_local_crops and warmup_teacher_temp_epochs must be >= 0")
-
-    def local_side(self, img_size: int, multiple: int) -> int:
-        """Side of the local crops: DINO's 96 px at 224 px, rounded to the backbone's multiple."""
-        if self.local_size is not None:
-            if self.local_size % multiple:
-                raise ValueError(f"dino local_size {self.local_size} must be a multiple of {multiple}")
-            return self.local_size
-        return max(multiple, round(img_size * 96 / 224 / multiple) * multiple)
 
 
 # ----------------------------------------------------------------------------- head and loss
@@ -337,17 +298,6 @@ class DinoPretrainStage(Stage):
         return {"normalizer": self.normalizer.to_dict(), "baseline": self.baseline}
 
 
-def baseline_config(profile: Profile, name: str, dynamic_size: bool = False) -> dict[str, Any]:
-    """The :meth:`BaselineNet.config` of baseline ``name`` under ``profile``: its image size and
-    the heads and regularisation of ``profile.model``. Local crops need ``dynamic_size`` in
-    pretraining only; the weights are the same without it, so checkpoints store it off."""
-    m = profile.model
-    return {"baseline": name, "img_size": profile.data.image_size, "num_classes": m.num_classes,
-            "proj_hidden": m.proj_hidden, "proj_dim": m.proj_dim,
-            "drop_path_rate": m.drop_path_rate, "drop_rate": m.drop_rate,
-            "dynamic_size": dynamic_size}
-
-
 def dino_key(profile: Profile, baseline: str, dino: DinoConfig, checksums: dict[str, str]) -> str:
     return config_key("pretrain-dino", baseline_config(profile, baseline), dataclasses.asdict(dino),
                       dataclasses.asdict(profile.pretrain),
@@ -355,7 +305,7 @@ def dino_key(profile: Profile, baseline: str, dino: DinoConfig, checksums: dict[
 
 
 def dino_pretrain(profile: Profile, root: str | Path | None = None, name: str = "vit_small",
-                  dino: DinoConfig = DinoConfig(), progress: bool = True,
+                  dino: DinoConfig | None = None, progress: bool = True,
                   force: bool = False) -> Path:
     """DINO-pretrain (or reuse) baseline ``name`` on the profile's pool; returns ``encoder.pt``.
 
@@ -365,6 +315,7 @@ def dino_pretrain(profile: Profile, root: str | Path | None = None, name: str = 
     is untrained) and ``model_config`` the :meth:`BaselineNet.config` that rebuilds it
     (``baseline`` names the model: rebuild it with ``build_baseline_from_config``), plus ``dino``.
     """
+    dino = profile.dino if dino is None else dino
     if name not in BASELINES:  # before the pool is loaded
         raise KeyError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
     return run_pretraining(

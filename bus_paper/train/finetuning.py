@@ -21,13 +21,12 @@ import torch.nn.functional as F
 from ..augment import build_augment
 from ..config import Profile
 from ..metrics import binary_metrics, bootstrap_ci, choose_threshold
-from ..models import build_model
+from ..models import build_network
 from ..paths import runs_dir
 from .data import (
     LABELS,
     LabelledSplits,
     Normalizer,
-    code_hash,
     config_key,
     load_labelled,
     resolve_root,
@@ -45,6 +44,7 @@ from .engine import (
     seed_everything,
     select_device,
 )
+from .pretraining import network_code_hash
 
 
 def predict_proba(model: torch.nn.Module, x_u8: torch.Tensor, normalizer: Normalizer,
@@ -58,13 +58,15 @@ class FinetuneStage(Stage):
     name = "finetune"
 
     def __init__(self, profile: Profile, data: LabelledSplits, seed: int, run_dir: Path, key: str,
-                 encoder: dict[str, Any] | None, progress: bool = True):
+                 encoder: dict[str, Any] | None, progress: bool = True,
+                 model_config: dict[str, Any] | None = None, strict: bool = True):
         f = profile.finetune
         self.profile, self.data = profile, data
         seed_everything(seed)  # the classifier's (and, from scratch, the encoder's) initial weights
-        model = build_model(profile.model)
-        if encoder is not None:
-            model.load_encoder_state_dict(encoder)
+        model = build_network(model_config or dataclasses.asdict(profile.model))
+        # not strict: an ablation variant (no fusion, one scale) takes the full model's encoder;
+        # its heads differ in width, so only the matching (encoder) weights load
+        self.skipped = model.load_encoder_state_dict(encoder, strict=strict) if encoder else []
         self.augment = build_augment(f.augment)
         super().__init__(model, run_dir, epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                          weight_decay=f.weight_decay, seed=seed, run=profile.run,
@@ -98,29 +100,39 @@ class FinetuneStage(Stage):
 
 
 def finetune_key(profile: Profile, dataset: str, seed: int, encoder_key: str | None,
-                 checksum: str) -> str:
-    return config_key("finetune", dataset, seed, dataclasses.asdict(profile.model),
-                      dataclasses.asdict(profile.finetune), dataclasses.asdict(profile.data),
-                      encoder_key, checksum, code_hash())
+                 checksum: str, model_config: dict[str, Any] | None = None) -> str:
+    model = model_config or dataclasses.asdict(profile.model)
+    return config_key("finetune", dataset, seed, model, dataclasses.asdict(profile.finetune),
+                      dataclasses.asdict(profile.data), encoder_key, checksum,
+                      network_code_hash(model))
 
 
 def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | None = None,
              encoder_path: Path | None | str = "auto", progress: bool = True,
-             force: bool = False) -> dict[str, Any]:
+             force: bool = False, baseline: str | None = None) -> dict[str, Any]:
     """Fine-tune and evaluate on ``dataset``; returns metrics, CIs, predictions and paths.
 
     ``encoder_path="auto"`` pretrains (or reuses the cached) encoder when ``profile.pretrain.enabled``;
-    ``None`` starts from random initialisation. Results are cached under ``runs/finetune/<key>/``.
+    ``None`` starts from random initialisation; a path loads that ``encoder.pt`` (e.g. the full
+    model's encoder for an ablation variant: the matching weights are loaded). ``baseline``
+    fine-tunes a Table 1 baseline instead of the proposed model (``"auto"``: SimCLR-pretrained;
+    a DINO encoder comes as a path from :func:`~bus_paper.train.dino.dino_pretrain`).
+    Results are cached under ``runs/finetune/<key>/``.
     """
     from ..data.checksum import dataset_checksum
-    from .pretraining import load_pretrained, pretrain
+    from .pretraining import load_pretrained, network_config, pretrain
     d = init_distributed(select_device(profile.run).type)
     root = main_first(d, resolve_root, profile, root)
     if encoder_path == "auto":
-        encoder_path = pretrain(profile, root, progress=progress) if profile.pretrain.enabled else None
+        encoder_path = (pretrain(profile, root, progress=progress, baseline=baseline)
+                        if profile.pretrain.enabled else None)
     encoder = load_pretrained(Path(encoder_path)) if encoder_path else None
+    model_config = network_config(profile, baseline)
+    if encoder is not None and encoder["model_config"].get("baseline") != baseline:
+        raise ValueError(f"encoder {encoder_path} is a {encoder['model_config'].get('baseline') or 'proposed-model'} "
+                         f"encoder, but fine-tuning builds {baseline or 'the proposed model'}")
     key = finetune_key(profile, dataset, seed, encoder["key"] if encoder else None,
-                       dataset_checksum(root, dataset))
+                       dataset_checksum(root, dataset), model_config)
     run_dir = runs_dir() / "finetune" / key
     result_file = run_dir / "result.json"
     if result_file.exists() and not force:
@@ -132,8 +144,10 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     t0 = time.perf_counter()
     data = main_first(d, load_labelled, profile, root, dataset, profile.finetune.label_fraction,
                       label_seed=seed)
+    same = encoder is None or _canonical(encoder["model_config"]) == _canonical(model_config)
     stage = FinetuneStage(profile, data, seed, run_dir, key,
-                          encoder["encoder"] if encoder else None, progress=progress)
+                          encoder["encoder"] if encoder else None, progress=progress,
+                          model_config=model_config, strict=same)
     history = stage.fit()
     # the selected model: best validation epoch; threshold: chosen on validation
     stage.model.load_state_dict(load_checkpoint(run_dir / "best.pt", stage.device)["model"])
@@ -149,12 +163,14 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     result = {"dataset": dataset, "seed": seed, "profile": profile.name, "threshold": threshold,
               "metrics": metrics, "ci": ci, "history": history.epochs,
               "pretrained": encoder is not None, "encoder_key": encoder["key"] if encoder else None,
+              "model": baseline or "proposed", "label_fraction": profile.finetune.label_fraction,
+              "encoder_weights_not_loaded": stage.skipped,
               "n": {s: len(data.y[s]) for s in ("train", "val", "test")},
               "seconds": time.perf_counter() - t0, "run_dir": str(run_dir),
               "checkpoint": str(run_dir / "model.pt")}
     if stage.dist.main:
         save_checkpoint(run_dir / "model.pt", deployable_state(stage.model, profile, data, threshold,
-                                                               dataset))
+                                                               dataset, model_config))
         preds.to_csv(run_dir / "predictions.csv", index=False)
         (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=float))
     barrier(d)  # other ranks return only once model.pt exists
@@ -162,10 +178,15 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     return result
 
 
+def _canonical(cfg: dict[str, Any]) -> str:
+    return json.dumps(cfg, sort_keys=True)  # tuples and lists (from JSON) compare equal
+
+
 def deployable_state(model, profile: Profile, data: LabelledSplits, threshold: float,
-                     dataset: str) -> dict[str, Any]:
+                     dataset: str, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything `bus-paper predict` needs: weights, architecture, preprocessing, threshold."""
-    return {"model": model.state_dict(), "model_config": dataclasses.asdict(profile.model),
+    return {"model": model.state_dict(),
+            "model_config": model_config or dataclasses.asdict(profile.model),
             "image_size": profile.data.image_size, "normalizer": data.normalizer.to_dict(),
             "threshold": float(threshold), "classes": list(LABELS), "dataset": dataset,
             "profile": profile.name, "run": dataclasses.asdict(profile.run)}
@@ -175,6 +196,6 @@ def load_deployable(path: str | Path, device: str = "cpu"):
     """(model in eval mode, checkpoint dict) from a `model.pt` written by :func:`finetune`."""
     from ..config import RunConfig
     state = load_checkpoint(Path(path), device)
-    model = build_model(state["model_config"])  # validates the stored config
+    model = build_network(state["model_config"])  # validates the stored config
     model.load_state_dict(state["model"])
     return model.to(select_device(RunConfig(device=device))).eval(), state

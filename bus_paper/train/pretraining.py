@@ -21,9 +21,9 @@ from torch import nn
 from ..augment import build_augment
 from ..config import Profile
 from ..losses import NTXentLoss
-from ..models import build_model
+from ..models import build_network
 from ..paths import runs_dir
-from .data import Normalizer, code_hash, config_key, load_pool, resolve_root
+from .data import TRAINING_CODE, Normalizer, code_hash, config_key, load_pool, resolve_root
 from .engine import (
     Stage,
     autocast,
@@ -65,7 +65,7 @@ class PretrainStage(Stage):
     name = "pretrain"
 
     def __init__(self, profile: Profile, images: torch.Tensor, run_dir: Path, key: str,
-                 progress: bool = True):
+                 progress: bool = True, baseline: str | None = None):
         p = profile.pretrain
         self.profile = profile
         self.images = images
@@ -73,7 +73,7 @@ class PretrainStage(Stage):
         self.augment = build_augment(p.augment)
         self.loss_fn = NTXentLoss(p.temperature)
         seed_everything(0)  # initial weights
-        super().__init__(_Project(build_model(profile.model)), run_dir, epochs=p.epochs,
+        super().__init__(_Project(build_network(network_config(profile, baseline))), run_dir, epochs=p.epochs,
                          batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
                          seed=0, run=profile.run, n_train=len(images), max_steps=p.max_steps,
                          key=key, progress=progress)
@@ -91,10 +91,36 @@ class PretrainStage(Stage):
         return {"normalizer": self.normalizer.to_dict()}
 
 
-def pretrain_key(profile: Profile, checksums: dict[str, str]) -> str:
-    return config_key("pretrain", dataclasses.asdict(profile.model),
-                      dataclasses.asdict(profile.pretrain), profile.data.image_size,
-                      dataclasses.asdict(profile.data), checksums, code_hash())
+def baseline_config(profile: Profile, name: str, dynamic_size: bool = False) -> dict[str, Any]:
+    """The :meth:`~bus_paper.models.baselines.BaselineNet.config` of baseline ``name`` under
+    ``profile``: its input side (the profile's image size) and the heads and regularisation of
+    ``profile.model``. DINO's local crops need ``dynamic_size`` in pretraining only; the weights
+    are the same without it, so checkpoints store it off."""
+    m = profile.model
+    return {"baseline": name, "img_size": profile.data.image_size, "num_classes": m.num_classes,
+            "proj_hidden": m.proj_hidden, "proj_dim": m.proj_dim,
+            "drop_path_rate": m.drop_path_rate, "drop_rate": m.drop_rate,
+            "dynamic_size": dynamic_size}
+
+
+def network_config(profile: Profile, baseline: str | None = None) -> dict[str, Any]:
+    """What :func:`~bus_paper.models.build_network` builds: the proposed model of
+    ``profile.model``, or Table 1 baseline ``baseline`` at the profile's image size."""
+    return baseline_config(profile, baseline) if baseline else dataclasses.asdict(profile.model)
+
+
+def network_code_hash(model_config: dict[str, Any]) -> str:
+    """:func:`code_hash` of the files behind ``model_config``: a baseline adds its own module
+    (so editing a baseline never throws away the proposed model's cached runs)."""
+    extra = ("models/baselines.py",) if "baseline" in model_config else ()
+    return code_hash(TRAINING_CODE + extra)
+
+
+def pretrain_key(profile: Profile, checksums: dict[str, str], baseline: str | None = None) -> str:
+    model = network_config(profile, baseline)
+    return config_key("pretrain", model, dataclasses.asdict(profile.pretrain),
+                      profile.data.image_size, dataclasses.asdict(profile.data), checksums,
+                      network_code_hash(model))
 
 
 def run_pretraining(profile: Profile, root: str | Path | None, kind: str, key_of, make_stage,
@@ -131,18 +157,22 @@ def run_pretraining(profile: Profile, root: str | Path | None, kind: str, key_of
 
 
 def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = True,
-             force: bool = False) -> Path:
-    """Pretrain (or reuse) the encoder of ``profile``; returns the path of ``encoder.pt``.
+             force: bool = False, baseline: str | None = None) -> Path:
+    """SimCLR-pretrain (or reuse) the encoder of ``profile``; returns the path of ``encoder.pt``.
+
+    ``baseline`` pretrains a Table 1 baseline (e.g. ``"resnet50"``: the SimCLR row) with the same
+    objective, pool, epochs and optimiser instead of the proposed model.
 
     The result is cached under ``runs/pretrain/<key>/`` where the key covers the model and
     pretraining configs, the data checksums of the pool and the training code: every fine-tuning
     (any seed, any dataset) of the same profile shares it. A killed run resumes from ``last.pt``.
     """
     return run_pretraining(
-        profile, root, "pretrain", lambda sums: pretrain_key(profile, sums),
-        lambda images, run_dir, key: PretrainStage(profile, images, run_dir, key, progress=progress),
+        profile, root, "pretrain", lambda sums: pretrain_key(profile, sums, baseline),
+        lambda images, run_dir, key: PretrainStage(profile, images, run_dir, key,
+                                                   progress=progress, baseline=baseline),
         lambda stage: {"encoder": stage.model.m.encoder_state_dict(),
-                       "model_config": dataclasses.asdict(profile.model)},
+                       "model_config": network_config(profile, baseline)},
         progress, force)
 
 
