@@ -163,4 +163,5 @@ def test_ablation_variant_loads_the_full_models_encoder(runs):
     r = finetune(variant, "busi", seed=0, progress=False, encoder_path=enc)
     assert r["pretrained"] and r["encoder_key"] == load_checkpoint(enc)["key"]
     skipped = r["encoder_weights_not_loaded"]
-    assert skipped and all(k.startswith("projector.") for k in skipped)  # never an encoder weight
+    # the heads and the (re-indexed) fusion norms differ; every encoder weight is loaded
+    assert "projector.0.weight" in skipped and not any(k.startswith("encoder.") for k in skipped)
