@@ -1,0 +1,223 @@
+"""The experiments behind paper 000's results chapters, as functions of a profile.
+
+Each chapter asks for runs by name and gets :func:`~bus_paper.train.finetune` results back; every
+pretraining and fine-tuning is cached (``runs/``), so chapters share them: the proposed model's
+runs serve Table 1, the ablations (as "full") and the label-efficiency curve (at 100 %).
+
+- :data:`TABLE1`: the rows of Table 1. Every baseline is pretrained on the same unlabeled pool,
+  for the same epochs, batch and optimiser as the proposed model (the paper: "pretrained on the
+  same unlabeled ultrasound images for the same number of epochs"). The paper names the SSL method
+  of two rows only (DINO, SimCLR); the others (ConvNeXt-Tiny, EfficientNetV2-S, Swin) get SimCLR's
+  NT-Xent with the proposed model's views and projection head, so that they differ from the
+  proposed model in architecture only.
+- :data:`ABLATIONS`: Tables 4-5, each a config change of the proposed model.
+- :func:`label_fraction_runs`: the label-efficiency curve the paper claims but never shows.
+
+>>> sorted(ABLATIONS)
+['full', 'no_fusion', 'no_ssl', 'reduced_aug', 'single_scale']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import Profile
+from .metrics import METRICS, binary_metrics
+
+
+# ----------------------------------------------------------------------------- Table 1
+@dataclass(frozen=True)
+class Row:
+    """One model of Table 1: ``baseline`` names a :mod:`bus_paper.models.baselines` backbone
+    (None: the proposed model), ``objective`` its self-supervised pretraining."""
+    key: str
+    label: str
+    baseline: str | None
+    objective: str = "simclr"   # simclr | dino
+
+
+TABLE1: tuple[Row, ...] = (
+    Row("convnext_tiny", "ConvNeXt-Tiny", "convnext_tiny"),
+    Row("efficientnetv2_s", "EfficientNetV2-S", "efficientnetv2_s"),
+    Row("swin_tiny", "Swin Transformer (SSL pre-trained)", "swin_tiny"),
+    Row("dino_vit", "DINO-ViT (Self-Supervised)", "vit_small", "dino"),
+    Row("simclr_resnet50", "SimCLR (SSL CNN backbone)", "resnet50"),
+    Row("proposed", "Proposed Model", None),
+)
+ROWS = {r.key: r for r in TABLE1}
+
+
+def encoder_for(profile: Profile, root: str | Path | None, row: Row | str,
+                progress: bool = False) -> Path:
+    """The (cached) pretrained ``encoder.pt`` of a Table 1 row."""
+    from .train.dino import dino_pretrain
+    from .train.pretraining import pretrain
+    row = ROWS[row] if isinstance(row, str) else row
+    if row.objective == "dino":
+        return dino_pretrain(profile, root, name=row.baseline, progress=progress)
+    if row.objective != "simclr":
+        raise ValueError(f"{row.key}: unknown objective {row.objective!r} (simclr | dino)")
+    return pretrain(profile, root, progress=progress, baseline=row.baseline)
+
+
+def table1_runs(profile: Profile, root: str | Path | None, row: Row | str,
+                datasets: Sequence[str], seeds: Sequence[int],
+                progress: bool = False) -> list[dict[str, Any]]:
+    """Pretrain (once) and fine-tune one Table 1 row on every dataset and seed."""
+    from .train import finetune
+    row = ROWS[row] if isinstance(row, str) else row
+    enc = encoder_for(profile, root, row, progress)
+    return [finetune(profile, d, s, root, encoder_path=enc, progress=progress,
+                     baseline=row.baseline) | {"row": row.key}
+            for d in datasets for s in seeds]
+
+
+# ----------------------------------------------------------------------------- Tables 4-5
+@dataclass(frozen=True)
+class Ablation:
+    """A variant of the proposed model: config ``changes`` (dotted, as :meth:`Profile.replace`).
+
+    ``pretrain_changes`` are the changes that also alter self-supervised pretraining (the paper's
+    reduced augmentation is "essential for stable contrastive pretraining"; no fusion and single
+    scale change the network that is pretrained). With ``own_pretraining`` the variant pretrains
+    its own encoder with them; without it (the ``cpu`` profile, for time) it fine-tunes from the
+    full model's encoder and only the fine-tuning side of the change is tested.
+    """
+    key: str
+    label: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    pretrain_changes: dict[str, Any] = field(default_factory=dict)
+    ssl: bool = True
+
+
+ABLATIONS: dict[str, Ablation] = {a.key: a for a in (
+    Ablation("full", "Proposed model (SSL + fusion + multiscale + full aug.)"),
+    Ablation("no_ssl", "No SSL (random init)", ssl=False),
+    Ablation("no_fusion", "No multiscale fusion", {"model.fusion": False},
+             {"model.fusion": False}),
+    Ablation("single_scale", "Single-scale input only", {"model.multiscale_input": False},
+             {"model.multiscale_input": False}),
+    Ablation("reduced_aug", "Reduced augmentations", {"finetune.augment": "reduced"},
+             {"pretrain.augment": "reduced"}),
+)}
+
+
+def ablation_runs(profile: Profile, root: str | Path | None, key: str, datasets: Sequence[str],
+                  seeds: Sequence[int], own_pretraining: bool = False,
+                  progress: bool = False) -> list[dict[str, Any]]:
+    """Fine-tune ablation ``key`` on every dataset and seed (see :class:`Ablation`)."""
+    from .train import finetune
+    from .train.pretraining import pretrain
+    if key not in ABLATIONS:
+        raise KeyError(f"unknown ablation {key!r}; choose one of {', '.join(ABLATIONS)}")
+    a = ABLATIONS[key]
+    variant = profile.replace(**a.changes) if a.changes else profile
+    if not a.ssl:
+        enc = None
+    elif own_pretraining and a.pretrain_changes:
+        enc = pretrain(variant.replace(**a.pretrain_changes), root, progress=progress)
+    else:
+        enc = pretrain(profile, root, progress=progress)  # the full model's encoder
+    return [finetune(variant, d, s, root, encoder_path=enc, progress=progress) | {"row": key}
+            for d in datasets for s in seeds]
+
+
+# ----------------------------------------------------------------------------- label efficiency
+def label_fraction_runs(profile: Profile, root: str | Path | None, fraction: float, ssl: bool,
+                        datasets: Sequence[str], seeds: Sequence[int],
+                        progress: bool = False) -> list[dict[str, Any]]:
+    """Fine-tune on ``fraction`` of the training labels (a stratified subset drawn per seed; the
+    validation and test splits are unchanged), from the SSL encoder or from random init."""
+    from .train import finetune
+    from .train.pretraining import pretrain
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    enc = pretrain(profile, root, progress=progress) if ssl else None
+    variant = profile.replace(**{"finetune.label_fraction": float(fraction)})
+    return [finetune(variant, d, s, root, encoder_path=enc, progress=progress)
+            | {"row": f"{'ssl' if ssl else 'random'}@{fraction:g}"}
+            for d in datasets for s in seeds]
+
+
+# ----------------------------------------------------------------------------- summaries
+def aligned_test_predictions(results: Sequence[dict[str, Any]]) -> tuple[np.ndarray, list[np.ndarray],
+                                                                  list[float]]:
+    """(labels, per-run test probabilities, per-run thresholds) of runs on the same test images,
+    aligned by image path."""
+    tests = [r["predictions"][r["predictions"]["split"] == "test"].sort_values("path")
+             for r in results]
+    if not tests:
+        raise ValueError("no runs")
+    if any(list(t["path"]) != list(tests[0]["path"]) for t in tests):
+        raise ValueError("the runs were tested on different images")
+    return (tests[0]["label"].to_numpy(), [t["prob"].to_numpy() for t in tests],
+            [float(r["threshold"]) for r in results])
+
+
+def seed_table(results: Sequence[dict[str, Any]], by: str = "row", n_boot: int = 1000
+               ) -> pd.DataFrame:
+    """One row per (``by``, dataset): every metric as mean and sd over seeds and the 95% bootstrap
+    CI of the seed mean over test images (:func:`~bus_paper.analysis.seed_mean_ci`), in %."""
+    from .analysis import seed_mean_ci
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r[by], r["dataset"]), []).append(r)
+    rows = []
+    for (name, dataset), runs in groups.items():
+        y, probs, thr = aligned_test_predictions(runs)
+        ci = seed_mean_ci(y, probs, thr, n_boot=n_boot)
+        row = {by: name, "dataset": dataset, "seeds": len(runs)}
+        for m in METRICS:
+            vals = 100 * np.array([r["metrics"][m] for r in runs], dtype=float)
+            row[m] = 100 * ci[m][0]
+            row[f"{m}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+            row[f"{m}_lo"], row[f"{m}_hi"] = 100 * ci[m][1], 100 * ci[m][2]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
+                      metric: str = "auc", n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Seed-mean ``metric`` of runs ``a`` minus that of runs ``b`` on the same test images, with a
+    paired bootstrap over images (each resample scores every run of both sides) and a two-sided
+    p-value (share of resamples whose difference has the other sign, doubled). In %."""
+    ya, pa, ta = aligned_test_predictions(a)
+    yb, pb, tb = aligned_test_predictions(b)
+    if not np.array_equal(ya, yb):
+        raise ValueError("the two sets of runs were tested on different labels")
+
+    def mean(idx, probs, thr):
+        return float(np.mean([binary_metrics(ya[idx], p[idx], t)[metric]
+                              for p, t in zip(probs, thr)]))
+
+    every = np.arange(ya.size)
+    diff = mean(every, pa, ta) - mean(every, pb, tb)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, ya.size, ya.size)
+        boots.append(mean(idx, pa, ta) - mean(idx, pb, tb))
+    d = np.asarray(boots)
+    d = d[np.isfinite(d)]
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    p = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))
+    return {"diff": 100 * diff, "lo": 100 * float(lo), "hi": 100 * float(hi), "p": float(p),
+            "n_boot": int(d.size)}
+
+
+def fmt_mean_sd(table: pd.DataFrame, metric: str) -> pd.Series:
+    """"mean ± sd" strings of a :func:`seed_table` column (sd omitted for one seed)."""
+    sd = table[f"{metric}_sd"]
+    return pd.Series([f"{m:.1f} ± {s:.1f}" if np.isfinite(s) else f"{m:.1f}"
+                      for m, s in zip(table[metric], sd)], index=table.index)
+
+
+def fmt_ci(table: pd.DataFrame, metric: str) -> pd.Series:
+    return pd.Series([f"{lo:.1f}–{hi:.1f}" for lo, hi in
+                      zip(table[f"{metric}_lo"], table[f"{metric}_hi"])], index=table.index)
