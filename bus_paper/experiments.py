@@ -187,10 +187,9 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
     """Seed-mean ``metric`` of runs ``a`` minus that of runs ``b`` on the same test images, with a
     paired bootstrap over images (each resample scores every run of both sides) and a two-sided
     p-value (share of resamples whose difference has the other sign, doubled). In %."""
-    ya, pa, ta = aligned_test_predictions(a)
-    yb, pb, tb = aligned_test_predictions(b)
-    if not np.array_equal(ya, yb):
-        raise ValueError("the two sets of runs were tested on different labels")
+    a, b = list(a), list(b)
+    ya, probs, thr = aligned_test_predictions(a + b)  # all on the same images, or an error
+    pa, ta, pb, tb = probs[:len(a)], thr[:len(a)], probs[len(a):], thr[len(a):]
 
     def mean(idx, probs, thr):
         return float(np.mean([binary_metrics(ya[idx], p[idx], t)[metric]

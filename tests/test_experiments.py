@@ -1,0 +1,87 @@
+"""The experiments module: Table 1 rows, ablations as config changes, seed tables, paired tests."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bus_paper import experiments as ex
+from bus_paper.config import load_profile
+from bus_paper.literature import paper_000
+from bus_paper.metrics import binary_metrics
+from bus_paper.models.baselines import BASELINES
+
+CPU = load_profile("cpu")
+
+
+def fake_run(y, prob, threshold=0.5, row="a", dataset="busi", seed=0, paths=None):
+    y, prob = np.asarray(y), np.asarray(prob, dtype=float)
+    paths = paths or [f"img{i:03d}.png" for i in range(y.size)]
+    preds = pd.DataFrame({"path": paths, "split": "test", "label": y, "prob": prob})
+    # a validation row must be ignored by every summary
+    preds = pd.concat([preds, pd.DataFrame({"path": ["v.png"], "split": ["val"], "label": [1],
+                                            "prob": [0.0]})], ignore_index=True)
+    return {"row": row, "dataset": dataset, "seed": seed, "threshold": threshold,
+            "metrics": binary_metrics(y, prob, threshold), "predictions": preds}
+
+
+def test_table1_rows_match_the_paper_and_the_baselines():
+    assert [r.key for r in ex.TABLE1] == list(paper_000("table1")["model"].drop_duplicates())
+    for r in ex.TABLE1:
+        assert r.baseline is None or r.baseline in BASELINES
+    assert ex.ROWS["dino_vit"].objective == "dino" and ex.ROWS["proposed"].baseline is None
+
+
+def test_each_ablation_changes_only_its_own_field():
+    assert set(ex.ABLATIONS) == set(paper_000("ablations")["variant"])
+    assert ex.ABLATIONS["full"].changes == {} and not ex.ABLATIONS["no_ssl"].ssl
+    for a in ex.ABLATIONS.values():
+        variant = CPU.replace(**a.changes) if a.changes else CPU
+        differ = {f"{sec}.{k}" for sec in ("model", "finetune", "pretrain")
+                  for k, v in vars(getattr(variant, sec)).items()
+                  if v != getattr(getattr(CPU, sec), k)}
+        assert differ == set(a.changes), a.key
+    assert CPU.replace(**ex.ABLATIONS["no_fusion"].changes).model.fusion is False
+    assert CPU.replace(**ex.ABLATIONS["single_scale"].changes).model.multiscale_input is False
+
+
+def test_unknown_names_fail_clearly():
+    with pytest.raises(KeyError, match="unknown ablation"):
+        ex.ablation_runs(CPU, None, "no_dropout", ["busi"], [0])
+    with pytest.raises(ValueError, match="label fraction"):
+        ex.label_fraction_runs(CPU, None, 0.0, True, ["busi"], [0])
+
+
+def test_seed_table_mean_sd_and_ci():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    runs = [fake_run(y, np.clip(y * 0.6 + rng.random(80) * 0.5, 0, 1), seed=s) for s in range(3)]
+    t = ex.seed_table(runs, n_boot=200)
+    assert len(t) == 1 and t.loc[0, "seeds"] == 3
+    aucs = [100 * r["metrics"]["auc"] for r in runs]
+    assert t.loc[0, "auc"] == pytest.approx(np.mean(aucs))
+    assert t.loc[0, "auc_sd"] == pytest.approx(np.std(aucs, ddof=1))
+    assert t.loc[0, "auc_lo"] <= t.loc[0, "auc"] <= t.loc[0, "auc_hi"]
+    assert ex.fmt_mean_sd(t, "auc").iloc[0] == f"{np.mean(aucs):.1f} ± {np.std(aucs, ddof=1):.1f}"
+
+
+def test_paired_difference_detects_a_real_gap_and_not_a_null_one():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    good = [fake_run(y, np.clip(y * 0.5 + rng.random(200) * 0.6, 0, 1), seed=s) for s in range(2)]
+    noise = [fake_run(y, rng.random(200), seed=s) for s in range(2)]
+    gap = ex.paired_difference(good, noise, "auc", n_boot=300)
+    assert gap["lo"] > 0 and gap["p"] < 0.01
+    same = ex.paired_difference(good, good, "auc", n_boot=50)
+    assert same["diff"] == 0 and same["lo"] == 0 and same["hi"] == 0 and same["p"] == 1.0
+    # the point estimate is the difference of seed-mean AUCs
+    expect = 100 * (np.mean([r["metrics"]["auc"] for r in good])
+                    - np.mean([r["metrics"]["auc"] for r in noise]))
+    assert gap["diff"] == pytest.approx(expect)
+
+
+def test_runs_on_different_images_are_refused():
+    y = np.array([0, 1, 0, 1])
+    a = fake_run(y, [0.1, 0.9, 0.2, 0.8])
+    b = fake_run(y, [0.1, 0.9, 0.2, 0.8], paths=["x1", "x2", "x3", "x4"])
+    with pytest.raises(ValueError, match="different images"):
+        ex.paired_difference([a], [b])
