@@ -410,12 +410,42 @@ def build_book(chapters: str | os.PathLike | None = None, out: str | os.PathLike
 
 
 # ----------------------------------------------------------------------------- CLI
+def chapter_times(chapters_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Profile, commit, time and wall time of the last execution of every executed chapter, read
+    from the notebooks' ``metadata.bus_paper.provenance`` (what the reproducibility page shows)."""
+    rows = []
+    for path in sorted(Path(chapters_dir).glob("*.ipynb")):
+        meta = nbformat.read(path, as_version=4).metadata.get("bus_paper", {})
+        prov = meta.get("provenance")
+        if not prov:
+            continue
+        rows.append({"chapter": path.stem, "profile": prov.get("profile"),
+                     "commit": (prov.get("git") or {}).get("commit", "")[:12],
+                     "finished": prov.get("timestamp"), "minutes": prov.get("wall_s", 0) / 60})
+    return rows
+
+
+def write_times_page(chapters_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """A Markdown table of :func:`chapter_times` (included by the reproducibility page)."""
+    rows = chapter_times(chapters_dir)
+    lines = ["| chapter | profile | finished (UTC) | commit | minutes |", "| --- | --- | --- | --- | ---: |"]
+    lines += [f"| {r['chapter']} | {r['profile']} | {str(r['finished'])[:19]} | `{r['commit']}` | "
+              f"{r['minutes']:.1f} |" for r in rows]
+    lines.append(f"| **total** | | | | **{sum(r['minutes'] for r in rows):.1f}** |")
+    target = Path(target)
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     overrides = {k: parse_value(v) for k, v in (args.param or [])}
     t0 = time.time()
     outcomes = run(args.profile, only=args.only, force=args.force, out=args.out,
                    data_root=args.data_root, overrides=overrides, notebooks_dir=args.notebooks)
     bad = [o for o in outcomes if o.status == "failed"]
+    out = Path(args.out) if args.out else project_root() / "book" / "chapters"
+    if any(o.status == "executed" for o in outcomes) and out.is_dir():
+        write_times_page(out, out.parent / "chapter_times.md")
     print(f"{len(outcomes)} notebook(s), {sum(o.status == 'executed' for o in outcomes)} executed,"
           f" {len(bad)} failed, {time.time() - t0:.1f} s")
     if bad:

@@ -213,3 +213,20 @@ def test_chapter_under_smoke_uses_a_phantom_and_a_private_results_dir(tmp_path, 
     assert explicit.data_root == ch.data_root and explicit.results_dir == tmp_path / "res"
     with pytest.raises(FileNotFoundError, match="looked for .* Public source"):
         pipeline.resolve_data_root("cpu", tmp_path / "absent")
+
+
+def test_times_page_lists_each_executed_chapter_and_the_total(tmp_path):
+    import nbformat
+
+    from bus_paper.pipeline import chapter_times, write_times_page
+    for stem, wall in (("01_a", 90.0), ("02_b", 30.0)):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["bus_paper"] = {"provenance": {"profile": "cpu", "wall_s": wall,
+                                                   "timestamp": "2026-01-01T00:00:00+00:00",
+                                                   "git": {"commit": "abcdef1234567890"}}}
+        nbformat.write(nb, tmp_path / f"{stem}.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "03_never_run.ipynb")
+    assert [r["chapter"] for r in chapter_times(tmp_path)] == ["01_a", "02_b"]
+    text = write_times_page(tmp_path, tmp_path / "times.md").read_text()
+    assert "| 01_a | cpu | 2026-01-01T00:00:00 | `abcdef123456` | 1.5 |" in text
+    assert "**2.0**" in text and "03_never_run" not in text
