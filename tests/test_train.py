@@ -165,3 +165,15 @@ def test_ablation_variant_loads_the_full_models_encoder(runs):
     skipped = r["encoder_weights_not_loaded"]
     # the heads and the (re-indexed) fusion norms differ; every encoder weight is loaded
     assert "projector.0.weight" in skipped and not any(k.startswith("encoder.") for k in skipped)
+
+
+def test_experiment_command_warms_the_cache_a_chapter_reads(runs, capsys):
+    """`bus-paper experiment` runs exactly what the chapter's functions then find cached."""
+    from bus_paper import experiments as ex
+    from bus_paper.cli import main
+    assert main(["experiment", "ablations", "--profile", "smoke", "--only", "no_fusion",
+                 "--dataset", "busi", "--seed", "0", "--set", "finetune.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "no_fusion" in out and "busi" in out and "AUC" in out
+    again = ex.ablation_runs(SMOKE, None, "no_fusion", ["busi"], [0])
+    assert f"{again[0]['run_dir']}" in out  # same run, found in the cache

@@ -56,6 +56,36 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_experiment(args) -> int:
+    """Run (or reuse from the cache) the training runs behind a results chapter. Under torchrun
+    every run is data-parallel; the chapter notebook then finds them all cached."""
+    from .. import experiments as ex
+    profile = _profile(args)
+    # the chapters' defaults: label efficiency on BUSI only; ablations pretrain per variant on gpu
+    datasets = args.dataset or (["busi"] if args.chapter == "label_efficiency"
+                                else list(profile.finetune.datasets))
+    own = args.own_pretraining if args.own_pretraining is not None else profile.name == "gpu"
+    seeds = args.seed if args.seed is not None else list(profile.finetune.seeds)
+    results = []
+    if args.chapter == "table1":
+        for row in args.only or [r.key for r in ex.TABLE1]:
+            results += ex.table1_runs(profile, args.data_root, row, datasets, seeds)
+    elif args.chapter == "ablations":
+        for key in args.only or list(ex.ABLATIONS):
+            results += ex.ablation_runs(profile, args.data_root, key, datasets, seeds,
+                                        own_pretraining=own)
+    else:  # label_efficiency
+        for fraction in args.fraction or [0.1, 0.25, 0.5, 1.0]:
+            for ssl in (True, False):
+                results += ex.label_fraction_runs(profile, args.data_root, fraction, ssl,
+                                                  datasets, seeds)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for r in results:
+            print(f"{r['row']:<18} {r['dataset']:<6} seed {r['seed']}: AUC {r['metrics']['auc']:.3f}"
+                  f"  ({r['seconds'] / 60:.1f} min when run)  {r['run_dir']}")
+    return 0
+
+
 def _cmd_predict(args) -> int:
     from .predict import predict_paths
     df, skipped = predict_paths(args.checkpoint, args.paths, args.heatmaps)
@@ -100,6 +130,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pretrain", action="store_true", help="random init (No-SSL ablation)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("experiment", help="the training runs behind a results chapter (cached; "
+                       "e.g. under torchrun before running the chapter)")
+    common(p)
+    p.add_argument("chapter", choices=["table1", "ablations", "label_efficiency"])
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="Table 1 row or ablation variant (default: all), e.g. dino_vit, no_fusion")
+    p.add_argument("--dataset", action="append", help="busi | udiat (default: the profile's)")
+    p.add_argument("--seed", type=int, action="append", help="fine-tuning seed(s)")
+    p.add_argument("--fraction", type=float, action="append",
+                   help="label_efficiency: share(s) of the training labels (default 0.1 0.25 0.5 1)")
+    p.add_argument("--own-pretraining", action=argparse.BooleanOptionalAction, default=None,
+                   help="ablations: pretrain each variant with its change (default: on for gpu)")
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("predict", help="malignancy probability per image from a trained checkpoint")
     p.add_argument("--checkpoint", required=True)
