@@ -175,5 +175,6 @@ def test_experiment_command_warms_the_cache_a_chapter_reads(runs, capsys):
                  "--dataset", "busi", "--seed", "0", "--set", "finetune.epochs=2"]) == 0
     out = capsys.readouterr().out
     assert "no_fusion" in out and "busi" in out and "AUC" in out
-    again = ex.ablation_runs(SMOKE, None, "no_fusion", ["busi"], [0])
+    same = load_profile("smoke").replace(**{"finetune.epochs": 2})  # what the command ran
+    again = ex.ablation_runs(same, None, "no_fusion", ["busi"], [0])
     assert f"{again[0]['run_dir']}" in out  # same run, found in the cache
