@@ -37,16 +37,11 @@ CAM_TARGETS = ("label", "malignant", "predicted")  # which class each image's he
 
 
 def gradcam(model: torch.nn.Module, x: torch.Tensor, target_class: int | Sequence[int] = 1,
-            target_layers: list[torch.nn.Module] | None = None) -> np.ndarray:
-    """Grad-CAM maps in [0, 1], shape [B, H, W] at the input size, for class ``target_class``
-    (one class for all images, or one per image)."""
-    return _gradcam(model, x, target_class, target_layers)[0]
-
-
-def _gradcam(model: torch.nn.Module, x: torch.Tensor, target_class: int | Sequence[int] = 1,
-             target_layers: list[torch.nn.Module] | None = None
-             ) -> tuple[np.ndarray, torch.Tensor, tuple[int, int]]:
-    """(maps, logits of the same forward pass, the target layer's grid size before upsampling)."""
+            target_layers: list[torch.nn.Module] | None = None
+            ) -> tuple[np.ndarray, torch.Tensor, tuple[int, int]]:
+    """Grad-CAM of a z-scored batch for class ``target_class`` (one for all images, or one per
+    image): (maps in [0, 1], [B, H, W] at the input size; logits of the same forward pass; the
+    target layer's grid size before upsampling). :func:`heatmaps` batches it over uint8 images."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     layers = target_layers or model.gradcam_target_layers()
@@ -97,7 +92,7 @@ def heatmaps(model: torch.nn.Module, images_u8: np.ndarray | torch.Tensor, norma
     cams, probs, grid = [], [], None
     for i in range(0, n, batch_size):
         x = normalizer(x_u8[i:i + batch_size].to(device).float() / 255.0)
-        maps, logits, grid = _gradcam(model, x, classes[i:i + batch_size].tolist())
+        maps, logits, grid = gradcam(model, x, classes[i:i + batch_size].tolist())
         cams.append(maps)
         probs.append(torch.softmax(logits, dim=1)[:, 1].numpy())
     if grid is None:
@@ -127,18 +122,12 @@ def energy_in_mask(cam: np.ndarray, mask: np.ndarray) -> float:
     return float(cam[mask.astype(bool)].sum() / total) if total > 0 else float("nan")
 
 
-def pointing_game(cam: np.ndarray, mask: np.ndarray) -> bool:
-    """Hit if the heatmap's maximum falls inside the lesion mask."""
-    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    return bool(mask.astype(bool)[r, c])
-
-
 def pointing_hit(cam: np.ndarray, mask: np.ndarray, rtol: float = 1e-6) -> float:
     """Pointing game with ties: the share of the heatmap's maximal pixels that lie in the mask.
 
     1 or 0 for a unique maximum. An upsampled coarse map has plateaus (a ResNet-50's 3x3 grid
-    gives flat corner blocks), where :func:`pointing_game`'s first maximum would always pick the
-    top-left one; this is the expected hit of a random tie break instead. 0 for an all-zero map.
+    gives flat corner blocks), where the first maximum (``argmax``) would always pick the top-left
+    one; this is the expected hit of a random tie break instead. 0 for an all-zero map.
     """
     cam = np.asarray(cam, dtype=np.float64)
     top = cam.max()
@@ -176,15 +165,12 @@ def save_gradcam_overlays(model: torch.nn.Module, x_u8: torch.Tensor, normalizer
                           out_dir: Path, batch_size: int = 16) -> list[str]:
     """Write one PNG overlay per image to ``out_dir``; returns the written paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    cams = heatmaps(model, x_u8, normalizer, targets=1, batch_size=batch_size).cams  # malignant
     written = []
-    for i in range(0, len(x_u8), batch_size):
-        chunk = x_u8[i:i + batch_size]
-        maps = gradcam(model, normalizer(chunk.float() / 255.0))
-        for j, cam in enumerate(maps):
-            src = Path(paths[i + j])
-            dest = out_dir / f"{i + j:05d}_{src.stem}_gradcam.png"  # index: same stems never clash
-            Image.fromarray(overlay(chunk[j, 0].numpy(), cam)).save(dest)
-            written.append(str(dest))
+    for i, (cam, src) in enumerate(zip(cams, paths)):
+        dest = out_dir / f"{i:05d}_{Path(src).stem}_gradcam.png"  # index: same stems never clash
+        Image.fromarray(overlay(np.asarray(x_u8[i, 0]), cam)).save(dest)
+        written.append(str(dest))
     return written
 
 
