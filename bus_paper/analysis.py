@@ -171,6 +171,20 @@ def embedding_2d(emb: np.ndarray, seed: int = 0, min_tsne: int = 50) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------- fine-tuning results
+def aligned_test_predictions(results: Sequence[Mapping[str, Any]]
+                             ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+    """(labels, per-run test probabilities, per-run thresholds) of fine-tuning runs that were
+    tested on the same images (seeds of one dataset), aligned by image path; else a ValueError."""
+    tests = [r["predictions"][r["predictions"]["split"] == "test"].sort_values("path")
+             for r in results]
+    if not tests:
+        raise ValueError("no runs")
+    if any(list(t["path"]) != list(tests[0]["path"]) for t in tests):
+        raise ValueError("the runs were tested on different images")
+    return (tests[0]["label"].to_numpy(), [t["prob"].to_numpy() for t in tests],
+            [float(r["threshold"]) for r in results])
+
+
 def seed_mean_ci(y_true, probs: Sequence[np.ndarray], thresholds: Sequence[float],
                  n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
                  ) -> dict[str, tuple[float, float, float]]:
@@ -222,13 +236,11 @@ def comparison_table(results: Sequence[Mapping[str, Any]], n_boot: int = 1000,
         by_dataset.setdefault(r["dataset"], []).append(r)
     rows = []
     for dataset, runs in by_dataset.items():
-        tests = [r["predictions"][r["predictions"]["split"] == "test"].sort_values("path")
-                 for r in runs]
-        if any(list(t["path"]) != list(tests[0]["path"]) for t in tests):
-            raise ValueError(f"{dataset}: the seeds were tested on different images")
-        y = tests[0]["label"].to_numpy()
-        ci = seed_mean_ci(y, [t["prob"].to_numpy() for t in tests],
-                          [r["threshold"] for r in runs], n_boot=n_boot)
+        try:
+            y, probs, thresholds = aligned_test_predictions(runs)
+        except ValueError as err:
+            raise ValueError(f"{dataset}: {err}") from None
+        ci = seed_mean_ci(y, probs, thresholds, n_boot=n_boot)
         for m in METRICS:
             values = [r["metrics"][m] for r in runs]
             sd = float(np.std(values, ddof=1)) * 100 if len(values) > 1 else float("nan")

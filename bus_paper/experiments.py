@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .analysis import aligned_test_predictions, seed_mean_ci
 from .config import Profile
-from .metrics import METRICS, binary_metrics
+from .metrics import METRICS, paired_bootstrap
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -146,25 +147,10 @@ def label_fraction_runs(profile: Profile, root: str | Path | None, fraction: flo
 
 
 # ----------------------------------------------------------------------------- summaries
-def aligned_test_predictions(results: Sequence[dict[str, Any]]) -> tuple[np.ndarray, list[np.ndarray],
-                                                                  list[float]]:
-    """(labels, per-run test probabilities, per-run thresholds) of runs on the same test images,
-    aligned by image path."""
-    tests = [r["predictions"][r["predictions"]["split"] == "test"].sort_values("path")
-             for r in results]
-    if not tests:
-        raise ValueError("no runs")
-    if any(list(t["path"]) != list(tests[0]["path"]) for t in tests):
-        raise ValueError("the runs were tested on different images")
-    return (tests[0]["label"].to_numpy(), [t["prob"].to_numpy() for t in tests],
-            [float(r["threshold"]) for r in results])
-
-
 def seed_table(results: Sequence[dict[str, Any]], by: str = "row", n_boot: int = 1000
                ) -> pd.DataFrame:
     """One row per (``by``, dataset): every metric as mean and sd over seeds and the 95% bootstrap
     CI of the seed mean over test images (:func:`~bus_paper.analysis.seed_mean_ci`), in %."""
-    from .analysis import seed_mean_ci
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r[by], r["dataset"]), []).append(r)
@@ -188,26 +174,11 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
     paired bootstrap over images (each resample scores every run of both sides) and a two-sided
     p-value (share of resamples whose difference has the other sign, doubled). In %."""
     a, b = list(a), list(b)
-    ya, probs, thr = aligned_test_predictions(a + b)  # all on the same images, or an error
-    pa, ta, pb, tb = probs[:len(a)], thr[:len(a)], probs[len(a):], thr[len(a):]
-
-    def mean(idx, probs, thr):
-        return float(np.mean([binary_metrics(ya[idx], p[idx], t)[metric]
-                              for p, t in zip(probs, thr)]))
-
-    every = np.arange(ya.size)
-    diff = mean(every, pa, ta) - mean(every, pb, tb)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, ya.size, ya.size)
-        boots.append(mean(idx, pa, ta) - mean(idx, pb, tb))
-    d = np.asarray(boots)
-    d = d[np.isfinite(d)]
-    lo, hi = np.percentile(d, [2.5, 97.5])
-    p = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))
-    return {"diff": 100 * diff, "lo": 100 * float(lo), "hi": 100 * float(hi), "p": float(p),
-            "n_boot": int(d.size)}
+    y, probs, thr = aligned_test_predictions(a + b)  # all on the same images, or an error
+    r = paired_bootstrap(y, probs[:len(a)], probs[len(a):], metric, thr[:len(a)], thr[len(a):],
+                         n_boot=n_boot, seed=seed)
+    return {"diff": 100 * r["delta"], "lo": 100 * r["lo"], "hi": 100 * r["hi"], "p": r["p"],
+            "n_boot": r["n_boot"]}
 
 
 def fmt_mean_sd(table: pd.DataFrame, metric: str) -> pd.Series:

@@ -58,3 +58,18 @@ def test_paired_bootstrap_detects_real_difference_only():
     assert res["delta"] > 0.2 and res["lo"] > 0 and res["p"] < 0.01
     same = paired_bootstrap(y, good, good, n_boot=100)
     assert same["delta"] == 0 and same["p"] == 1.0
+
+
+def test_paired_bootstrap_of_seed_sets_is_the_difference_of_seed_means():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 120)
+    a = [np.clip(0.4 * y + 0.6 * rng.random(120), 0, 1) for _ in range(3)]
+    b = [rng.random(120) for _ in range(2)]
+    res = paired_bootstrap(y, a, b, "accuracy", [0.4, 0.5, 0.6], 0.5, n_boot=200)
+    expect = (np.mean([binary_metrics(y, p, t)["accuracy"] for p, t in zip(a, [0.4, 0.5, 0.6])])
+              - np.mean([binary_metrics(y, p, 0.5)["accuracy"] for p in b]))
+    assert res["delta"] == pytest.approx(expect) and res["n_boot"] == 200
+    one = paired_bootstrap(y, a[:1], b[:1], n_boot=100)   # a list of one run = that run
+    assert one == paired_bootstrap(y, a[0], b[0], n_boot=100)
+    with pytest.raises(ValueError, match="2 thresholds for 3 runs"):
+        paired_bootstrap(y, a, b, threshold_a=[0.5, 0.5])
