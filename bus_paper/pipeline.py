@@ -182,6 +182,24 @@ class Chapter:
                                     self.started)
         return {**self._prov, **stamp(self.started)}
 
+    def provenance_table(self, seeds: Sequence[int] | None = None, **extra: Any):
+        """The chapter's closing provenance table (a one-column DataFrame): profile, seed(s),
+        commit, data root, ``extra`` entries (e.g. an encoder key), data checksums, hardware,
+        time and wall time so far."""
+        import pandas as pd
+        prov = self.provenance()
+        git = prov["git"]
+        hw = prov["hardware"]
+        rows = {"profile": prov["profile"],
+                **({"seeds": ", ".join(map(str, seeds))} if seeds is not None
+                   else {"seed": prov["seed"]}),
+                "git commit": f"{git['commit'][:12]}{' (dirty)' if git['dirty'] else ''}",
+                "data root": prov["data_root"], **extra,
+                **{f"sha256 {k}": v[:16] for k, v in prov["data_checksums"].items()},
+                "cpu": f"{hw['cpu']} ({hw['cores_usable']} cores)", "torch": hw["torch"],
+                "time": prov["timestamp"], "wall (s)": prov["wall_s"]}
+        return pd.Series(rows, name="value").to_frame()
+
     def save_result(self, name: str, payload: Mapping[str, Any]) -> Path:
         return save_result(self.results_dir, name, payload, self.provenance())
 
@@ -190,6 +208,17 @@ class Chapter:
 
     def save_figure(self, name: str, fig: Any, data: Mapping[str, Any] | None = None) -> Path:
         return plotting.save_figure(self.results_dir, name, fig, self.provenance(), data)
+
+
+def as_list(value: Any) -> list[Any]:
+    """A list parameter as papermill passes it: a list, or its JSON text (``-p seeds "[0, 1]"``)."""
+    return json.loads(value) if isinstance(value, str) else list(value)
+
+
+def seed_list(seeds: Any, profile: str) -> list[int]:
+    """A chapter's ``seeds`` parameter as ints; None means the profile's fine-tuning seeds."""
+    return [int(s) for s in as_list(seeds if seeds is not None
+                                    else load_profile(profile).finetune.seeds)]
 
 
 def chapter(name: str, profile: str = "cpu", data_root: str | None = None,

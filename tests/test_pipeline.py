@@ -214,6 +214,20 @@ def test_chapter_under_smoke_uses_a_phantom_and_a_private_results_dir(tmp_path, 
     with pytest.raises(FileNotFoundError, match="looked for .* Public source"):
         pipeline.resolve_data_root("cpu", tmp_path / "absent")
 
+    table = ch.provenance_table([0, 1], **{"encoder key": "abc"})["value"]
+    prov = ch.provenance()
+    assert table["profile"] == "smoke" and table["seeds"] == "0, 1" and table["encoder key"] == "abc"
+    assert table["git commit"].startswith(prov["git"]["commit"][:12])
+    assert table["sha256 busi"] == prov["data_checksums"]["busi"][:16]
+    assert ch.provenance_table()["value"]["seed"] == 2      # one seed: the chapter's
+
+
+def test_list_parameters_arrive_as_lists_or_json_text():
+    assert pipeline.as_list('["udiat", "busi"]') == ["udiat", "busi"]
+    assert pipeline.as_list(("busi",)) == ["busi"]
+    assert pipeline.seed_list("[3, 4]", "cpu") == [3, 4]
+    assert pipeline.seed_list(None, "cpu") == list(pipeline.load_profile("cpu").finetune.seeds)
+
 
 def test_times_page_lists_each_executed_chapter_and_the_total(tmp_path):
     import nbformat
