@@ -18,14 +18,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .literature import METRICS as REPORTED
+from .literature import paper_000
 from .metrics import METRICS, binary_metrics
 
-# Paper 000 (Wang et al. 2025), Table 1, row "Proposed Model", in %. The paper calls BUSI "Baheya"
-# (the hospital it comes from). It reports no specificity, no confidence interval and no seeds.
-PAPER_000 = {
-    "udiat": {"accuracy": 96.45, "precision": 95.20, "recall": 96.80, "f1": 96.00, "auc": 98.10},
-    "busi": {"accuracy": 95.80, "precision": 94.30, "recall": 95.10, "f1": 94.70, "auc": 97.25},
-}
+
+def _paper_000_proposed() -> dict[str, dict[str, float]]:
+    rows = paper_000("table1").query("model == 'proposed'")
+    return {r["dataset"]: {m: float(r[m]) for m in REPORTED} for _, r in rows.iterrows()}
+
+
+# Paper 000 (Wang et al. 2025), Table 1, row "Proposed Model", in %, from the one copy of the
+# paper's numbers (bus_paper/literature/paper_000.toml). The paper calls BUSI "Baheya" (the
+# hospital it comes from). It reports no specificity, no confidence interval and no seeds.
+PAPER_000 = _paper_000_proposed()
 
 
 def paper_000_numbers() -> pd.DataFrame:

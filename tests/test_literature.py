@@ -74,7 +74,7 @@ def test_cited_keys_are_in_the_bibliography():
 
 
 def test_table1_proposed_row_is_analysis_paper_000():
-    """Two copies of the same numbers (the TOML and analysis.PAPER_000) must agree."""
+    """analysis.PAPER_000 is read from the TOML: the proposed row, every dataset and metric."""
     t = paper_000("table1").query("model == 'proposed'").set_index("dataset")
     assert set(t.index) == set(analysis.PAPER_000)
     for dataset, numbers in analysis.PAPER_000.items():
