@@ -191,3 +191,25 @@ def fmt_mean_sd(table: pd.DataFrame, metric: str) -> pd.Series:
 def fmt_ci(table: pd.DataFrame, metric: str) -> pd.Series:
     return pd.Series([f"{lo:.1f}–{hi:.1f}" for lo, hi in
                       zip(table[f"{metric}_lo"], table[f"{metric}_hi"])], index=table.index)
+
+
+# ----------------------------------------------------------------------------- heavy backbones
+#: SSL epochs at the ``cpu`` profile for backbones too heavy for the profile's own: VGG16 costs
+#: ~4x ResNet-50's compute (15.5 vs 4.1 GFLOPs at 224 px), so its 5 epochs on the pool would take
+#: ~15 of a chapter's 20 minutes. Papers 001 and 004 share this one pretraining. Other profiles
+#: keep their own epochs.
+CPU_PRETRAIN_EPOCHS: dict[str, int] = {"vgg16": 2}
+
+
+def pretraining_profile(profile: Profile, name: str) -> Profile:
+    """The profile to SSL-pretrain backbone ``name`` with (see :data:`CPU_PRETRAIN_EPOCHS`).
+
+    >>> from bus_paper.config import load_profile
+    >>> cpu = load_profile("cpu")
+    >>> pretraining_profile(cpu, "vgg16").pretrain.epochs, pretraining_profile(cpu, "resnet50") is cpu
+    (2, True)
+    """
+    cap = CPU_PRETRAIN_EPOCHS.get(name) if profile.name == "cpu" else None
+    if cap is None or profile.pretrain.epochs <= cap:
+        return profile
+    return profile.replace(**{"pretrain.epochs": cap})

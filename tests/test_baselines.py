@@ -27,7 +27,8 @@ def test_interface_and_shapes(nets, name):
     x = torch.randn(3, 1, S, S)
     with torch.no_grad():
         feats = net.encode(x)
-        assert feats.shape == (3, net.feature_dim) == (3, net.backbone.num_features)
+        width = getattr(net.backbone, "head_hidden_size", None) or net.backbone.num_features
+        assert feats.shape == (3, net.feature_dim) == (3, width)  # VGG: fc7's 4096
         assert net(x).shape == (3, 2)
         assert net.project(x).shape == (3, 32)
         torch.testing.assert_close(net(x), net.head(feats))
@@ -55,7 +56,7 @@ def test_dynamic_size_accepts_multiples_only():
 
 def test_unknown_name_and_bad_size():
     with pytest.raises(KeyError, match="unknown baseline"):
-        build_baseline("vgg16", S)
+        build_baseline("alexnet", S)
     with pytest.raises(ValueError, match="multiple of 32"):
         build_baseline("swin_tiny", 80)
 

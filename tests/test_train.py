@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from bus_paper.config import load_profile
+from bus_paper.metrics import binary_metrics
 from bus_paper.train import finetune, pretrain
 from bus_paper.train.engine import load_checkpoint
 from bus_paper.train.finetuning import FinetuneStage
@@ -52,6 +54,52 @@ def test_pretrain_then_finetune_end_to_end(runs):
     assert ck["image_size"] == SMOKE.data.image_size and ck["classes"] == ["benign", "malignant"]
     preds = r["predictions"]
     assert set(preds.split) == {"val", "test"} and preds.prob.between(0, 1).all()
+    # finished: only the deployable model stays (no resume/best-epoch checkpoints, ~2x the model)
+    run_dir = Path(r["run_dir"])
+    assert (run_dir / "model.pt").exists()
+    assert not (run_dir / "best.pt").exists() and not (run_dir / "last.pt").exists()
+    assert not (Path(enc).parent / "last.pt").exists()
+    # the cached predictions are bit-identical to the in-memory ones, so are their metrics
+    cached = finetune(SMOKE, "busi", seed=0, progress=False)
+    assert cached["predictions"].prob.dtype == np.float32
+    np.testing.assert_array_equal(cached["predictions"].prob.to_numpy(), preds.prob.to_numpy())
+    test = cached["predictions"].query("split == 'test'")
+    assert binary_metrics(test.label.to_numpy(), test.prob.to_numpy(), cached["threshold"]) == \
+        {k: v for k, v in r["metrics"].items()}
+
+
+def test_predictions_csv_round_trips_float32_exactly(tmp_path):
+    from bus_paper.train.finetuning import read_predictions, write_predictions
+    probs = np.random.default_rng(0).random(2000).astype(np.float32)
+    probs[:3] = [np.float32(1 / 3), np.nextafter(np.float32(0.5), np.float32(1)), np.float32(1e-8)]
+    df = pd.DataFrame({"path": [f"x{i}.png" for i in range(len(probs))], "split": "test",
+                       "label": 0, "prob": probs})
+    write_predictions(df, tmp_path / "p.csv")
+    np.testing.assert_array_equal(read_predictions(tmp_path / "p.csv").prob.to_numpy(), probs)
+
+
+def test_network_argument_and_model_families(runs, monkeypatch):
+    """Any network config goes through the same engine (``network=``); a config with a ``family``
+    is built by ``bus_paper.models.<family>.build_from_config``."""
+    import types
+
+    from bus_paper.models import build_network, family_module
+    from bus_paper.train.pretraining import baseline_config
+    cfg = baseline_config(SMOKE, "mobilenetv2")
+    enc = pretrain(SMOKE, progress=False, network=cfg)
+    assert enc == pretrain(SMOKE, progress=False, baseline="mobilenetv2")  # same config, same run
+    r = finetune(SMOKE, "busi", seed=0, progress=False, network=cfg)
+    assert r["model"] == "mobilenetv2" and r["pretrained"]
+    with pytest.raises(ValueError, match="not both"):
+        pretrain(SMOKE, progress=False, network=cfg, baseline="resnet50")
+    toy = types.ModuleType("bus_paper.models.toyfam")
+    toy.build_from_config = lambda c: ("built", c["width"])
+    monkeypatch.setitem(sys.modules, "bus_paper.models.toyfam", toy)
+    assert build_network({"family": "toyfam", "width": 3}) == ("built", 3)
+    with pytest.raises(KeyError, match="unknown model family"):
+        family_module("no_such_family")
+    with pytest.raises(ValueError, match="module name"):
+        family_module("../evil")
 
 
 def test_same_seed_same_metrics(runs, tmp_path, monkeypatch):
@@ -142,7 +190,7 @@ def test_baseline_simclr_pretrain_and_finetune(runs):
 
 def test_finetune_refuses_an_encoder_of_another_model(runs):
     enc = pretrain(SMOKE, progress=False, baseline="resnet50")
-    with pytest.raises(ValueError, match="resnet50 encoder, but fine-tuning builds the proposed"):
+    with pytest.raises(ValueError, match="resnet50 encoder, but fine-tuning builds proposed"):
         finetune(SMOKE, "busi", seed=0, progress=False, encoder_path=enc)
 
 

@@ -14,6 +14,10 @@ classifier. So the training engine can pretrain and fine-tune either model uncha
 - ``vit_small``: timm ``vit_small_patch16_224`` with ``img_size=S`` (DINO's ViT-S/16);
   features = the final CLS token (after LayerNorm). ``vit_small_p8``: the same with patch 8.
 - ``resnet50``: timm ``resnet50`` (SimCLR's backbone); features = GAP of layer4.
+- ``mobilenetv2``, ``densenet121``, ``efficientnet_b0`` (papers 001, 004): timm's models of the
+  same names (``mobilenetv2_100``); features = GAP of the last (BN-activated) map.
+- ``vgg16`` (papers 001, 004): timm ``vgg16``; features = the 4096-d output of its ConvMlp
+  ``pre_logits`` (fc6/fc7 as 7x7 and 1x1 convs; timm pools maps smaller than 7x7 up to it).
 
 Input sizes. Swin merges patches of 4 px, then halves the token grid three times, so ``S`` must
 be a multiple of 32 (grids S/4, S/8, S/16, S/32). A window must tile every stage grid larger than
@@ -53,6 +57,11 @@ BASELINES: dict[str, str] = {
     "vit_small": "vit_small_patch16_224",
     "vit_small_p8": "vit_small_patch8_224",
     "resnet50": "resnet50",
+    # the traditional CNNs of papers 001 and 004 (same wrapper, same heads, same engine)
+    "mobilenetv2": "mobilenetv2_100",
+    "densenet121": "densenet121",
+    "vgg16": "vgg16",
+    "efficientnet_b0": "efficientnet_b0",
 }
 _VIT = ("vit_small", "vit_small_p8")
 # Grad-CAM target (a submodule of the timm backbone) per baseline; see the module docstring
@@ -63,6 +72,10 @@ GRADCAM_TARGETS: dict[str, str] = {
     "vit_small": "blocks.11.norm1",
     "vit_small_p8": "blocks.11.norm1",
     "resnet50": "layer4",
+    "mobilenetv2": "bn2",
+    "densenet121": "features.norm5",
+    "vgg16": "features.29",   # last ReLU before the final max-pool
+    "efficientnet_b0": "bn2",
 }
 IN_CHANS = 1  # grayscale ultrasound
 
@@ -114,9 +127,13 @@ class BaselineNet(nn.Module):
                       "dynamic_img_size": dynamic_size}
         elif name in _VIT:
             kwargs = {"img_size": img_size, "dynamic_img_size": dynamic_size}
+        if drop_path_rate:  # only when asked: DenseNet and VGG have no stochastic depth
+            kwargs["drop_path_rate"] = drop_path_rate
         self.backbone = timm.create_model(BASELINES[name], pretrained=False, in_chans=IN_CHANS,
-                                          num_classes=0, drop_path_rate=drop_path_rate, **kwargs)
-        self.feature_dim = int(self.backbone.num_features)
+                                          num_classes=0, **kwargs)
+        # what encode() returns: num_features, except VGG whose fc6/fc7 (pre_logits) widen it
+        self.feature_dim = int(getattr(self.backbone, "head_hidden_size", None)
+                               or self.backbone.num_features)
         self.projector = ProjectionHead(self.feature_dim, proj_hidden, proj_dim)
         self.head = ClassifierHead(self.feature_dim, num_classes, drop_rate)
 

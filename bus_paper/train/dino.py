@@ -254,9 +254,10 @@ class DinoPretrainStage(Stage):
     name = "pretrain-dino"
 
     def __init__(self, profile: Profile, images: torch.Tensor, run_dir: Path, key: str,
-                 baseline: str = "vit_small", dino: DinoConfig = DinoConfig(),
+                 baseline: str = "vit_small", dino: DinoConfig | None = None,
                  progress: bool = True):
         p, side = profile.pretrain, profile.data.image_size
+        dino = profile.dino if dino is None else dino  # one default: the profile's [dino]
         self.profile, self.images, self.dino, self.baseline = profile, images, dino, baseline
         self.normalizer = Normalizer.fit(images.numpy())
         seed_everything(0)  # initial weights

@@ -109,35 +109,40 @@ def finetune_key(profile: Profile, dataset: str, seed: int, encoder_key: str | N
 
 def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | None = None,
              encoder_path: Path | None | str = "auto", progress: bool = True,
-             force: bool = False, baseline: str | None = None) -> dict[str, Any]:
+             force: bool = False, baseline: str | None = None,
+             network: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune and evaluate on ``dataset``; returns metrics, CIs, predictions and paths.
 
     ``encoder_path="auto"`` pretrains (or reuses the cached) encoder when ``profile.pretrain.enabled``;
     ``None`` starts from random initialisation; a path loads that ``encoder.pt`` (e.g. the full
     model's encoder for an ablation variant: the matching weights are loaded). ``baseline``
     fine-tunes a Table 1 baseline instead of the proposed model (``"auto"``: SimCLR-pretrained;
-    a DINO encoder comes as a path from :func:`~bus_paper.train.dino.dino_pretrain`).
-    Results are cached under ``runs/finetune/<key>/``.
+    a DINO encoder comes as a path from :func:`~bus_paper.train.dino.dino_pretrain`); ``network``
+    any network config (see :func:`~bus_paper.models.build_network`), pretrained the same way.
+    Results are cached under ``runs/finetune/<key>/``; only ``model.pt`` (the deployable model),
+    ``predictions.csv``, ``result.json`` and the log stay there.
     """
     from ..data.checksum import dataset_checksum
-    from .pretraining import load_pretrained, network_config, pretrain
+    from .pretraining import load_pretrained, network_config, network_name, pretrain
     d = init_distributed(select_device(profile.run).type)
     root = main_first(d, resolve_root, profile, root)
     if encoder_path == "auto":
-        encoder_path = (pretrain(profile, root, progress=progress, baseline=baseline)
+        encoder_path = (pretrain(profile, root, progress=progress, baseline=baseline,
+                                 network=network)
                         if profile.pretrain.enabled else None)
     encoder = load_pretrained(Path(encoder_path)) if encoder_path else None
-    model_config = network_config(profile, baseline)
-    if encoder is not None and encoder["model_config"].get("baseline") != baseline:
-        raise ValueError(f"encoder {encoder_path} is a {encoder['model_config'].get('baseline') or 'proposed-model'} "
-                         f"encoder, but fine-tuning builds {baseline or 'the proposed model'}")
+    model_config = network_config(profile, baseline, network)
+    name = network_name(model_config)
+    if encoder is not None and network_name(encoder["model_config"]) != name:
+        raise ValueError(f"encoder {encoder_path} is a {network_name(encoder['model_config'])} "
+                         f"encoder, but fine-tuning builds {name}")
     key = finetune_key(profile, dataset, seed, encoder["key"] if encoder else None,
                        dataset_checksum(root, dataset), model_config)
     run_dir = runs_dir() / "finetune" / key
     result_file = run_dir / "result.json"
     if result_file.exists() and not force:
         result = json.loads(result_file.read_text())
-        result["predictions"] = pd.read_csv(run_dir / "predictions.csv")
+        result["predictions"] = read_predictions(run_dir / "predictions.csv")
         return result
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -163,7 +168,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     result = {"dataset": dataset, "seed": seed, "profile": profile.name, "threshold": threshold,
               "metrics": metrics, "ci": ci, "history": history.epochs,
               "pretrained": encoder is not None, "encoder_key": encoder["key"] if encoder else None,
-              "model": baseline or "proposed", "label_fraction": profile.finetune.label_fraction,
+              "model": name, "label_fraction": profile.finetune.label_fraction,
               "encoder_weights_not_loaded": stage.skipped,
               "n": {s: len(data.y[s]) for s in ("train", "val", "test")},
               "seconds": time.perf_counter() - t0, "run_dir": str(run_dir),
@@ -171,11 +176,25 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     if stage.dist.main:
         save_checkpoint(run_dir / "model.pt", deployable_state(stage.model, profile, data, threshold,
                                                                dataset, model_config))
-        preds.to_csv(run_dir / "predictions.csv", index=False)
+        write_predictions(preds, run_dir / "predictions.csv")
         (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=float))
+        for stale in ("best.pt", "last.pt"):  # ~2 x model + optimizer; model.pt has what is kept
+            (run_dir / stale).unlink(missing_ok=True)
     barrier(d)  # other ranks return only once model.pt exists
     result["predictions"] = preds
     return result
+
+
+def write_predictions(preds: pd.DataFrame, path: Path) -> None:
+    """CSV whose ``prob`` column reads back bit-identical (see :func:`read_predictions`): the
+    threshold metrics of a cached run must equal those computed in memory, even for a test
+    probability that ties the threshold."""
+    preds.to_csv(path, index=False, float_format="%.9g")  # 9 significant digits: float32-exact
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """Predictions written by :func:`write_predictions`, probabilities as the float32 they were."""
+    return pd.read_csv(path, dtype={"prob": np.float32})
 
 
 def _canonical(cfg: dict[str, Any]) -> str:

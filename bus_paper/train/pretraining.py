@@ -13,6 +13,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -65,7 +66,8 @@ class PretrainStage(Stage):
     name = "pretrain"
 
     def __init__(self, profile: Profile, images: torch.Tensor, run_dir: Path, key: str,
-                 progress: bool = True, baseline: str | None = None):
+                 progress: bool = True, baseline: str | None = None,
+                 network: Mapping[str, Any] | None = None):
         p = profile.pretrain
         self.profile = profile
         self.images = images
@@ -73,7 +75,7 @@ class PretrainStage(Stage):
         self.augment = build_augment(p.augment)
         self.loss_fn = NTXentLoss(p.temperature)
         seed_everything(0)  # initial weights
-        super().__init__(_Project(build_network(network_config(profile, baseline))), run_dir, epochs=p.epochs,
+        super().__init__(_Project(build_network(network_config(profile, baseline, network))), run_dir, epochs=p.epochs,
                          batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
                          seed=0, run=profile.run, n_train=len(images), max_steps=p.max_steps,
                          key=key, progress=progress)
@@ -103,21 +105,40 @@ def baseline_config(profile: Profile, name: str, dynamic_size: bool = False) -> 
             "dynamic_size": dynamic_size}
 
 
-def network_config(profile: Profile, baseline: str | None = None) -> dict[str, Any]:
-    """What :func:`~bus_paper.models.build_network` builds: the proposed model of
-    ``profile.model``, or Table 1 baseline ``baseline`` at the profile's image size."""
+def network_config(profile: Profile, baseline: str | None = None,
+                   network: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What :func:`~bus_paper.models.build_network` builds: ``network`` when given (an explicit
+    config of any family), else Table 1 baseline ``baseline`` at the profile's image size, else
+    the proposed model of ``profile.model``."""
+    if network is not None:
+        if baseline is not None:
+            raise ValueError("give baseline= or network=, not both")
+        return dict(network)
     return baseline_config(profile, baseline) if baseline else dataclasses.asdict(profile.model)
 
 
-def network_code_hash(model_config: dict[str, Any]) -> str:
-    """:func:`code_hash` of the files behind ``model_config``: a baseline adds its own module
-    (so editing a baseline never throws away the proposed model's cached runs)."""
-    extra = ("models/baselines.py",) if "baseline" in model_config else ()
+def network_name(model_config: Mapping[str, Any]) -> str:
+    """Short name of a network config: its ``name`` or ``family`` or ``baseline``, else proposed."""
+    for key in ("name", "family", "baseline"):
+        if model_config.get(key):
+            return str(model_config[key])
+    return "proposed"
+
+
+def network_code_hash(model_config: Mapping[str, Any]) -> str:
+    """:func:`code_hash` of the files behind ``model_config``: a baseline or a family adds its own
+    module (so editing one never throws away the proposed model's cached runs)."""
+    extra = ()
+    if "family" in model_config:
+        extra = (f"models/{model_config['family']}.py",)
+    if "baseline" in model_config or "family" in model_config:
+        extra += ("models/baselines.py",)  # families may wrap the baselines' timm backbones
     return code_hash(TRAINING_CODE + extra)
 
 
-def pretrain_key(profile: Profile, checksums: dict[str, str], baseline: str | None = None) -> str:
-    model = network_config(profile, baseline)
+def pretrain_key(profile: Profile, checksums: dict[str, str], baseline: str | None = None,
+                 network: Mapping[str, Any] | None = None) -> str:
+    model = network_config(profile, baseline, network)
     return config_key("pretrain", model, dataclasses.asdict(profile.pretrain),
                       profile.data.image_size, dataclasses.asdict(profile.data), checksums,
                       network_code_hash(model))
@@ -152,27 +173,31 @@ def run_pretraining(profile: Profile, root: str | Path | None, kind: str, key_of
                               "key": key, "pool": list(profile.pretrain.pool),
                               "n_images": len(pool), "history": json.dumps(history.epochs),
                               "seconds": time.perf_counter() - t0})
+        (run_dir / "last.pt").unlink(missing_ok=True)  # resume state, not needed once finished
     barrier(d)  # other ranks return only once encoder.pt exists
     return out
 
 
 def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = True,
-             force: bool = False, baseline: str | None = None) -> Path:
+             force: bool = False, baseline: str | None = None,
+             network: Mapping[str, Any] | None = None) -> Path:
     """SimCLR-pretrain (or reuse) the encoder of ``profile``; returns the path of ``encoder.pt``.
 
     ``baseline`` pretrains a Table 1 baseline (e.g. ``"resnet50"``: the SimCLR row) with the same
-    objective, pool, epochs and optimiser instead of the proposed model.
+    objective, pool, epochs and optimiser instead of the proposed model; ``network`` any network
+    config (e.g. a family of a later chapter, see :func:`~bus_paper.models.build_network`).
 
     The result is cached under ``runs/pretrain/<key>/`` where the key covers the model and
     pretraining configs, the data checksums of the pool and the training code: every fine-tuning
     (any seed, any dataset) of the same profile shares it. A killed run resumes from ``last.pt``.
     """
     return run_pretraining(
-        profile, root, "pretrain", lambda sums: pretrain_key(profile, sums, baseline),
+        profile, root, "pretrain", lambda sums: pretrain_key(profile, sums, baseline, network),
         lambda images, run_dir, key: PretrainStage(profile, images, run_dir, key,
-                                                   progress=progress, baseline=baseline),
+                                                   progress=progress, baseline=baseline,
+                                                   network=network),
         lambda stage: {"encoder": stage.model.m.encoder_state_dict(),
-                       "model_config": network_config(profile, baseline)},
+                       "model_config": network_config(profile, baseline, network)},
         progress, force)
 
 
