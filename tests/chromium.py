@@ -95,7 +95,7 @@ class Chromium:
                 "--no-default-browser-check", "--disable-extensions", "--mute-audio",
                 "--hide-scrollbars", f"--user-data-dir={self._profile.name}",
                 f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}", "about:blank"]
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr, close_fds=False,
                                      preexec_fn=child_fds)  # noqa: PLW1509 -- single-threaded
@@ -229,7 +229,7 @@ class Chromium:
         self.stderr.close()
         self._profile.cleanup()
 
-    def __enter__(self) -> Chromium:
+    def __enter__(self) -> Chromium:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
