@@ -250,10 +250,16 @@ def fill_blocks(text: str, blocks: Mapping[str, str], page: str = "page") -> str
 
 
 def _guarded(make: Callable[[], str]) -> str:
+    """A block, or a line saying why it is not there: a chapter that has not run, or a result
+    file in another shape than expected (which must not stop the rest of the book building)."""
     try:
         return make()
     except MissingResult as err:
         return f"*Not available: {err}.*"
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        print(f"bus-paper pages: warning: a generated block failed: {type(err).__name__}: {err}",
+              file=sys.stderr)
+        return f"*Not available: a result file has an unexpected shape ({type(err).__name__}).*"
 
 
 def _labels(values: Sequence[Any], prefix: str) -> tuple[list[str], list[Any]]:
