@@ -118,7 +118,15 @@ def test_executed_chapters_get_the_box_at_write_time(tmp_path, monkeypatch):
     (tmp_path / "nb").mkdir()
     nbformat.write(nb, tmp_path / "nb" / "01_tiny.ipynb")
     kw = {"notebooks_dir": tmp_path / "nb", "out": tmp_path / "book" / "chapters"}
-    assert [o.status for o in pipeline.run("smoke", **kw)] == ["executed"]
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "reproducibility.md").write_text(
+        "# R\n\n<!-- bus-paper:begin runs -->\n<!-- bus-paper:end runs -->\n")
+    from bus_paper.cli import main
+    assert main(["run", "--profile", "smoke", "--notebooks", str(kw["notebooks_dir"]),
+                 "--out", str(kw["out"])]) == 0
+    # after executing, `bus-paper run` refreshed the pages beside the chapters
+    assert "| 01_tiny | smoke |" in (tmp_path / "book" / "reproducibility.md").read_text()
+    assert "| 01_tiny | smoke |" in (tmp_path / "book" / "chapter_times.md").read_text()
     chapter = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
     cells = nbformat.read(chapter, as_version=4).cells
     assert cells[1].get("id") == pages.RERUN_ID
