@@ -30,7 +30,7 @@ from typing import Any
 
 import nbformat
 
-from . import plotting
+from . import pages, plotting
 from .config import PROFILE_NAMES, Profile, load_profile
 from .paths import PACKAGE_DIR, repo_root, runs_dir
 from .paths import data_root as find_data_root
@@ -339,6 +339,9 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
         "provenance": provenance(profile, parameters.get("seed"), data_root,
                                  [k for k in data if k != "synthetic"], started),
     }
+    # the "download or re-run" box under the title: written into the executed copy only, so the
+    # content hash (of the source notebook) is unchanged
+    pages.add_rerun_cell(executed, nb.stem, pages.declared_parameters(nb.path))
     _write_atomic(executed, target)
     (out_dir.parent / "failed" / target.name).unlink(missing_ok=True)  # an older failure is moot
     return Outcome(nb, "executed", time.time() - started, target)
@@ -431,6 +434,9 @@ def build_book(chapters: str | os.PathLike | None = None, out: str | os.PathLike
         shutil.copytree(chapters, stage / "book" / "chapters")
         if (chapters.parent / "results").is_dir():
             shutil.copytree(chapters.parent / "results", stage / "book" / "results")
+        # generated parts (model card, reproducibility page, rerun boxes) from exactly the
+        # chapters and results being built, so the HTML cannot disagree with them
+        pages.refresh(stage / "book", stage / "book" / "chapters")
         cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(stage),
                "--path-output", str(out)]
         if strict:
@@ -454,15 +460,19 @@ def chapter_times(chapters_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def write_times_page(chapters_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
+def times_markdown(chapters_dir: str | os.PathLike) -> str:
     """A Markdown table of :func:`chapter_times` (included by the reproducibility page)."""
     rows = chapter_times(chapters_dir)
     lines = ["| chapter | profile | finished (UTC) | commit | minutes |", "| --- | --- | --- | --- | ---: |"]
     lines += [f"| {r['chapter']} | {r['profile']} | {str(r['finished'])[:19]} | `{r['commit']}` | "
               f"{r['minutes']:.1f} |" for r in rows]
     lines.append(f"| **total** | | | | **{sum(r['minutes'] for r in rows):.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def write_times_page(chapters_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
     target = Path(target)
-    target.write_text("\n".join(lines) + "\n")
+    target.write_text(times_markdown(chapters_dir))
     return target
 
 
@@ -474,7 +484,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     bad = [o for o in outcomes if o.status == "failed"]
     out = Path(args.out) if args.out else project_root() / "book" / "chapters"
     if any(o.status == "executed" for o in outcomes) and out.is_dir():
-        write_times_page(out, out.parent / "chapter_times.md")
+        # chapter times, model card, reproducibility page: from the results just written
+        for path in pages.refresh(out.parent, out):
+            print(f"refreshed {path}")
     print(f"{len(outcomes)} notebook(s), {sum(o.status == 'executed' for o in outcomes)} executed,"
           f" {len(bad)} failed, {time.time() - t0:.1f} s")
     if bad:
@@ -507,3 +519,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--no-strict", action="store_true",
                    help="do not treat warnings as errors (drafts only)")
     b.set_defaults(func=_cmd_book)
+
+    pages.register(subparsers)

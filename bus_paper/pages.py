@@ -1,0 +1,647 @@
+"""The book's generated parts, written from the executed chapters and their result files.
+
+- Every executed chapter gets a *rerun* box right under its title (a markdown cell with id
+  ``bus-paper-rerun``): the ``bus-paper run --only NAME`` command, the equivalent ``papermill``
+  command with the notebook's own parameters (read from its ``parameters`` cell) and the values
+  this run used, and a download link to the executed ``.ipynb``.
+- ``book/model_card.md`` and ``book/reproducibility.md`` are hand-written prose with generated
+  blocks between ``<!-- bus-paper:begin NAME -->`` and ``<!-- bus-paper:end NAME -->``; only the
+  blocks are rewritten, from ``book/results/<chapter>/*.json`` and the chapters'
+  ``metadata.bus_paper`` (the provenance records), so the numbers cannot drift from the results.
+
+:func:`refresh` does all of it. ``bus-paper run`` calls it after executing, ``bus-paper book`` calls
+it on its staged copy before building (the HTML always matches the results it is built from), and
+``bus-paper pages`` refreshes the committed files without executing anything (``--check``: only say
+whether they are current). The output is a function of the files only (no clock), so refreshing
+twice changes nothing.
+
+The model card reads ``data/``, ``pretraining/``, ``finetuning/``, ``table1/`` and ``heatmaps/``.
+Cross-site metrics and calibration come from ``book/results/generalisation/`` when it exists: every
+table result there (``save_table``: ``columns`` + ``rows``, at most :data:`MAX_GENERIC_ROWS` rows)
+is shown, the ones whose name contains ``calib`` or ``ece`` under *calibration*, the others under
+*across sites*, with the ``lines`` of any ``*verdict*.json``; otherwise the card says "not yet
+measured".
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+RERUN_ID = "bus-paper-rerun"
+MAX_GENERIC_ROWS = 40
+# Parameters that `bus-paper run` sets itself; the others are passed with -p.
+RUN_PARAMETERS = ("profile", "data_root", "results_dir")
+_BLOCK = re.compile(r"(<!-- bus-paper:begin (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
+                    r"(<!-- bus-paper:end (?P=name) -->)", re.DOTALL)
+_STEM = re.compile(r"^(\d+)_(.+)$")
+
+
+class MissingResult(FileNotFoundError):
+    """A result file a generated block needs is absent (its chapter has not run)."""
+
+
+# ----------------------------------------------------------------------------- reading results
+def load(results: Path, chapter: str, name: str) -> dict[str, Any]:
+    path = results / chapter / f"{name}.json"
+    if not path.is_file():
+        raise MissingResult(f"`book/results/{chapter}/{name}.json` is missing "
+                            f"(run `bus-paper run --only {chapter}`)")
+    return json.loads(path.read_text())
+
+
+def rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A ``save_table`` result as a list of dicts."""
+    return [dict(zip(payload["columns"], r)) for r in payload["rows"]]
+
+
+def table(results: Path, chapter: str, name: str) -> list[dict[str, Any]]:
+    return rows(load(results, chapter, name))
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def num(x: Any, digits: int = 1) -> str:
+    if _missing(x):
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def plain(x: Any) -> str:
+    """A setting as written (4 significant digits for floats: 0.0001 stays 0.0001)."""
+    return f"{x:.4g}" if isinstance(x, float) and not math.isnan(x) else num(x)
+
+
+def ci(value: Any, lo: Any, hi: Any) -> str:
+    if _missing(value):
+        return "–"
+    if _missing(lo) or _missing(hi):
+        return num(value)
+    return f"{num(value)} ({num(lo)}–{num(hi)})"
+
+
+def md_table(header: Sequence[str], body: Iterable[Sequence[Any]],
+             align: Sequence[str] | None = None) -> str:
+    def cell(x: Any) -> str:
+        return num(x).replace("|", "\\|").replace("\n", " ")
+    body = list(body)
+    align = align or ["---"] * len(header)
+    lines = ["| " + " | ".join(map(str, header)) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def short_commit(git: Mapping[str, Any] | None) -> str:
+    git = git or {}
+    commit = str(git.get("commit") or "unknown")
+    return f"`{commit[:12]}`" + (" (dirty)" if git.get("dirty") else "")
+
+
+# ----------------------------------------------------------------------------- chapters
+def chapter_records(chapters: Path) -> list[dict[str, Any]]:
+    """``metadata.bus_paper`` of every executed chapter (book order), with ``stem``/``name``."""
+    out = []
+    for path in sorted(chapters.glob("*.ipynb")):
+        m = _STEM.match(path.stem)
+        meta = nbformat.read(path, as_version=4).metadata.get("bus_paper")
+        if m and meta and meta.get("provenance"):
+            out.append({**meta, "stem": path.stem, "name": m.group(2), "path": path})
+    return out
+
+
+def _cli_text(value: Any) -> str:
+    """A parameter value as papermill's ``-p`` takes it (lists as JSON text, as the notebooks
+    parse them with ``as_list``)."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return "None" if value is None else str(value)
+
+
+def _default_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # an expression: shown as written
+
+
+def rerun_markdown(meta: Mapping[str, Any], stem: str,
+                   declared: Mapping[str, Mapping[str, Any]]) -> str:
+    """The rerun box of one chapter (see the module docstring)."""
+    m = _STEM.match(stem)
+    name = m.group(2) if m else stem
+    used = dict(meta.get("parameters") or {})
+    prov = meta.get("provenance") or {}
+    source = f"notebooks/{meta.get('source') or stem + '.ipynb'}"
+    profile = used.get("profile", prov.get("profile", "cpu"))
+    values = {k: used[k] if k in used else _default_value(str(p.get("default")))
+              for k, p in declared.items()}
+    extra = [f" -p {k} {shlex.quote(_cli_text(v))}" for k, v in used.items()
+             if k not in RUN_PARAMETERS]
+    run_cmd = f"bus-paper run --only {name} --profile {profile}" + "".join(extra)
+    pm_lines = [f"papermill {source} {stem}.out.ipynb"]
+    pm_lines += [f"  -p {k} {shlex.quote(_cli_text(v))}" for k, v in values.items()
+                 if k != "results_dir"]
+    rows_ = [(f"`{k}`", f"`{_cli_text(v)}`", (declared[k].get("help") or "").strip())
+             for k, v in values.items()]
+    when = str(prov.get("timestamp") or "")[:16].replace("T", " ")
+    wall = prov.get("wall_s")
+    ran = (f"at the `{profile}` profile, commit {short_commit(prov.get('git'))}, finished {when} "
+           f"UTC after {wall / 60:.1f} min" if isinstance(wall, (int, float)) else
+           f"at the `{profile}` profile")
+    return "\n".join([
+        ":::{admonition} Download or re-run this chapter",
+        ":class: dropdown tip",
+        "",
+        (f"This page is `{source}` executed by `bus-paper run` {ran}. "
+         f"Download it: {{download}}`{stem}.ipynb <{stem}.ipynb>` (outputs included), or use "
+         "the download button at the top of the page."),
+        "",
+        ("Re-run it with the book's pipeline (skipped when nothing it depends on changed; "
+         f"results go to `book/results/{name}/`):"),
+        "",
+        "```bash",
+        run_cmd,
+        "```",
+        "",
+        ("or with papermill, from the repository root (results go to "
+         f"`runs/notebook-results/{name}/` unless `results_dir` is given):"),
+        "",
+        "```bash",
+        " \\\n".join(pm_lines),
+        "```",
+        "",
+        md_table(["parameter", "value in this run", "meaning"], rows_),
+        ":::",
+    ])
+
+
+def declared_parameters(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The notebook's parameters cell, as papermill reads it: name -> default, help."""
+    import papermill as pm
+    return dict(pm.inspect_notebook(str(path)))
+
+
+def add_rerun_cell(nb: nbformat.NotebookNode, stem: str,
+                   declared: Mapping[str, Mapping[str, Any]]) -> None:
+    """Put (or replace) the rerun box under the chapter's title cell. Outputs, the content hash
+    (of the *source* notebook) and the provenance are untouched."""
+    meta = nb.metadata.get("bus_paper")
+    if not meta:
+        return
+    cells = [c for c in nb.cells if c.get("id") != RERUN_ID
+             and RERUN_ID not in c.get("metadata", {}).get("tags", [])]
+    cell = nbformat.v4.new_markdown_cell(rerun_markdown(meta, stem, declared),
+                                         metadata={"tags": [RERUN_ID]})
+    if nb.get("nbformat_minor", 0) >= 5:
+        cell["id"] = RERUN_ID
+    else:
+        cell.pop("id", None)
+    first = cells[0] if cells else None
+    at = 1 if first is not None and first.cell_type == "markdown" \
+        and first.source.lstrip().startswith("# ") else 0
+    cells.insert(at, cell)
+    nb.cells = cells
+
+
+def refresh_chapter(path: Path, check: bool = False) -> bool:
+    """Add/refresh the rerun box of one executed chapter in place; True if it changed."""
+    text = path.read_text()
+    nb = nbformat.reads(text, as_version=4)
+    if not nb.metadata.get("bus_paper"):
+        return False
+    add_rerun_cell(nb, path.stem, declared_parameters(path))
+    new = nbformat.writes(nb) + "\n"
+    if new == text:
+        return False
+    if not check:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(new)
+        os.replace(tmp, path)
+    return True
+
+
+# ----------------------------------------------------------------------------- blocks
+def fill_blocks(text: str, blocks: Mapping[str, str], page: str = "page") -> str:
+    """Replace the body of every ``bus-paper:begin NAME`` block; an unknown NAME is an error."""
+    unknown = sorted({m["name"] for m in _BLOCK.finditer(text)} - set(blocks))
+    if unknown:
+        raise ValueError(f"{page}: no generator for block(s) {unknown}; known: {sorted(blocks)}")
+    return _BLOCK.sub(lambda m: m.group(1) + blocks[m["name"]].strip("\n") + "\n" + m.group(4),
+                      text)
+
+
+def _guarded(make: Callable[[], str]) -> str:
+    """A block, or a line saying why it is not there: a chapter that has not run, or a result
+    file in another shape than expected (which must not stop the rest of the book building)."""
+    try:
+        return make()
+    except MissingResult as err:
+        return f"*Not available: {err}.*"
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        print(f"bus-paper pages: warning: a generated block failed: {type(err).__name__}: {err}",
+              file=sys.stderr)
+        return f"*Not available: a result file has an unexpected shape ({type(err).__name__}).*"
+
+
+def _labels(values: Sequence[Any], prefix: str) -> tuple[list[str], list[Any]]:
+    """One label per distinct value (first seen first): ``D1, D1, D2`` and the distinct values."""
+    distinct: list[Any] = []
+    labels = []
+    for v in values:
+        if v not in distinct:
+            distinct.append(v)
+        labels.append(f"{prefix}{distinct.index(v) + 1}")
+    return labels, distinct
+
+
+# ----------------------------------------------------------------------------- reproducibility
+def _seeds(results: Path, rec: Mapping[str, Any]) -> str:
+    path = results / rec["name"] / "provenance.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("seeds") is not None:
+            return ", ".join(map(str, saved["seeds"]))
+        seed = saved.get("provenance", {}).get("seed")
+        if seed is not None:
+            return str(seed)
+    seed = rec["provenance"].get("seed", rec.get("parameters", {}).get("seed"))
+    return "–" if seed is None else str(seed)
+
+
+def _hardware_key(hw: Mapping[str, Any]) -> tuple:
+    cuda = hw.get("cuda") or {}
+    return (hw.get("cpu"), hw.get("cores_usable"), hw.get("cores"), cuda.get("device"),
+            cuda.get("count"), hw.get("torch"), hw.get("python"), hw.get("platform"),
+            hw.get("avx512_bf16"), hw.get("amx_bf16"))
+
+
+def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
+    results = book / "results"
+    recs = chapter_records(chapters)
+    if not recs:
+        none = "*No executed chapter yet (run `bus-paper run`).*"
+        return dict.fromkeys(("runs", "data_checksums", "hardware", "packages"), none)
+    provs = [r["provenance"] for r in recs]
+    data_l, data_v = _labels([dict(sorted((p.get("data_checksums") or {}).items()))
+                              for p in provs], "D")
+    hw_l, hw_v = _labels([_hardware_key(p.get("hardware") or {}) for p in provs], "H")
+    hw_full = {_hardware_key(p.get("hardware") or {}): p.get("hardware") or {} for p in provs}
+    pk_l, pk_v = _labels([dict(sorted((p.get("packages") or {}).items())) for p in provs], "P")
+
+    body = []
+    for rec, p, dl, hl, pl in zip(recs, provs, data_l, hw_l, pk_l):
+        n_results = len(list((results / rec["name"]).glob("*.json")))
+        wall = p.get("wall_s")
+        body.append((rec["stem"], p.get("profile"), short_commit(p.get("git")),
+                     _seeds(results, rec), dl, hl, pl,
+                     f"{wall / 60:.1f}" if isinstance(wall, (int, float)) else "–",
+                     str(p.get("timestamp") or "")[:19].replace("T", " "), n_results))
+    runs = md_table(["chapter", "profile", "commit", "seeds", "data", "hardware", "packages",
+                     "wall (min)", "finished (UTC)", "result files"], body,
+                    ["---"] * 7 + ["---:", "---", "---:"])
+    total = sum(p.get("wall_s") or 0 for p in provs) / 60
+    runs += (f"\n\n{len(recs)} chapters, {total:.1f} minutes of wall time in their last "
+             "executions (with whatever training was cached at the time). *data*, *hardware* and "
+             "*packages* name the sets below.")
+
+    names = sorted({k for v in data_v for k in v})
+    data = md_table(["data set", *(f"D{i + 1}" for i in range(len(data_v)))],
+                    [(n, *(f"`{v.get(n, 'absent')}`" for v in data_v)) for n in names]) \
+        if names else "*Synthetic phantoms only (no data checksums).*"
+    data += "\n\nsha256 of each data set's files as read (`bus_paper.data.checksum`)."
+
+    def gpu(hw: Mapping[str, Any]) -> str:
+        cuda = hw.get("cuda")
+        return (f"{cuda.get('count', 1)} x {cuda.get('device')} (CUDA {cuda.get('version')})"
+                if cuda else "none")
+
+    def bf16(hw: Mapping[str, Any]) -> str:
+        f = [n for n, k in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if hw.get(k)]
+        return ", ".join(f) or "no"
+
+    hws = [hw_full[k] for k in hw_v]
+    fields = [("CPU", lambda h: h.get("cpu")),
+              ("cores (usable / total)", lambda h: f"{h.get('cores_usable')} / {h.get('cores')}"),
+              ("GPU", gpu), ("CPU bf16", bf16),
+              ("torch (threads, CPU capability)",
+               lambda h: f"{h.get('torch')} ({h.get('torch_threads', '–')}, "
+                         f"{h.get('torch_cpu_capability', '–')})"),
+              ("python", lambda h: h.get("python")), ("platform", lambda h: h.get("platform"))]
+    hardware = md_table(["", *(f"H{i + 1}" for i in range(len(hws)))],
+                        [(label, *(get(h) for h in hws)) for label, get in fields])
+
+    pkgs = sorted({k for v in pk_v for k in v})
+    packages = md_table(["package", *(f"P{i + 1}" for i in range(len(pk_v)))],
+                        [(n, *(v.get(n) or "–" for v in pk_v)) for n in pkgs])
+    return {"runs": runs, "data_checksums": data, "hardware": hardware, "packages": packages}
+
+
+# ----------------------------------------------------------------------------- model card
+CARD_CHAPTERS = ("data", "pretraining", "finetuning", "table1", "heatmaps")
+
+
+def _sources(results: Path) -> str:
+    lines = []
+    for ch in (*CARD_CHAPTERS, "generalisation"):
+        path = results / ch / "provenance.json"
+        if not path.is_file():
+            if ch != "generalisation":
+                lines.append(f"- `{ch}`: not run yet")
+            continue
+        p = json.loads(path.read_text()).get("provenance", {})
+        lines.append(f"- `book/results/{ch}/`: profile `{p.get('profile')}`, commit "
+                     f"{short_commit(p.get('git'))}, {str(p.get('timestamp', ''))[:10]}")
+    return "Generated from these result files (each carries its full provenance):\n\n" + \
+        "\n".join(lines)
+
+
+def _model(results: Path) -> str:
+    setup = table(results, "pretraining", "setup")
+    runs = table(results, "finetuning", "runs")
+    prof = load(results, "finetuning", "provenance")
+    first = runs[0] if runs else {}
+    sel = sorted({r.get("selected epoch") for r in runs if r.get("selected epoch") is not None})
+    body = [("profile", f"`{prof['provenance'].get('profile')}`"),
+            *((f"pretraining: {r['setting']}", plain(r["value"])) for r in setup),
+            ("fine-tuning data sets", ", ".join(sorted({r["dataset"] for r in runs}))),
+            ("fine-tuning seeds", ", ".join(str(s) for s in sorted({r["seed"] for r in runs}))),
+            ("fine-tuning epochs, batch size", f"{first.get('epochs')}, {first.get('batch size')}"),
+            ("epoch kept (best validation AUC)", ", ".join(map(str, sel)) or "–"),
+            ("decision threshold", "chosen on the validation split, per run")]
+    return md_table(["setting", "value"], body) + (
+        "\n\nThe architecture (a multiscale CoAtNet with top-down feature fusion) is described on "
+        "the {doc}`methods` page.")
+
+
+def _data(results: Path) -> str:
+    from .data.registry import DATASETS
+    counts = {r["dataset"]: r for r in table(results, "data", "counts")}
+    dups = {r["dataset"]: r for r in table(results, "data", "duplicates_summary")}
+    splits = table(results, "data", "split_sizes")
+    try:
+        pool = next(str(r["value"]) for r in table(results, "pretraining", "setup")
+                    if r["setting"] == "pool")
+    except (MissingResult, StopIteration):
+        pool = ""
+    tuned = set(load(results, "finetuning", "provenance").get("datasets") or [])
+    body = []
+    for name, c in counts.items():
+        role = ("fine-tuning and test" if name in tuned else
+                "pretraining (labels unused)" if name in pool else "not used for training")
+        parts = {r["part"]: r["images"] for r in splits if r["dataset"] == name
+                 and r["part"] in ("train", "val", "test")}
+        split = " / ".join(str(parts[k]) for k in ("train", "val", "test")) if len(parts) == 3 \
+            else "–"
+        d = dups.get(name, {})
+        body.append((name, role, c.get("images"), c.get("benign"), c.get("malignant"),
+                     c.get("normal"), c.get("patients"), split,
+                     f"{d['groups']} ({d['conflicting_groups']})" if d else "none found"))
+    out = md_table(["data set", "role", "images", "benign", "malignant", "normal", "patients",
+                    "train / val / test", "duplicate groups (conflicting labels)"], body)
+    out += "\n\nLicences (`bus_paper.data.registry`):\n\n" + "\n".join(
+        f"- **{name}**: {DATASETS[name].licence}" for name in counts if name in DATASETS)
+    notes = []
+    for name, d in dups.items():
+        notes.append(f"- **{name}**: {d.get('identical_pairs')} identical and "
+                     f"{d.get('near_pairs')} near-identical image pairs in {d.get('groups')} "
+                     f"groups ({d.get('images')} images); {d.get('conflicting_groups')} groups "
+                     "carry both labels.")
+    for r in splits:
+        if str(r["part"]).startswith("excluded"):
+            notes.append(f"- **{r['dataset']}**: {r['images']} images {r['part']}.")
+    try:
+        leaks = [r for r in table(results, "data", "leak_check")
+                 if not str(r["split"]).startswith("naive")]
+    except MissingResult:
+        leaks = []
+    if leaks:
+        notes.append("- Leak check of the splits used (no duplicate group in two parts): " +
+                     ", ".join(f"{r['dataset']} ({r['split']}): {r['result']}" for r in leaks)
+                     + ".")
+    try:
+        for r in table(results, "data", "issues"):
+            notes.append(f"- **{r['dataset']}**: {r['count']} x `{r['kind']}` "
+                         f"({r['excluded']} excluded).")
+    except MissingResult:
+        pass
+    return out + ("\n\nKnown problems, as measured by the data chapter:\n\n" + "\n".join(notes)
+                  if notes else "")
+
+
+def _within(results: Path) -> str:
+    ft = table(results, "finetuning", "metrics")
+    datasets = list(dict.fromkeys(r["dataset"] for r in ft))
+    metrics = list(dict.fromkeys(r["metric"] for r in ft))
+    by = {(r["dataset"], r["metric"]): r for r in ft}
+    seeds = sorted({r["seeds"] for r in ft})
+    cell = lambda r: "–" if r is None else ci(r["measured"], r["ci_low"], r["ci_high"]) + (
+        f" [{num(r['paper'], 2)}]" if not _missing(r.get("paper")) else "")
+    out = ("**The proposed model**, test split of each data set, mean over "
+           f"{', '.join(map(str, seeds))} seeds with 95% CI (%); the paper's value in brackets:\n\n")
+    out += md_table(["metric", *datasets],
+                    [(m, *(cell(by.get((d, m))) for d in datasets)) for m in metrics])
+    try:
+        t1 = table(results, "table1", "metrics")
+    except MissingResult:
+        return out
+    t1_sets = list(dict.fromkeys(r["dataset"] for r in t1))
+    models = list(dict.fromkeys(r["label"] for r in t1))
+    auc = {(r["label"], r["dataset"]): ci(r["auc"], r["auc_lo"], r["auc_hi"]) for r in t1}
+    out += "\n\n**Test AUC (%) of every Table 1 model**, with 95% CI:\n\n"
+    out += md_table(["model", *t1_sets], [(m, *(auc.get((m, d), "–") for d in t1_sets))
+                                          for m in models])
+    return out + ("\n\nEach data set is split into train, validation and test parts of the *same* "
+                  "site: these are within-site numbers.")
+
+
+def _generalisation(results: Path, calibration: bool) -> str:
+    folder = results / "generalisation"
+    what = "calibration" if calibration else "cross-site performance"
+    if not folder.is_dir():
+        return (f"**Not yet measured.** The {what} of these models has not been measured by this "
+                "book yet; the generalisation chapter will write it to "
+                "`book/results/generalisation/`, and this card will show it.")
+    is_cal = lambda name: "calib" in name or "ece" in name
+    parts = []
+    for path in sorted(folder.glob("*.json")):
+        name = path.stem
+        if is_cal(name) != calibration or name in ("provenance", "runs", "predictions"):
+            continue
+        payload = json.loads(path.read_text())
+        if "lines" in payload and "verdict" in name:
+            parts.append("\n".join(str(x) for x in payload["lines"]))
+        elif "columns" in payload and "rows" in payload \
+                and len(payload["rows"]) <= MAX_GENERIC_ROWS:
+            parts.append(f"**`{name}`**\n\n" + md_table(payload["columns"], payload["rows"]))
+    return "\n\n".join(parts) or (f"**Not yet measured**: `book/results/generalisation/` holds "
+                                  f"no {what} table.")
+
+
+def _failure_modes(results: Path) -> str:
+    out = []
+    try:
+        conf = load(results, "finetuning", "confusion")["data"]["matrices"]
+    except (MissingResult, KeyError):
+        conf = []
+    totals: dict[str, list[int]] = {}
+    for m in conf:
+        (tn, fp), (fn, tp) = m["matrix"]
+        t = totals.setdefault(m["dataset"], [0, 0, 0, 0, 0])
+        for i, v in enumerate((tn, fp, fn, tp, 1)):
+            t[i] += v
+    for d, (tn, fp, fn, tp, n) in totals.items():
+        out.append(f"- **{d}**, summed over {n} seeds at the validation-chosen threshold: "
+                   f"{fn} of {fn + tp} malignant test images called benign "
+                   f"(missed: {100 * fn / max(fn + tp, 1):.1f}%), {fp} of {fp + tn} benign "
+                   f"images called malignant ({100 * fp / max(fp + tn, 1):.1f}%).")
+    try:
+        by_class = table(results, "heatmaps", "summary_by_class")
+    except MissingResult:
+        by_class = []
+    body = [(r["model"], r["dataset"], "malignant" if r["label"] == 1 else "benign",
+             r["images"], ci(r["energy"], r["energy_lo"], r["energy_hi"]), num(r["chance"]),
+             ci(r["hit"], r["hit_lo"], r["hit_hi"]), num(r["empty_cam"]))
+            for r in by_class]
+    text = "\n".join(out)
+    if body:
+        text += ("\n\n**Where the heatmaps point** (Grad-CAM on the test images, every seed; "
+                 "%, 95% CI): the share of heatmap energy inside the lesion mask against the "
+                 "share expected by chance (the lesion's area), the pointing-game hit rate, and "
+                 "how often the heatmap was empty:\n\n")
+        text += md_table(["model", "data set", "class", "images", "energy in lesion", "chance",
+                          "hit rate", "empty heatmap"], body)
+    return text or "*Not available: the fine-tuning and heatmap chapters have not run.*"
+
+
+def _reproduce(results: Path) -> str:
+    commits, profiles, present = [], [], []
+    for ch in (*CARD_CHAPTERS, "generalisation"):
+        path = results / ch / "provenance.json"
+        if path.is_file():
+            p = json.loads(path.read_text()).get("provenance", {})
+            commits.append(str((p.get("git") or {}).get("commit") or "unknown"))
+            profiles.append(str(p.get("profile")))
+            present.append(ch)
+    if not present:
+        raise MissingResult("no chapter behind this card has run")
+    # the most common (first seen on a tie: the output must not depend on set order)
+    commit = max(dict.fromkeys(commits), key=commits.count)
+    profile = max(dict.fromkeys(profiles), key=profiles.count)
+    return "\n".join([
+        (f"The results on this card were produced at commit `{commit[:12]}` with the "
+         f"`{profile}` profile. On a machine with the data sets (see the data chapter for where "
+         "to get them):"),
+        "",
+        "```bash",
+        f"git checkout {commit[:12]}",
+        "make install",
+        (f"BUS_PAPER_DATA=/path/to/data .venv/bin/bus-paper run --profile {profile} "
+         f"--only {' '.join(present)}"),
+        ".venv/bin/bus-paper book",
+        "```",
+        "",
+        ("The data checksums, seeds, hardware and package versions of every run are on the "
+         "{doc}`reproducibility` page; each chapter's page has the papermill command for it."),
+    ])
+
+
+def model_card_blocks(book: Path, chapters: Path) -> dict[str, str]:
+    results = book / "results"
+    return {"sources": _guarded(lambda: _sources(results)),
+            "model": _guarded(lambda: _model(results)),
+            "data": _guarded(lambda: _data(results)),
+            "within_site": _guarded(lambda: _within(results)),
+            "cross_site": _guarded(lambda: _generalisation(results, calibration=False)),
+            "calibration": _guarded(lambda: _generalisation(results, calibration=True)),
+            "failure_modes": _guarded(lambda: _failure_modes(results)),
+            "reproduce": _guarded(lambda: _reproduce(results))}
+
+
+PAGES: dict[str, Callable[[Path, Path], dict[str, str]]] = {
+    "model_card.md": model_card_blocks,
+    "reproducibility.md": reproducibility_blocks,
+}
+
+
+# ----------------------------------------------------------------------------- refresh
+def _write_if_changed(path: Path, new: str, check: bool) -> bool:
+    old = path.read_text() if path.exists() else None
+    if new == old:
+        return False
+    if not check:
+        path.write_text(new)
+    return True
+
+
+def refresh(book: str | os.PathLike, chapters: str | os.PathLike | None = None, *,
+            check: bool = False, boxes: bool = True) -> list[Path]:
+    """Rewrite the generated parts under ``book`` (a ``book/`` folder: pages, ``results/``) from
+    ``chapters`` (default ``book/chapters``); returns the files that changed (``check``: that
+    would change; nothing is written). Pages that are not there are skipped; ``boxes`` False
+    leaves the chapters' rerun boxes alone."""
+    from .pipeline import times_markdown  # pipeline imports this module
+
+    book = Path(book)
+    chapters = Path(chapters) if chapters else book / "chapters"
+    changed = []
+    if chapters.is_dir():
+        for path in sorted(chapters.glob("*.ipynb")) if boxes else ():
+            if refresh_chapter(path, check):
+                changed.append(path)
+        times = book / "chapter_times.md"
+        if (times.exists() or any(chapters.glob("*.ipynb"))) \
+                and _write_if_changed(times, times_markdown(chapters), check):
+            changed.append(times)
+    for page, make in PAGES.items():
+        path = book / page
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if _write_if_changed(path, fill_blocks(text, make(book, chapters), page), check):
+            changed.append(path)
+    return changed
+
+
+def _cmd_pages(args: argparse.Namespace) -> int:
+    from .pipeline import project_root
+    book = Path(args.book) if args.book else project_root() / "book"
+    changed = refresh(book, args.chapters, check=args.check)
+    for path in changed:
+        print(f"{'stale' if args.check else 'refreshed'}: {path}")
+    if args.check and changed:
+        print("bus-paper pages: generated parts are stale; run `bus-paper pages`",
+              file=sys.stderr)
+        return 1
+    if not changed:
+        print("generated pages are up to date")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("pages", help="refresh the generated parts of the book (model card, "
+                              "reproducibility page, rerun boxes) without executing anything",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--book", help="the book folder (default: book/)")
+    p.add_argument("--chapters", help="executed chapters (default: <book>/chapters)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if anything is stale")
+    p.set_defaults(func=_cmd_pages)

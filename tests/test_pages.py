@@ -1,0 +1,268 @@
+"""The generated parts of the book (bus_paper.pages): rerun boxes, model card, reproducibility page."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bus_paper import pages, pipeline
+
+ROOT = pipeline.project_root()
+BOOK = ROOT / "book"
+
+PARAMS = ('profile = "cpu"                 # smoke | cpu | gpu\n'
+          'data_root = None                # None: the default root\n'
+          'results_dir = None              # None: runs/notebook-results/table1\n'
+          'seeds = None                    # fine-tuning seeds\n'
+          'datasets = ["udiat", "busi"]    # the order of the paper\n')
+
+
+def executed_chapter(path: Path, params: str = PARAMS, **meta) -> Path:
+    """What `bus-paper run` writes: title cell, parameters, injected parameters, outputs, and
+    the bus_paper metadata."""
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]})
+    inj = nbformat.v4.new_code_cell('profile = "cpu"\n', metadata={"tags": ["injected-parameters"]})
+    out = nbformat.v4.new_code_cell("print(1)", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="1\n")])
+    nb.cells = [nbformat.v4.new_markdown_cell("# Table 1\n\nIntro."), p, inj, out]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.metadata["bus_paper"] = {
+        "hash": "h", "source": path.name,
+        "parameters": {"profile": "cpu", "data_root": "../shared/data",
+                       "results_dir": "book/results/table1", **meta.pop("extra", {})},
+        "provenance": {"profile": "cpu", "seed": None, "wall_s": 150.0,
+                       "timestamp": "2026-01-01T10:00:00+00:00",
+                       "git": {"commit": "abcdef1234567890", "dirty": False}, **meta}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- rerun boxes
+def test_rerun_box_has_the_notebooks_parameters_and_commands(tmp_path):
+    path = executed_chapter(tmp_path / "04_table1.ipynb", extra={"seeds": "[3, 4]"})
+    before = nbformat.read(path, as_version=4)
+    assert pages.refresh_chapter(path) is True
+    nb = nbformat.read(path, as_version=4)
+    box = nb.cells[1]
+    assert box.cell_type == "markdown" and box.id == pages.RERUN_ID
+    text = box.source
+    assert "bus-paper run --only table1 --profile cpu -p seeds '[3, 4]'" in text
+    assert "papermill notebooks/04_table1.ipynb 04_table1.out.ipynb" in text
+    # every declared parameter, with the value this run used (else the notebook's default)
+    assert "-p profile cpu" in text and "-p data_root ../shared/data" in text
+    assert "-p datasets '[\"udiat\", \"busi\"]'" in text and "-p seeds '[3, 4]'" in text
+    assert "-p results_dir" not in text  # a manual run must not overwrite the book's results
+    assert "| `datasets` | `[\"udiat\", \"busi\"]` | the order of the paper |" in text
+    assert "{download}`04_table1.ipynb <04_table1.ipynb>`" in text
+    assert "`abcdef123456`" in text and "2.5 min" in text
+    # nothing else moved: the title stays first, outputs and metadata are as they were
+    assert nb.cells[0].source.startswith("# Table 1")
+    assert [c.source for c in nb.cells[2:]] == [c.source for c in before.cells[1:]]
+    assert nb.cells[-1].outputs == before.cells[-1].outputs
+    assert nb.metadata == before.metadata
+    # idempotent, and refreshed in place rather than added twice
+    assert pages.refresh_chapter(path) is False
+    nb.metadata["bus_paper"]["provenance"]["git"]["commit"] = "0123456789abcdef"
+    nbformat.write(nb, path)
+    assert pages.refresh_chapter(path, check=True) is True
+    assert "`0123456789ab`" not in nbformat.read(path, as_version=4).cells[1].source  # check
+    assert pages.refresh_chapter(path) is True
+    cells = nbformat.read(path, as_version=4).cells
+    assert sum(c.get("id") == pages.RERUN_ID for c in cells) == 1
+    assert "`0123456789ab`" in cells[1].source
+
+
+def test_rerun_box_skips_notebooks_that_the_pipeline_did_not_write(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# stub")]
+    nbformat.write(nb, tmp_path / "01_stub.ipynb")
+    assert pages.refresh_chapter(tmp_path / "01_stub.ipynb") is False
+
+
+def test_rerun_box_on_a_committed_chapter_leaves_its_hash_and_outputs(tmp_path):
+    src = BOOK / "chapters" / "09_claims.ipynb"
+    if not src.exists():
+        pytest.skip("no executed chapters in this checkout")
+    path = shutil.copy(src, tmp_path / src.name)
+    before = nbformat.read(path, as_version=4)
+    pages.refresh_chapter(Path(path))
+    nb = nbformat.read(path, as_version=4)
+    box = next(c for c in nb.cells if c.get("id") == pages.RERUN_ID)
+    declared = pages.declared_parameters(ROOT / "notebooks" / "09_claims.ipynb")
+    for name in declared:
+        assert f"`{name}`" in box.source
+    assert "bus-paper run --only claims --profile cpu" in box.source
+    assert nb.metadata["bus_paper"] == before.metadata["bus_paper"]
+    assert pipeline.stored_hash(Path(path)) == before.metadata["bus_paper"]["hash"]
+    rest = [c for c in nb.cells if c.get("id") != pages.RERUN_ID]
+    old = [c for c in before.cells if c.get("id") != pages.RERUN_ID]
+    assert [(c.source, c.get("outputs")) for c in rest] == [(c.source, c.get("outputs"))
+                                                            for c in old]
+
+
+def test_executed_chapters_get_the_box_at_write_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Tiny"),
+                nbformat.v4.new_code_cell('profile = "cpu"  # the profile\ndata_root = None\n'
+                                          "results_dir = None\nseed = 0  # a seed\n",
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print(seed)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    (tmp_path / "nb").mkdir()
+    nbformat.write(nb, tmp_path / "nb" / "01_tiny.ipynb")
+    kw = {"notebooks_dir": tmp_path / "nb", "out": tmp_path / "book" / "chapters"}
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "reproducibility.md").write_text(
+        "# R\n\n<!-- bus-paper:begin runs -->\n<!-- bus-paper:end runs -->\n")
+    from bus_paper.cli import main
+    assert main(["run", "--profile", "smoke", "--notebooks", str(kw["notebooks_dir"]),
+                 "--out", str(kw["out"])]) == 0
+    # after executing, `bus-paper run` refreshed the pages beside the chapters
+    assert "| 01_tiny | smoke |" in (tmp_path / "book" / "reproducibility.md").read_text()
+    assert "| 01_tiny | smoke |" in (tmp_path / "book" / "chapter_times.md").read_text()
+    chapter = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
+    cells = nbformat.read(chapter, as_version=4).cells
+    assert cells[1].get("id") == pages.RERUN_ID
+    assert "bus-paper run --only tiny --profile smoke" in cells[1].source
+    assert "-p seed 0" in cells[1].source and "| `seed` | `0` | a seed |" in cells[1].source
+    assert pages.refresh_chapter(chapter) is False  # what run wrote is what refresh writes
+    # the box is not part of the content hash: the chapter stays up to date
+    assert [o.status for o in pipeline.run("smoke", **kw)] == ["up to date"]
+
+
+# ----------------------------------------------------------------------------- blocks
+def test_fill_blocks_rewrites_only_the_generated_parts():
+    text = ("# Page\n\nProse.\n\n<!-- bus-paper:begin a -->\nold\n<!-- bus-paper:end a -->\n\n"
+            "More prose.\n<!-- bus-paper:begin b -->\n<!-- bus-paper:end b -->\n")
+    new = pages.fill_blocks(text, {"a": "| x |\n| --- |\n| 1 |\n", "b": "B", "unused": "-"})
+    assert new == ("# Page\n\nProse.\n\n<!-- bus-paper:begin a -->\n| x |\n| --- |\n| 1 |\n"
+                   "<!-- bus-paper:end a -->\n\nMore prose.\n<!-- bus-paper:begin b -->\nB\n"
+                   "<!-- bus-paper:end b -->\n")
+    assert pages.fill_blocks(new, {"a": "| x |\n| --- |\n| 1 |\n", "b": "B"}) == new
+    with pytest.raises(ValueError, match="no generator for block"):
+        pages.fill_blocks(text, {"a": ""})
+
+
+def _results_copy(tmp_path: Path) -> Path:
+    if not (BOOK / "results" / "finetuning" / "metrics.json").exists():
+        pytest.skip("no committed results in this checkout")
+    book = tmp_path / "book"
+    shutil.copytree(BOOK / "results", book / "results")
+    return book
+
+
+def test_model_card_numbers_are_the_result_files(tmp_path):
+    book = _results_copy(tmp_path)
+    blocks = pages.model_card_blocks(book, BOOK / "chapters")
+    metrics = pages.table(book / "results", "finetuning", "metrics")
+    auc = next(r for r in metrics if r["dataset"] == "busi" and r["metric"] == "auc")
+    assert pages.ci(auc["measured"], auc["ci_low"], auc["ci_high"]) in blocks["within_site"]
+    for r in pages.table(book / "results", "table1", "metrics"):
+        assert f"| {r['label']} |" in blocks["within_site"]
+    counts = pages.table(book / "results", "data", "counts")
+    assert all(f"| {c['dataset']} |" in blocks["data"] for c in counts)
+    assert "CC BY 4.0" in blocks["data"] and "Known problems" in blocks["data"]
+    assert "malignant test images called benign" in blocks["failure_modes"]
+    assert "empty heatmap" in blocks["failure_modes"]
+    assert "Not yet measured" in blocks["cross_site"]
+    assert "Not yet measured" in blocks["calibration"]
+    assert "bus-paper run --profile cpu --only data pretraining finetuning table1 heatmaps" \
+        in blocks["reproduce"]
+    assert "{doc}`reproducibility`" in blocks["reproduce"]
+
+    # a chapter that has not run: that block says so, the others are unaffected
+    shutil.rmtree(book / "results" / "heatmaps")
+    again = pages.model_card_blocks(book, BOOK / "chapters")
+    assert again["within_site"] == blocks["within_site"]
+    assert "called benign" in again["failure_modes"]
+    assert "Where the heatmaps point" not in again["failure_modes"]
+    assert "`heatmaps`: not run yet" in again["sources"]
+
+
+def test_model_card_shows_generalisation_results_once_they_exist(tmp_path):
+    book = _results_copy(tmp_path)
+    gen = book / "results" / "generalisation"
+    gen.mkdir()
+    prov = {"profile": "cpu", "git": {"commit": "feedbeef00000000", "dirty": False},
+            "timestamp": "2026-02-01T00:00:00+00:00"}
+    (gen / "cross_site.json").write_text(json.dumps({
+        "columns": ["train", "test", "auc", "auc_lo", "auc_hi"],
+        "rows": [["busi", "udiat", 61.25, 50.0, 72.5]], "provenance": prov}))
+    (gen / "calibration.json").write_text(json.dumps({
+        "columns": ["train", "test", "ece", "ece_scaled"],
+        "rows": [["busi", "busi", 0.125, 0.0412]], "provenance": prov}))
+    (gen / "verdict.json").write_text(json.dumps({"lines": ["- transfers poorly"],
+                                                  "provenance": prov}))
+    (gen / "provenance.json").write_text(json.dumps({"chapter": "generalisation",
+                                                    "provenance": prov}))
+    blocks = pages.model_card_blocks(book, BOOK / "chapters")
+    assert "| busi | udiat | 61.2 | 50.0 | 72.5 |" in blocks["cross_site"]
+    assert "- transfers poorly" in blocks["cross_site"]
+    assert "ece" in blocks["calibration"] and "Not yet measured" not in blocks["calibration"]
+    assert "`book/results/generalisation/`" in blocks["sources"]
+    assert "generalisation" in blocks["reproduce"]
+
+
+def test_reproducibility_page_names_each_distinct_machine_and_data_state(tmp_path):
+    chapters = tmp_path / "book" / "chapters"
+    hw = {"cpu": "AMD EPYC", "cores": 2, "cores_usable": 2, "cuda": None, "torch": "2.5"}
+    gpu = {**hw, "cuda": {"device": "NVIDIA H100", "count": 1, "version": "12.4"}}
+    executed_chapter(chapters / "01_data.ipynb", hardware=hw, data_checksums={"busi": "a" * 64},
+                     packages={"torch": "2.5"})
+    executed_chapter(chapters / "02_table1.ipynb", hardware=gpu,
+                     data_checksums={"busi": "a" * 64}, packages={"torch": "2.5"})
+    executed_chapter(chapters / "03_claims.ipynb", hardware=hw, data_checksums={"busi": "b" * 64},
+                     packages={"torch": "2.6"})
+    results = tmp_path / "book" / "results" / "table1"
+    results.mkdir(parents=True)
+    (results / "provenance.json").write_text(json.dumps({"seeds": [0, 1, 2],
+                                                         "provenance": {"seed": 0}}))
+    b = pages.reproducibility_blocks(tmp_path / "book", chapters)
+    assert "| 01_data | cpu | `abcdef123456` | – | D1 | H1 | P1 | 2.5 | 2026-01-01 10:00:00 | 0 |" \
+        in b["runs"]
+    assert "| 02_table1 | cpu | `abcdef123456` | 0, 1, 2 | D1 | H2 | P1 |" in b["runs"]
+    assert "| 03_claims | cpu | `abcdef123456` | – | D2 | H1 | P2 |" in b["runs"]
+    assert f"| busi | `{'a' * 64}` | `{'b' * 64}` |" in b["data_checksums"]
+    assert "| GPU | none | 1 x NVIDIA H100 (CUDA 12.4) |" in b["hardware"]
+    assert "| torch | 2.5 | 2.6 |" in b["packages"]
+    assert "7.5 minutes" in b["runs"]
+
+
+def test_refresh_fills_pages_present_and_skips_absent_ones(tmp_path):
+    book = tmp_path / "book"
+    executed_chapter(book / "chapters" / "01_data.ipynb", hardware={"cpu": "x"})
+    (book / "reproducibility.md").write_text(
+        "# R\n\n<!-- bus-paper:begin runs -->\n<!-- bus-paper:end runs -->\n")
+    changed = pages.refresh(book)
+    assert sorted(p.name for p in changed) == ["01_data.ipynb", "chapter_times.md",
+                                               "reproducibility.md"]
+    assert "| 01_data | cpu |" in (book / "reproducibility.md").read_text()
+    assert not (book / "model_card.md").exists()
+    assert pages.refresh(book) == [] and pages.refresh(book, check=True) == []
+
+
+def test_committed_generated_pages_match_the_committed_results():
+    """The model card and the reproducibility page (as committed) are what the generator makes
+    from the committed results and chapters: run `bus-paper pages` after changing either.
+    (The chapters' rerun boxes are refreshed by `bus-paper run` and at every build.)"""
+    if not (BOOK / "chapters").is_dir():
+        pytest.skip("no executed chapters in this checkout")
+    stale = pages.refresh(BOOK, check=True, boxes=False)
+    assert stale == [], f"stale generated pages {stale}: run `bus-paper pages` and commit"
+
+
+def test_pages_cli_check_mode(tmp_path, capsys):
+    from bus_paper.cli import main
+    book = tmp_path / "book"
+    executed_chapter(book / "chapters" / "01_data.ipynb", hardware={"cpu": "x"})
+    assert main(["pages", "--book", str(book), "--check"]) == 1
+    assert "stale" in capsys.readouterr().out
+    assert main(["pages", "--book", str(book)]) == 0
+    assert main(["pages", "--book", str(book), "--check"]) == 0
