@@ -79,7 +79,7 @@ def paper_value(variant: str, metric: str) -> float:
     """The paper's mean of ``metric`` for ``variant`` (Table 1 first, then Table 2), in %."""
     for table in ("table1", "table2"):
         t = paper_002(table).set_index("variant")
-        if variant in t.index and np.isfinite(t.loc[variant, metric]):
+        if variant in t.index and metric in t.columns and np.isfinite(t.loc[variant, metric]):
             return float(t.loc[variant, metric])
     return float("nan")
 
@@ -331,10 +331,11 @@ def paired_difference(results: Sequence[dict[str, Any]], a: str, b: str, metric:
             warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN rows: an undefined resample
             d = np.nanmean(np.vstack(boots), axis=0)
     d = 100 * d[np.isfinite(d)]
-    delta = 100 * float(np.nanmean(observed))
+    delta = 100 * float(np.nanmean(observed)) if np.isfinite(observed).any() else float("nan")
     p = 2 * min((d <= 0).mean(), (d >= 0).mean()) if d.size else float("nan")
-    return {"a": a, "b": b, "metric": metric, "level": level, "diff": delta,
-            "lo": float(np.percentile(d, 2.5)), "hi": float(np.percentile(d, 97.5)),
+    lo, hi = (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))) if d.size else (
+        float("nan"), float("nan"))   # the metric is undefined in every resample (e.g. no errors)
+    return {"a": a, "b": b, "metric": metric, "level": level, "diff": delta, "lo": lo, "hi": hi,
             "p": float(min(p, 1.0)), "folds": [100 * x for x in observed],
             "a_better_folds": int(sum(x > 0 for x in observed)), "n_folds": len(folds),
             "n_boot": int(d.size)}

@@ -196,3 +196,19 @@ def test_one_fold_end_to_end_smoke(phantom_root, tmp_path, monkeypatch):
     base = tl.run_fold(SMOKE, phantom_root, "baseline", 0, init="random", alpha=1.0)
     assert tl.run_fold(SMOKE, phantom_root, "baseline", 0, init="random", alpha=0.5)["key"] == base["key"]
     assert np.isnan(base["history"][0]["train_con"])
+
+
+def test_paired_difference_of_an_undefined_metric_is_nan_not_an_error():
+    perfect = [fake_result(v, 0, 0.0, 1) for v in ("lr", "baseline")]   # no errors: MCR undefined
+    d = p2.paired_difference(perfect, "lr", "baseline", "mcr", n_boot=50)
+    assert np.isnan(d["diff"]) and np.isnan(d["lo"]) and d["n_boot"] == 0
+    assert p2.verdict(d["lo"], d["hi"], -7.2) == "not measurable"
+
+
+def test_step_decay_reaches_the_second_epoch(phantom_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
+    settings = tl.Settings(image_size=64, epochs=2, lesions_per_batch=4, images_per_lesion=4,
+                           decay_every=1, max_steps=1)
+    r = tl.run_fold(SMOKE, phantom_root, "ir", 2, init="random", settings=settings)
+    assert [h["lr"] for h in r["history"]] == pytest.approx([1e-4, 1e-5])
+    assert all(np.isfinite(h["train_con"]) for h in r["history"])
