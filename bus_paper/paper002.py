@@ -37,10 +37,28 @@ import pandas as pd
 from .metrics import binary_metrics, choose_threshold
 from .train.lesion import N_FOLDS, SETTINGS, VARIANT_NAMES, Settings, settings_for
 
-__all__ = ["CLAIMS", "LABELS", "METRICS", "SETTINGS", "Settings", "TABLE1", "TABLE2",
-           "VARIANT_NAMES", "fold_table", "lesion_predictions", "mcr", "paired_difference",
-           "paper_002", "parse_folds", "parse_variants", "run_all", "settings_for", "summary",
-           "verdicts", "weighted_auc"]
+__all__ = [
+    "CLAIMS",
+    "LABELS",
+    "METRICS",
+    "SETTINGS",
+    "TABLE1",
+    "TABLE2",
+    "VARIANT_NAMES",
+    "Settings",
+    "fold_table",
+    "lesion_predictions",
+    "mcr",
+    "paired_difference",
+    "paper_002",
+    "parse_folds",
+    "parse_variants",
+    "run_all",
+    "settings_for",
+    "summary",
+    "verdicts",
+    "weighted_auc",
+]
 
 LABELS = {"baseline": "Baseline", "ir": "IR", "lr": "LR", "lr_minus_all": "LR(−)",
           "lr_minus_sc": "LR(−SC)", "lr_minus_dc": "LR(−DC)"}

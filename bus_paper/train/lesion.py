@@ -54,6 +54,7 @@ from .engine import Stage, autocast, infer, load_checkpoint, prepare_input, seed
 #: every variant of Tables 1-2, in the order the chapter shows them
 VARIANT_NAMES: tuple[str, ...] = ("baseline", "ir", "lr", "lr_minus_all", "lr_minus_sc",
                                   "lr_minus_dc")
+assert set(VARIANT_NAMES) == {"baseline", *VARIANTS}, "every loss variant has a name, and back"
 INITS = ("ssl", "random")
 N_FOLDS = 5
 #: the code behind a trained paper-002 model (the cache key of a run)
