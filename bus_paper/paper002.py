@@ -1,0 +1,427 @@
+"""Paper 002 (Guo et al. 2022, lesion recognition as a contrastive auxiliary task) on BUS-BRA: the
+chapter's runs, its metrics (MCR, lesion level) and its paired comparisons and verdicts.
+
+Training lives in :mod:`bus_paper.train.lesion` (its code is the runs' cache key); this module only
+reads predictions, so changing an analysis never retrains anything.
+
+- :func:`run_all`: every (variant, fold) run, cached.
+- :func:`fold_table`: per run, the test metrics of the paper's Table 1 (AUC, accuracy, sensitivity,
+  precision, specificity, F1 at the validation-chosen threshold), MCR, and the same metrics at
+  lesion level (a lesion's probability = the mean over its views; its own validation threshold).
+- :func:`summary`: mean ± sd over folds, as the paper reports.
+- :func:`paired_difference`: variant minus reference with a paired bootstrap that resamples
+  *lesions within each test fold* (views of a lesion are not independent), the statistic being
+  the mean over folds of the fold-wise difference; plus the fold-wise differences themselves.
+- :data:`CLAIMS` and :func:`verdicts`: the paper's claims, each checked by that interval.
+
+MCR (paper, Sec. 3.2): for a lesion L, ``MCR(L) = W_L / N_L`` (misclassified images over its
+images); reported is the mean over the lesions with at least one misclassified image. On BUS-BRA a
+misclassified single-view lesion always scores 1, so we also report ``discordance``: the share of
+two-view lesions whose two views get different predicted classes (the inconsistency LR is meant to
+reduce, free of the accuracy level).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .metrics import binary_metrics, choose_threshold
+from .train.lesion import N_FOLDS, SETTINGS, VARIANT_NAMES, Settings, settings_for
+
+__all__ = [
+    "CLAIMS",
+    "LABELS",
+    "METRICS",
+    "SETTINGS",
+    "TABLE1",
+    "TABLE2",
+    "VARIANT_NAMES",
+    "Settings",
+    "fold_table",
+    "lesion_predictions",
+    "mcr",
+    "paired_difference",
+    "paper_002",
+    "parse_folds",
+    "parse_variants",
+    "run_all",
+    "settings_for",
+    "summary",
+    "verdicts",
+    "weighted_auc",
+]
+
+LABELS = {"baseline": "Baseline", "ir": "IR", "lr": "LR", "lr_minus_all": "LR(−)",
+          "lr_minus_sc": "LR(−SC)", "lr_minus_dc": "LR(−DC)"}
+TABLE1 = ("baseline", "ir", "lr")
+TABLE2 = ("lr_minus_all", "lr_minus_sc", "lr_minus_dc", "lr")
+#: the paper's columns, in its order (recall = sensitivity); MCR is in Table 1 only
+METRICS = ("auc", "accuracy", "recall", "precision", "specificity", "f1")
+METRIC_NAMES = {"auc": "AUC", "accuracy": "ACC", "recall": "Sensitivity",
+                "precision": "Precision", "specificity": "Specificity", "f1": "F1",
+                "mcr": "MCR", "discordance": "Discordant views"}
+
+
+# ----------------------------------------------------------------------------- the paper's numbers
+@cache
+def _raw() -> dict[str, Any]:
+    with open(Path(__file__).parent / "literature" / "paper_002.toml", "rb") as fh:
+        return tomllib.load(fh)
+
+
+def paper_002(table: str) -> pd.DataFrame:
+    """Paper 002's Table 1 or 2 as printed: one row per variant, ``<metric>`` (mean) and
+    ``<metric>_sd`` in %, metrics as in :data:`METRICS` plus ``mcr`` (NaN in Table 2)."""
+    if table not in ("table1", "table2"):
+        raise KeyError(f"unknown table {table!r}; choose table1 or table2")
+    raw = _raw()
+    rows = []
+    for entry in raw[table]:
+        row = {"variant": entry["variant"]}
+        for m, mean, sd in zip(raw["metrics"], entry["mean"], entry["std"], strict=True):
+            row[m], row[f"{m}_sd"] = float(mean), float(sd)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paper_value(variant: str, metric: str) -> float:
+    """The paper's mean of ``metric`` for ``variant`` (Table 1 first, then Table 2), in %."""
+    for table in ("table1", "table2"):
+        t = paper_002(table).set_index("variant")
+        if variant in t.index and metric in t.columns and np.isfinite(t.loc[variant, metric]):
+            return float(t.loc[variant, metric])
+    return float("nan")
+
+
+# ----------------------------------------------------------------------------- parameters
+def _items(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return list(json.loads(text))
+        return [v.strip() for v in text.split(",") if v.strip()]
+    if isinstance(value, (int, np.integer)):
+        return [int(value)]
+    return list(value)
+
+
+def parse_variants(value: Any) -> list[str]:
+    """The ``variant`` parameter: None = all, a name (``lr``), ``"lr,ir"`` or a list."""
+    if value is None:
+        return list(VARIANT_NAMES)
+    names = [str(v).strip().lower() for v in _items(value)]
+    unknown = [n for n in names if n not in VARIANT_NAMES]
+    if unknown or not names:
+        raise ValueError(f"unknown variant(s) {unknown or names}; choose from "
+                         f"{', '.join(VARIANT_NAMES)}")
+    return [v for v in VARIANT_NAMES if v in names]   # the chapter's order
+
+
+def parse_folds(value: Any) -> list[int]:
+    """The ``folds`` parameter: None = all 5, an int, ``"0,1"`` or a list; folds are 0..4."""
+    if value is None:
+        return list(range(N_FOLDS))
+    folds = sorted({int(v) for v in _items(value)})
+    if not folds or any(not 0 <= f < N_FOLDS for f in folds):
+        raise ValueError(f"folds must be in 0..{N_FOLDS - 1}, got {value!r}")
+    return folds
+
+
+# ----------------------------------------------------------------------------- runs
+def run_all(profile, root, variants: Sequence[str], folds: Sequence[int], *, alpha: float = 1.0,
+            temperature: float = 1.0, init: str = "ssl", seed: int = 0,
+            progress: bool = False) -> list[dict[str, Any]]:
+    """:func:`~bus_paper.train.lesion.run_fold` for every variant and fold (cached runs reused)."""
+    from .train.data import resolve_root
+    from .train.lesion import busbra_folds, run_fold
+    root = resolve_root(profile, root)
+    table = busbra_folds(root)
+    return [run_fold(profile, root, v, f, alpha=alpha, temperature=temperature, init=init,
+                     seed=seed, progress=progress, table=table)
+            for v in variants for f in folds]
+
+
+# ----------------------------------------------------------------------------- metrics
+def mcr(y_true, pred, lesion) -> float:
+    """Mean over lesions with >= 1 misclassified image of (misclassified / images), in [0, 1];
+    NaN when no image is misclassified.
+
+    >>> mcr([1, 1, 0, 0, 1], [1, 0, 0, 0, 0], ["a", "a", "b", "b", "c"])   # a: 1/2, c: 1/1
+    0.75
+    """
+    df = pd.DataFrame({"wrong": np.asarray(y_true) != np.asarray(pred),
+                       "lesion": np.asarray(lesion)})
+    rate = df.groupby("lesion")["wrong"].mean()
+    rate = rate[rate > 0]
+    return float(rate.mean()) if len(rate) else float("nan")
+
+
+def discordance(pred, lesion) -> float:
+    """Share of lesions with two or more images whose images get different predicted classes."""
+    df = pd.DataFrame({"pred": np.asarray(pred).astype(int), "lesion": np.asarray(lesion)})
+    g = df.groupby("lesion")["pred"]
+    multi = g.size() > 1
+    return float((g.nunique()[multi] > 1).mean()) if multi.any() else float("nan")
+
+
+def lesion_predictions(preds: pd.DataFrame) -> pd.DataFrame:
+    """One row per (split, lesion): the mean probability over its views, label, image count."""
+    labels = preds.groupby(["split", "lesion"])["label"].nunique()
+    if (labels > 1).any():
+        raise ValueError(f"lesion {labels[labels > 1].index[0]} has images of both labels")
+    return (preds.groupby(["split", "lesion"], sort=True)
+            .agg(label=("label", "first"), prob=("prob", "mean"), n_images=("prob", "size"))
+            .reset_index())
+
+
+def fold_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics of one run: image level at its validation threshold, MCR, discordance, and
+    lesion level (views averaged; threshold chosen on the validation lesions), prefixed
+    ``lesion_``."""
+    preds = result["predictions"]
+    test = preds[preds["split"] == "test"]
+    thr = float(result["threshold"])
+    m = binary_metrics(test["label"], test["prob"], thr)
+    pred = (test["prob"].to_numpy() >= thr).astype(int)
+    row = {"variant": result["variant"], "fold": int(result["fold"]), "threshold": thr,
+           **{k: m[k] for k in METRICS},
+           "mcr": mcr(test["label"], pred, test["lesion"]),
+           "discordance": discordance(pred, test["lesion"])}
+    les = lesion_predictions(preds)
+    val, tst = les[les["split"] == "val"], les[les["split"] == "test"]
+    lthr = choose_threshold(val["label"], val["prob"])
+    lm = binary_metrics(tst["label"], tst["prob"], lthr)
+    row.update({"lesion_threshold": lthr, **{f"lesion_{k}": lm[k] for k in METRICS}})
+    return row
+
+
+def fold_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """:func:`fold_metrics` of every run, one row per (variant, fold), fractions (not %)."""
+    return pd.DataFrame([fold_metrics(r) for r in results]).sort_values(
+        ["variant", "fold"], key=lambda s: s.map(_order) if s.name == "variant" else s,
+        ignore_index=True)
+
+
+def _order(v: str) -> int:
+    return VARIANT_NAMES.index(v) if v in VARIANT_NAMES else len(VARIANT_NAMES)
+
+
+def summary(folds: pd.DataFrame, metrics: Sequence[str], prefix: str = "") -> pd.DataFrame:
+    """Mean and sd (ddof 1) over folds per variant, in %: columns ``<m>`` and ``<m>_sd``."""
+    rows = []
+    for variant, g in folds.groupby("variant", sort=False):
+        row: dict[str, Any] = {"variant": variant, "folds": len(g)}
+        for m in metrics:
+            v = 100 * g[prefix + m].astype(float)
+            row[m] = float(v.mean())
+            row[f"{m}_sd"] = float(v.std(ddof=1)) if v.notna().sum() > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- paired bootstrap
+def weighted_auc(y, p, w) -> np.ndarray | float:
+    """ROC AUC with case weights (ties count 1/2), for one weight vector ``[n]`` or many
+    ``[B, n]`` at once (bootstrap resamples as multiplicities); NaN where a class has weight 0.
+
+    >>> float(weighted_auc([0, 1, 1], [0.1, 0.4, 0.4], [1, 1, 1]))
+    1.0
+    """
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    w = np.asarray(w, dtype=float)
+    one = w.ndim == 1
+    w = np.atleast_2d(w)
+    order = np.argsort(p, kind="mergesort")
+    ps, ys, ws = p[order], y[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    pos = np.add.reduceat(ws * (ys == 1), starts, axis=1)
+    neg = np.add.reduceat(ws * (ys == 0), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    num = (pos * (below + 0.5 * neg)).sum(1)
+    den = pos.sum(1) * neg.sum(1)
+    out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return float(out[0]) if one else out
+
+
+@dataclass(frozen=True)
+class _FoldArrays:
+    """One run's test predictions as arrays, lesions coded 0..n_lesions-1 (sorted ids)."""
+    paths: np.ndarray
+    y: np.ndarray
+    p: np.ndarray
+    code: np.ndarray
+    thr: float
+    y_les: np.ndarray
+    p_les: np.ndarray
+    thr_les: float
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> _FoldArrays:
+        preds = result["predictions"]
+        test = preds[preds["split"] == "test"].sort_values("path")
+        les = lesion_predictions(preds)
+        val, tst = les[les["split"] == "val"], les[les["split"] == "test"]
+        ids = tst["lesion"].to_numpy()                         # sorted by lesion id
+        code = np.searchsorted(ids, test["lesion"].to_numpy())
+        return cls(test["path"].to_numpy(), test["label"].to_numpy().astype(int),
+                   test["prob"].to_numpy(float), code, float(result["threshold"]),
+                   tst["label"].to_numpy().astype(int), tst["prob"].to_numpy(float),
+                   choose_threshold(val["label"], val["prob"]))
+
+    @property
+    def n_lesions(self) -> int:
+        return len(self.y_les)
+
+
+def _weighted(metric: str, y: np.ndarray, p: np.ndarray, thr: float, w: np.ndarray) -> np.ndarray:
+    if metric == "auc":
+        return weighted_auc(y, p, w)
+    d = p >= thr
+    tp = (w * (d & (y == 1))).sum(1)
+    fp = (w * (d & (y == 0))).sum(1)
+    tn = (w * (~d & (y == 0))).sum(1)
+    fn = (w * (~d & (y == 1))).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"accuracy": (tp + tn) / (tp + tn + fp + fn), "recall": tp / (tp + fn),
+                "precision": tp / (tp + fp), "specificity": tn / (tn + fp),
+                "f1": 2 * tp / (2 * tp + fp + fn)}[metric]
+
+
+def _stat(f: _FoldArrays, metric: str, level: str, counts: np.ndarray) -> np.ndarray:
+    """``metric`` of one fold for each row of lesion multiplicities ``counts`` [B, n_lesions]."""
+    if level == "lesion":
+        return _weighted(metric, f.y_les, f.p_les, f.thr_les, counts)
+    if metric in ("mcr", "discordance"):
+        wrong = (f.p >= f.thr) != (f.y == 1)
+        n = np.bincount(f.code, minlength=f.n_lesions)
+        if metric == "mcr":
+            rate = np.bincount(f.code, weights=wrong, minlength=f.n_lesions) / n
+            keep = rate > 0
+            value = rate
+        else:
+            pos = np.bincount(f.code, weights=(f.p >= f.thr), minlength=f.n_lesions)
+            keep = n > 1
+            value = ((pos > 0) & (pos < n)).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (counts * keep * value).sum(1) / (counts * keep).sum(1)
+    return _weighted(metric, f.y, f.p, f.thr, counts[:, f.code])
+
+
+def paired_difference(results: Sequence[dict[str, Any]], a: str, b: str, metric: str,
+                      level: str = "image", n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """``metric(a) - metric(b)`` in points (%), the mean over the folds both were run on.
+
+    95% interval and two-sided p from a paired bootstrap: in every resample each test fold's
+    lesions are drawn with replacement (the same draw for both variants) and the fold-wise
+    differences are averaged over folds. ``folds``: the fold-wise differences themselves.
+    ``level``: ``image`` (MCR and discordance only here) or ``lesion`` (views averaged).
+    """
+    if level not in ("image", "lesion"):
+        raise ValueError(f"level must be 'image' or 'lesion', got {level!r}")
+    by = {(r["variant"], int(r["fold"])): r for r in results}
+    folds = sorted(f for (v, f) in by if v == a and (b, f) in by)
+    if not folds:
+        raise ValueError(f"no fold has runs of both {a!r} and {b!r}")
+    rng = np.random.default_rng(seed)
+    observed, boots = [], []
+    for fold in folds:
+        fa, fb = _FoldArrays.of(by[(a, fold)]), _FoldArrays.of(by[(b, fold)])
+        if not np.array_equal(fa.paths, fb.paths):
+            raise ValueError(f"fold {fold}: {a} and {b} were tested on different images")
+        ones = np.ones((1, fa.n_lesions))
+        observed.append(float((_stat(fa, metric, level, ones) - _stat(fb, metric, level, ones))[0]))
+        counts = rng.multinomial(fa.n_lesions, np.full(fa.n_lesions, 1 / fa.n_lesions),
+                                 size=n_boot).astype(float)
+        boots.append(_stat(fa, metric, level, counts) - _stat(fb, metric, level, counts))
+    with np.errstate(invalid="ignore"):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN rows: an undefined resample
+            d = np.nanmean(np.vstack(boots), axis=0)
+    d = 100 * d[np.isfinite(d)]
+    delta = 100 * float(np.nanmean(observed)) if np.isfinite(observed).any() else float("nan")
+    p = 2 * min((d <= 0).mean(), (d >= 0).mean()) if d.size else float("nan")
+    lo, hi = (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))) if d.size else (
+        float("nan"), float("nan"))   # the metric is undefined in every resample (e.g. no errors)
+    return {"a": a, "b": b, "metric": metric, "level": level, "diff": delta, "lo": lo, "hi": hi,
+            "p": float(min(p, 1.0)), "folds": [100 * x for x in observed],
+            "a_better_folds": int(sum(x > 0 for x in observed)), "n_folds": len(folds),
+            "n_boot": int(d.size)}
+
+
+# ----------------------------------------------------------------------------- claims and verdicts
+@dataclass(frozen=True)
+class Claim:
+    """A difference the paper reports: ``metric(a) - metric(b)`` (its tables give the value)."""
+    key: str
+    text: str
+    a: str
+    b: str
+    metric: str
+
+    @property
+    def paper(self) -> float:
+        return paper_value(self.a, self.metric) - paper_value(self.b, self.metric)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("lr_auc", "LR raises AUC over the baseline (+1.5)", "lr", "baseline", "auc"),
+    Claim("lr_acc", "LR raises accuracy over the baseline (+2.8)", "lr", "baseline", "accuracy"),
+    Claim("lr_spec", "LR raises specificity (+6.8)", "lr", "baseline", "specificity"),
+    Claim("lr_prec", "LR raises precision (+3.9)", "lr", "baseline", "precision"),
+    Claim("lr_mcr", "LR lowers MCR (−7.2)", "lr", "baseline", "mcr"),
+    Claim("ir_auc", "IR lowers AUC (−0.8)", "ir", "baseline", "auc"),
+    Claim("ir_acc", "IR lowers accuracy (−1.8)", "ir", "baseline", "accuracy"),
+    Claim("ir_mcr", "IR raises MCR (+3.4)", "ir", "baseline", "mcr"),
+    Claim("no_neg_auc", "Removing all negatives lowers LR's AUC (Table 2: −1.3; text: −1.1)",
+          "lr_minus_all", "lr", "auc"),
+    Claim("hard_neg_auc", "Hard (same-class) negatives beat easy ones: LR(−DC) > LR(−SC) (+0.6)",
+          "lr_minus_dc", "lr_minus_sc", "auc"),
+    Claim("all_neg_auc", "All negatives beat same-class ones only: LR > LR(−DC) (+0.6)",
+          "lr", "lr_minus_dc", "auc"),
+)
+
+
+def verdict(lo: float, hi: float, paper: float) -> str:
+    """``reproduced`` when the interval excludes 0 on the paper's side, ``contradicted`` when it
+    excludes 0 on the other side, else ``not detected``."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "not measurable"
+    if lo > 0 or hi < 0:
+        return "reproduced" if (lo > 0) == (paper > 0) else "contradicted"
+    return "not detected"
+
+
+def verdicts(results: Sequence[dict[str, Any]], n_boot: int = 2000, seed: int = 0
+             ) -> pd.DataFrame:
+    """Every claim of :data:`CLAIMS` whose two variants were run: measured paired difference,
+    its 95% interval, fold wins, the paper's difference and the verdict."""
+    have = {r["variant"] for r in results}
+    rows = []
+    for c in CLAIMS:
+        if c.a not in have or c.b not in have:
+            continue
+        d = paired_difference(results, c.a, c.b, c.metric, n_boot=n_boot, seed=seed)
+        rows.append({"claim": c.text, "key": c.key, "metric": c.metric,
+                     "measured": d["diff"], "ci_low": d["lo"], "ci_high": d["hi"], "p": d["p"],
+                     "folds a > b": f"{d['a_better_folds']}/{d['n_folds']}",
+                     "paper": c.paper, "verdict": verdict(d["lo"], d["hi"], c.paper),
+                     "paper inside CI": bool(d["lo"] <= c.paper <= d["hi"])})
+    return pd.DataFrame(rows)
+
+
+def training_log(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The per-epoch log of every run: losses, validation AUC, learning rate, speed."""
+    rows = [{"variant": r["variant"], "fold": r["fold"], **h} for r in results
+            for h in r["history"]]
+    return pd.DataFrame(rows)
