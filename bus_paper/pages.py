@@ -128,6 +128,26 @@ def chapter_records(chapters: Path) -> list[dict[str, Any]]:
     return out
 
 
+def chapter_times(chapters_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Profile, commit, time and wall time of the last execution of every executed chapter, from
+    :func:`chapter_records` (the table of the reproducibility page)."""
+    return [{"chapter": r["stem"], "profile": r["provenance"].get("profile"),
+             "commit": (r["provenance"].get("git") or {}).get("commit", "")[:12],
+             "finished": r["provenance"].get("timestamp"),
+             "minutes": r["provenance"].get("wall_s", 0) / 60}
+            for r in chapter_records(Path(chapters_dir))]
+
+
+def times_markdown(chapters_dir: str | os.PathLike) -> str:
+    """A Markdown table of :func:`chapter_times` (included by the reproducibility page)."""
+    rows = chapter_times(chapters_dir)
+    lines = ["| chapter | profile | finished (UTC) | commit | minutes |", "| --- | --- | --- | --- | ---: |"]
+    lines += [f"| {r['chapter']} | {r['profile']} | {str(r['finished'])[:19]} | `{r['commit']}` | "
+              f"{r['minutes']:.1f} |" for r in rows]
+    lines.append(f"| **total** | | | | **{sum(r['minutes'] for r in rows):.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
 def _cli_text(value: Any) -> str:
     """A parameter value as papermill's ``-p`` takes it (lists as JSON text, as the notebooks
     parse them with ``as_list``)."""
@@ -359,15 +379,25 @@ def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
 CARD_CHAPTERS = ("data", "pretraining", "finetuning", "table1", "heatmaps")
 
 
-def _sources(results: Path) -> str:
-    lines = []
+def _card_provenances(results: Path) -> dict[str, dict[str, Any]]:
+    """The provenance of each chapter behind the card that has run (card order)."""
+    out = {}
     for ch in (*CARD_CHAPTERS, "generalisation"):
         path = results / ch / "provenance.json"
-        if not path.is_file():
+        if path.is_file():
+            out[ch] = json.loads(path.read_text()).get("provenance", {})
+    return out
+
+
+def _sources(results: Path) -> str:
+    lines = []
+    provs = _card_provenances(results)
+    for ch in (*CARD_CHAPTERS, "generalisation"):
+        if ch not in provs:
             if ch != "generalisation":
                 lines.append(f"- `{ch}`: not run yet")
             continue
-        p = json.loads(path.read_text()).get("provenance", {})
+        p = provs[ch]
         lines.append(f"- `book/results/{ch}/`: profile `{p.get('profile')}`, commit "
                      f"{short_commit(p.get('git'))}, {str(p.get('timestamp', ''))[:10]}")
     return "Generated from these result files (each carries its full provenance):\n\n" + \
@@ -533,14 +563,10 @@ def _failure_modes(results: Path) -> str:
 
 
 def _reproduce(results: Path) -> str:
-    commits, profiles, present = [], [], []
-    for ch in (*CARD_CHAPTERS, "generalisation"):
-        path = results / ch / "provenance.json"
-        if path.is_file():
-            p = json.loads(path.read_text()).get("provenance", {})
-            commits.append(str((p.get("git") or {}).get("commit") or "unknown"))
-            profiles.append(str(p.get("profile")))
-            present.append(ch)
+    provs = _card_provenances(results)
+    present = list(provs)
+    commits = [str((p.get("git") or {}).get("commit") or "unknown") for p in provs.values()]
+    profiles = [str(p.get("profile")) for p in provs.values()]
     if not present:
         raise MissingResult("no chapter behind this card has run")
     # the most common (first seen on a tie: the output must not depend on set order)
@@ -598,8 +624,6 @@ def refresh(book: str | os.PathLike, chapters: str | os.PathLike | None = None, 
     ``chapters`` (default ``book/chapters``); returns the files that changed (``check``: that
     would change; nothing is written). Pages that are not there are skipped; ``boxes`` False
     leaves the chapters' rerun boxes alone."""
-    from .pipeline import times_markdown  # pipeline imports this module
-
     book = Path(book)
     chapters = Path(chapters) if chapters else book / "chapters"
     changed = []

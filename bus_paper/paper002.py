@@ -23,18 +23,16 @@ reduce, free of the accuracy level).
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .literature import load_numbers
 from .metrics import binary_metrics, choose_threshold
+from .pipeline import as_list
 from .train.lesion import N_FOLDS, SETTINGS, VARIANT_NAMES, Settings, settings_for
 
 __all__ = [
@@ -72,18 +70,12 @@ METRIC_NAMES = {"auc": "AUC", "accuracy": "ACC", "recall": "Sensitivity",
 
 
 # ----------------------------------------------------------------------------- the paper's numbers
-@cache
-def _raw() -> dict[str, Any]:
-    with open(Path(__file__).parent / "literature" / "paper_002.toml", "rb") as fh:
-        return tomllib.load(fh)
-
-
 def paper_002(table: str) -> pd.DataFrame:
     """Paper 002's Table 1 or 2 as printed: one row per variant, ``<metric>`` (mean) and
     ``<metric>_sd`` in %, metrics as in :data:`METRICS` plus ``mcr`` (NaN in Table 2)."""
     if table not in ("table1", "table2"):
         raise KeyError(f"unknown table {table!r}; choose table1 or table2")
-    raw = _raw()
+    raw = load_numbers("paper_002")
     rows = []
     for entry in raw[table]:
         row = {"variant": entry["variant"]}
@@ -103,22 +95,11 @@ def paper_value(variant: str, metric: str) -> float:
 
 
 # ----------------------------------------------------------------------------- parameters
-def _items(value: Any) -> list[Any]:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return list(json.loads(text))
-        return [v.strip() for v in text.split(",") if v.strip()]
-    if isinstance(value, (int, np.integer)):
-        return [int(value)]
-    return list(value)
-
-
 def parse_variants(value: Any) -> list[str]:
     """The ``variant`` parameter: None = all, a name (``lr``), ``"lr,ir"`` or a list."""
     if value is None:
         return list(VARIANT_NAMES)
-    names = [str(v).strip().lower() for v in _items(value)]
+    names = [str(v).strip().lower() for v in as_list(value)]
     unknown = [n for n in names if n not in VARIANT_NAMES]
     if unknown or not names:
         raise ValueError(f"unknown variant(s) {unknown or names}; choose from "
@@ -130,7 +111,7 @@ def parse_folds(value: Any) -> list[int]:
     """The ``folds`` parameter: None = all 5, an int, ``"0,1"`` or a list; folds are 0..4."""
     if value is None:
         return list(range(N_FOLDS))
-    folds = sorted({int(v) for v in _items(value)})
+    folds = sorted({int(v) for v in as_list(value)})
     if not folds or any(not 0 <= f < N_FOLDS for f in folds):
         raise ValueError(f"folds must be in 0..{N_FOLDS - 1}, got {value!r}")
     return folds

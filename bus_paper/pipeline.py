@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import numbers
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ import nbformat
 
 from . import pages, plotting
 from .config import PROFILE_NAMES, Profile, load_profile
+from .pages import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
 from .paths import PACKAGE_DIR, repo_root, runs_dir
 from .paths import data_root as find_data_root
 from .provenance import data_checksums, provenance, save_result, save_table, stamp
@@ -211,8 +213,16 @@ class Chapter:
 
 
 def as_list(value: Any) -> list[Any]:
-    """A list parameter as papermill passes it: a list, or its JSON text (``-p seeds "[0, 1]"``)."""
-    return json.loads(value) if isinstance(value, str) else list(value)
+    """A list parameter as papermill passes it: a list, its JSON text (``-p seeds "[0, 1]"``),
+    comma-separated text (``-p folds 0,1``, ``-p variant lr``) or one number (``-p folds 3``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return list(json.loads(text))
+        return [v.strip() for v in text.split(",") if v.strip()]
+    if isinstance(value, numbers.Integral):   # int or numpy integer
+        return [int(value)]
+    return list(value)
 
 
 def seed_list(seeds: Any, profile: str) -> list[int]:
@@ -445,32 +455,8 @@ def build_book(chapters: str | os.PathLike | None = None, out: str | os.PathLike
 
 
 # ----------------------------------------------------------------------------- CLI
-def chapter_times(chapters_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Profile, commit, time and wall time of the last execution of every executed chapter, read
-    from the notebooks' ``metadata.bus_paper.provenance`` (what the reproducibility page shows)."""
-    rows = []
-    for path in sorted(Path(chapters_dir).glob("*.ipynb")):
-        meta = nbformat.read(path, as_version=4).metadata.get("bus_paper", {})
-        prov = meta.get("provenance")
-        if not prov:
-            continue
-        rows.append({"chapter": path.stem, "profile": prov.get("profile"),
-                     "commit": (prov.get("git") or {}).get("commit", "")[:12],
-                     "finished": prov.get("timestamp"), "minutes": prov.get("wall_s", 0) / 60})
-    return rows
-
-
-def times_markdown(chapters_dir: str | os.PathLike) -> str:
-    """A Markdown table of :func:`chapter_times` (included by the reproducibility page)."""
-    rows = chapter_times(chapters_dir)
-    lines = ["| chapter | profile | finished (UTC) | commit | minutes |", "| --- | --- | --- | --- | ---: |"]
-    lines += [f"| {r['chapter']} | {r['profile']} | {str(r['finished'])[:19]} | `{r['commit']}` | "
-              f"{r['minutes']:.1f} |" for r in rows]
-    lines.append(f"| **total** | | | | **{sum(r['minutes'] for r in rows):.1f}** |")
-    return "\n".join(lines) + "\n"
-
-
 def write_times_page(chapters_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Write :func:`~bus_paper.pages.times_markdown` of ``chapters_dir`` to ``target``."""
     target = Path(target)
     target.write_text(times_markdown(chapters_dir))
     return target

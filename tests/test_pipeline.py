@@ -225,6 +225,8 @@ def test_chapter_under_smoke_uses_a_phantom_and_a_private_results_dir(tmp_path, 
 def test_list_parameters_arrive_as_lists_or_json_text():
     assert pipeline.as_list('["udiat", "busi"]') == ["udiat", "busi"]
     assert pipeline.as_list(("busi",)) == ["busi"]
+    assert pipeline.as_list("0, 1") == ["0", "1"] and pipeline.as_list("lr") == ["lr"]
+    assert pipeline.as_list(3) == [3]
     assert pipeline.seed_list("[3, 4]", "cpu") == [3, 4]
     assert pipeline.seed_list(None, "cpu") == list(pipeline.load_profile("cpu").finetune.seeds)
 

@@ -28,9 +28,14 @@ METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Rec
 
 
 @cache
-def _raw() -> dict[str, Any]:
-    with open(HERE / "paper_000.toml", "rb") as fh:
+def load_numbers(paper: str) -> dict[str, Any]:
+    """The published numbers of ``paper`` (``literature/<paper>.toml``, e.g. ``paper_002``)."""
+    with open(HERE / f"{paper}.toml", "rb") as fh:
         return tomllib.load(fh)
+
+
+def _raw() -> dict[str, Any]:
+    return load_numbers("paper_000")
 
 
 def paper_000(table: str) -> pd.DataFrame:
