@@ -286,8 +286,8 @@ def background_images(profile: Profile, root, dataset: str, n: int = 32, seed: i
 
 
 def explain_run(result: Mapping[str, Any], profile: Profile, root, target: str = "label",
-                methods: Sequence[str] | None = None, smoothgrad_n: int = 10,
-                shap_nsamples: int = 20, n_background: int = 32, device: str = "cpu"
+                methods: Sequence[str] | None = None, smoothgrad_n: int = 8,
+                shap_nsamples: int = 16, n_background: int = 32, device: str = "cpu"
                 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict[str, np.ndarray],
                            pd.DataFrame]:
     """Every explanation method on every test image of a fine-tuning ``result``, for the class
