@@ -1,0 +1,309 @@
+"""Paper 001 (Asif et al., Academic Radiology 2025): its models, runs, comparisons and explanations.
+
+Only the abstract is available. It proposes a model built on MobileNetV2 and DenseNet121 "enhanced
+with feature fusion and attention mechanisms", reports an AUC of 0.9834 on BUSI (and 0.9320 on a
+private set), says that it "significantly" outperforms "traditional deep convolutional neural
+network models" and radiologists, and explains it with Grad-CAM, saliency maps and SHAP. Our
+reading of each part is in :mod:`bus_paper.models.fusion` (the model) and in the chapter.
+
+Models (:data:`MODELS`), all trained by the book's engine with the same splits, epochs, optimiser,
+augmentation and model selection as every other chapter:
+
+- ``proposed``: MobileNetV2 + DenseNet121, CBAM on each, fused by concatenation; the two backbones
+  start from their own SimCLR encoders (the ``mobilenetv2`` and ``densenet121`` baselines'
+  pretraining on the unlabeled pool, our stand-in for the paper's ImageNet weights), the
+  attention modules and heads from random initialisation (:func:`fusion_encoder`).
+- ablations: the same model from random initialisation (what the SSL stand-in for ImageNet
+  weights adds), without attention, and each backbone alone with attention (what fusion adds).
+- baselines: the "traditional" CNNs as Table 1 wrappers (:mod:`bus_paper.models.baselines`):
+  MobileNetV2 and DenseNet121 (each backbone alone, no attention), ResNet-50 and VGG16, each from
+  its own SimCLR encoder (ResNet-50's is Table 1's, so its runs are shared) unless listed in
+  ``random_init``.
+
+:func:`default_plan` says which models get every seed and which are trained from random
+initialisation at a profile; at ``cpu`` the plan fits the chapter in about 20 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import Profile
+
+#: The abstract's numbers (AUC only; no other metric, interval, split or seed count is given).
+PAPER_001 = {"busi": {"auc": 98.34}, "private": {"auc": 93.20}}
+FUSED = ("mobilenetv2", "densenet121")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One row of the chapter: a Table 1 wrapper (``baseline``) or a :mod:`~.models.fusion`
+    network (``backbones``, ``attention``); ``ssl`` False trains it from random initialisation."""
+    key: str
+    label: str
+    group: str                        # proposed | ablation | baseline
+    baseline: str | None = None
+    backbones: tuple[str, ...] = ()
+    attention: str = "cbam"
+    ssl: bool = True
+
+
+MODELS: dict[str, Model] = {m.key: m for m in (
+    Model("proposed", "MobileNetV2 + DenseNet121 + CBAM, fused (SSL init)", "proposed",
+          backbones=FUSED),
+    Model("proposed_random", "Proposed, random init (no SSL)", "ablation", backbones=FUSED,
+          ssl=False),
+    Model("no_attention", "Fusion without attention", "ablation", backbones=FUSED,
+          attention="none"),
+    Model("mobilenetv2_cbam", "MobileNetV2 + CBAM (no fusion)", "ablation",
+          backbones=("mobilenetv2",)),
+    Model("densenet121_cbam", "DenseNet121 + CBAM (no fusion)", "ablation",
+          backbones=("densenet121",)),
+    Model("mobilenetv2", "MobileNetV2", "baseline", baseline="mobilenetv2"),
+    Model("densenet121", "DenseNet121", "baseline", baseline="densenet121"),
+    Model("resnet50", "ResNet-50", "baseline", baseline="resnet50"),
+    Model("vgg16", "VGG16", "baseline", baseline="vgg16"),
+)}
+#: what each ablation is compared with, and what the difference measures
+CONTRASTS: dict[str, str] = {
+    "proposed_random": "SSL initialisation (our stand-in for ImageNet weights)",
+    "no_attention": "attention (CBAM on each backbone)",
+    "mobilenetv2_cbam": "fusion (adding DenseNet121 to MobileNetV2)",
+    "densenet121_cbam": "fusion (adding MobileNetV2 to DenseNet121)",
+}
+
+
+def _model(key: str) -> Model:
+    if key not in MODELS:
+        raise KeyError(f"unknown model {key!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[key]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per model: its fine-tuning seeds and whether it starts from SSL weights."""
+    seeds: dict[str, list[int]]
+    ssl: dict[str, bool]
+
+    def label(self, key: str) -> str:
+        m = MODELS[key]
+        return m.label + (" (random init)" if m.group == "baseline" and not self.ssl[key] else "")
+
+
+def default_plan(profile: Profile | str, models: Sequence[str], seeds: Sequence[int],
+                 one_seed: Sequence[str] | None = None,
+                 random_init: Sequence[str] | None = None) -> Plan:
+    """Seeds and initialisation of every model. ``one_seed``: models fine-tuned with the first
+    seed only; ``random_init``: baselines trained from random initialisation instead of their own
+    SimCLR encoder. None means the profile's default: at ``cpu`` (2 cores, 20 minutes) only the
+    proposed model and ResNet-50 (whose runs Table 1 has cached) get every seed, and VGG16 (8x
+    ResNet-50's training cost at 96 px, 138 M parameters) is trained from random init, which
+    spares its SimCLR pretraining; elsewhere every model gets every seed and SSL.
+
+    >>> p = default_plan("cpu", ["proposed", "vgg16"], [0, 1, 2])
+    >>> p.seeds, p.ssl
+    ({'proposed': [0, 1, 2], 'vgg16': [0]}, {'proposed': True, 'vgg16': False})
+    """
+    name = profile if isinstance(profile, str) else profile.name
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("need at least one seed")
+    cpu = name == "cpu"
+    if one_seed is None:
+        one_seed = [k for k in models if k not in ("proposed", "resnet50")] if cpu else []
+    if random_init is None:
+        random_init = ["vgg16"] if cpu else []
+    for k in [*models, *one_seed, *random_init]:
+        _model(k)
+    if bad := [k for k in random_init if MODELS[k].group != "baseline"]:
+        raise ValueError(f"random_init is for baselines (ablations fix their own init): {bad}")
+    return Plan({k: seeds[:1] if k in one_seed else list(seeds) for k in models},
+                {k: MODELS[k].ssl and k not in random_init for k in models})
+
+
+# ----------------------------------------------------------------------------- networks, encoders
+def network_for(profile: Profile, key: str) -> dict[str, Any] | None:
+    """The fusion config of model ``key`` at ``profile`` (None for a Table 1 wrapper): the
+    profile's image size and the heads of ``profile.model``, as the baselines get them."""
+    from .models.fusion import fusion_config
+    m = _model(key)
+    if m.baseline:
+        return None
+    pm = profile.model
+    return fusion_config(profile.data.image_size, m.backbones, m.attention,
+                         num_classes=pm.num_classes, proj_hidden=pm.proj_hidden,
+                         proj_dim=pm.proj_dim, drop_rate=pm.drop_rate)
+
+
+def baseline_encoder(profile: Profile, root, name: str, progress: bool = False) -> Path:
+    """The (cached) SimCLR ``encoder.pt`` of Table 1 wrapper ``name`` (VGG16 with the capped
+    epochs of :func:`bus_paper.experiments.pretraining_profile`, shared with paper 004)."""
+    from .experiments import pretraining_profile
+    from .train.pretraining import pretrain
+    return pretrain(pretraining_profile(profile, name), root, progress=progress, baseline=name)
+
+
+def fusion_encoder(profile: Profile, root, cfg: Mapping[str, Any], progress: bool = False) -> Path:
+    """An ``encoder.pt`` for fusion network ``cfg`` whose backbones are the SimCLR encoders of
+    the baselines of the same names (:func:`baseline_encoder`): the attention modules and the
+    projection head keep the network's initialisation at seed 0 (as pretraining seeds it), so
+    the file loads strictly. Cached under ``runs/compose/<key>/`` with the source encoders' keys
+    in its key; ``sources`` and ``not_pretrained`` inside say what came from where."""
+    from .models import build_network
+    from .models.fusion import compose_encoder_state
+    from .paths import runs_dir
+    from .train.data import config_key
+    from .train.engine import save_checkpoint, seed_everything
+    from .train.pretraining import load_pretrained, network_code_hash
+    cfg = dict(cfg)
+    states = {b: load_pretrained(baseline_encoder(profile, root, b, progress))
+              for b in cfg["backbones"]}
+    sources = {b: s["key"] for b, s in states.items()}
+    key = config_key("compose", cfg, sources, network_code_hash(cfg))
+    out = runs_dir() / "compose" / key / "encoder.pt"
+    if out.exists():
+        return out
+    seed_everything(0)
+    state, own = compose_encoder_state(build_network(cfg),
+                                       {b: s["encoder"] for b, s in states.items()})
+    first = states[cfg["backbones"][0]]
+    save_checkpoint(out, {"encoder": state, "model_config": cfg, "normalizer": first["normalizer"],
+                          "key": key, "pool": first["pool"], "n_images": first["n_images"],
+                          "history": json.dumps([]), "seconds": 0.0, "sources": sources,
+                          "not_pretrained": own})
+    return out
+
+
+def model_runs(profile: Profile, root, key: str, datasets: Sequence[str], seeds: Sequence[int],
+               ssl: bool | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Fine-tune model ``key`` on every dataset and seed (cached); ``ssl`` None: the model's own
+    setting. Each result gets ``row`` (the key) and ``ssl``."""
+    from .train import finetune
+    m = _model(key)
+    ssl = m.ssl if ssl is None else bool(ssl)
+    cfg = network_for(profile, key)
+    if cfg is None:
+        enc = baseline_encoder(profile, root, m.baseline, progress) if ssl else None
+        kw: dict[str, Any] = {"baseline": m.baseline}
+    else:
+        enc = fusion_encoder(profile, root, cfg, progress) if ssl else None
+        kw = {"network": cfg}
+    return [finetune(profile, d, s, root, encoder_path=enc, progress=progress, **kw)
+            | {"row": key, "ssl": ssl} for d in datasets for s in seeds]
+
+
+def run_plan(profile: Profile, root, plan: Plan, datasets: Sequence[str],
+             progress: bool = False) -> list[dict[str, Any]]:
+    """:func:`model_runs` of every model of ``plan`` (in its order)."""
+    out: list[dict[str, Any]] = []
+    for key, seeds in plan.seeds.items():
+        out += model_runs(profile, root, key, datasets, seeds, plan.ssl[key], progress)
+    return out
+
+
+# ----------------------------------------------------------------------------- comparisons
+def paired_table(results: Sequence[Mapping[str, Any]], reference: str = "proposed",
+                 metrics: Sequence[str] = ("auc", "accuracy"), n_boot: int = 1000
+                 ) -> pd.DataFrame:
+    """``reference`` minus every other model, per dataset and metric, in points: seed means on the
+    same test images, paired bootstrap CI and p (:func:`bus_paper.experiments.paired_difference`),
+    and a ``verdict``: ``higher`` / ``lower`` (the interval excludes 0) or ``not detected``."""
+    from .experiments import paired_difference
+    by: dict[tuple[str, str], list] = {}
+    for r in results:
+        by.setdefault((r["row"], r["dataset"]), []).append(r)
+    rows = []
+    for (key, d), runs in by.items():
+        if key == reference or (reference, d) not in by:
+            continue
+        for m in metrics:
+            p = paired_difference(by[reference, d], runs, m, n_boot=n_boot)
+            verdict = "higher" if p["lo"] > 0 else "lower" if p["hi"] < 0 else "not detected"
+            rows.append({"dataset": d, "model": key, "metric": m, "difference": p["diff"],
+                         "ci_low": p["lo"], "ci_high": p["hi"], "p": p["p"],
+                         "seeds": f"{len(by[reference, d])} vs {len(runs)}",
+                         "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def auc_verdict(table: pd.DataFrame, dataset: str = "busi", model: str = "proposed",
+                reported: float | None = None) -> dict[str, Any]:
+    """Where the paper's AUC (in %) falls against our 95% CI of ``model`` on ``dataset`` (a
+    :func:`bus_paper.experiments.seed_table` by ``row``): ``inside`` / ``above`` / ``below``."""
+    if reported is None:
+        if dataset not in PAPER_001:
+            raise KeyError(f"the paper reports no AUC on {dataset!r} (only {', '.join(PAPER_001)})")
+        reported = PAPER_001[dataset]["auc"]
+    reported = float(reported)
+    row = table[(table["row"] == model) & (table["dataset"] == dataset)]
+    if len(row) != 1:
+        raise ValueError(f"need one row of {model} on {dataset}, got {len(row)}")
+    r = row.iloc[0]
+    where = ("above" if reported > r["auc_hi"] else "below" if reported < r["auc_lo"]
+             else "inside")
+    return {"dataset": dataset, "reported": reported, "measured": float(r["auc"]),
+            "lo": float(r["auc_lo"]), "hi": float(r["auc_hi"]), "seeds": int(r["seeds"]),
+            "where": where, "gap": reported - float(r["auc"])}
+
+
+def mean_roc(results: Sequence[Mapping[str, Any]], grid: int = 101
+             ) -> tuple[np.ndarray, np.ndarray, float]:
+    """ROC curve of runs on the same test images, averaged vertically over seeds (mean
+    sensitivity at each 1 - specificity of ``grid`` points; Fawcett 2006): (fpr, tpr, mean AUC)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from .analysis import aligned_test_predictions
+    y, probs, _ = aligned_test_predictions(results)
+    fpr = np.linspace(0, 1, grid)
+    if not 0 < y.sum() < y.size:
+        return fpr, np.full(grid, np.nan), float("nan")
+    tprs, aucs = [], []
+    for p in probs:
+        f, t, _ = roc_curve(y, p)
+        tprs.append(np.interp(fpr, f, t))
+        aucs.append(roc_auc_score(y, p))
+    tpr = np.mean(tprs, axis=0)
+    tpr[0] = 0.0
+    return fpr, tpr, float(np.mean(aucs))
+
+
+# ----------------------------------------------------------------------------- explanations
+def background_images(profile: Profile, root, dataset: str, n: int = 32, seed: int = 0
+                      ) -> np.ndarray:
+    """``n`` training images of ``dataset`` (uint8 ``[n, S, S]``, drawn at random, both classes)
+    for SHAP's expectation: the data the model was fitted to, never a test image."""
+    from .train.data import load_labelled
+    x = load_labelled(profile, Path(root), dataset).x["train"][:, 0].numpy()
+    rng = np.random.default_rng(seed)
+    return x[np.sort(rng.choice(len(x), size=min(n, len(x)), replace=False))]
+
+
+def explain_run(result: Mapping[str, Any], profile: Profile, root, target: str = "label",
+                methods: Sequence[str] | None = None, smoothgrad_n: int = 8,
+                shap_nsamples: int = 16, n_background: int = 32, device: str = "cpu"
+                ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict[str, np.ndarray],
+                           pd.DataFrame]:
+    """Every explanation method on every test image of a fine-tuning ``result``, for the class
+    ``target`` (:func:`bus_paper.explain.cam_targets`): (test predictions sorted by path, uint8
+    images, masks, ``{method: maps}``, per-image scores with ``method``, ``dataset``, ``seed``)."""
+    from . import explain, saliency
+    from .data.preprocess import Normalizer
+    from .train import load_deployable
+    methods = list(methods or saliency.METHODS)
+    model, state = load_deployable(result["checkpoint"], device)
+    test, images, masks = explain.load_test_with_masks(result, root, state["image_size"])
+    classes = explain.cam_targets(target, test["label"], test["prob"], result["threshold"])
+    bg = background_images(profile, root, result["dataset"], n_background)
+    maps = saliency.explanation_maps(model, images, Normalizer.from_dict(state["normalizer"]),
+                                     classes, bg, methods, smoothgrad_n=smoothgrad_n,
+                                     shap_nsamples=shap_nsamples)
+    scores = saliency.method_scores(maps, masks, test.assign(target=classes)).assign(
+        dataset=result["dataset"], seed=result["seed"], model=result["row"])
+    return test, images, masks, maps, scores

@@ -1,0 +1,130 @@
+"""Paper 001's chapter logic: the plan, the comparisons, and a smoke run end to end."""
+
+import doctest
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bus_paper import paper001 as p1
+from bus_paper import saliency
+from bus_paper.config import load_profile
+from bus_paper.experiments import seed_table
+from bus_paper.metrics import binary_metrics
+from bus_paper.train.pretraining import load_pretrained
+
+SMOKE = load_profile("smoke")
+CPU = load_profile("cpu")
+
+
+def fake_run(y, prob, row, seed=0, dataset="busi", threshold=0.5):
+    y, prob = np.asarray(y), np.asarray(prob, dtype=float)
+    preds = pd.DataFrame({"path": [f"img{i:03d}.png" for i in range(y.size)], "split": "test",
+                          "label": y, "prob": prob})
+    return {"row": row, "dataset": dataset, "seed": seed, "threshold": threshold,
+            "metrics": binary_metrics(y, prob, threshold), "predictions": preds}
+
+
+def test_doctests():
+    assert doctest.testmod(p1).failed == 0
+
+
+def test_models_and_contrasts():
+    assert p1.MODELS["proposed"].backbones == ("mobilenetv2", "densenet121")
+    assert set(p1.CONTRASTS) == {k for k, m in p1.MODELS.items() if m.group == "ablation"}
+    baselines = {m.baseline for m in p1.MODELS.values() if m.group == "baseline"}
+    assert {"resnet50", "vgg16", "densenet121", "mobilenetv2"} <= baselines
+    cfg = {k: p1.network_for(CPU, k) for k in p1.MODELS}
+    assert cfg["resnet50"] is None and cfg["proposed"]["img_size"] == 96
+    assert cfg["proposed"]["attention"] == "cbam" and cfg["no_attention"]["attention"] == "none"
+    assert cfg["mobilenetv2_cbam"]["backbones"] == ["mobilenetv2"]
+    # the ablations differ from the proposed model in one switch each
+    for k in ("no_attention", "mobilenetv2_cbam", "densenet121_cbam"):
+        differ = {f for f in cfg["proposed"] if cfg[k][f] != cfg["proposed"][f]}
+        assert len(differ) == 1, (k, differ)
+    assert cfg["proposed_random"] == cfg["proposed"] and not p1.MODELS["proposed_random"].ssl
+
+
+def test_plan_defaults_and_overrides():
+    keys = list(p1.MODELS)
+    cpu = p1.default_plan("cpu", keys, [0, 1, 2])
+    assert {k for k, s in cpu.seeds.items() if len(s) == 3} == {"proposed", "resnet50"}
+    assert [k for k, v in cpu.ssl.items() if not v] == ["proposed_random", "vgg16"]
+    assert cpu.label("vgg16") == "VGG16 (random init)" and cpu.label("resnet50") == "ResNet-50"
+    gpu = p1.default_plan(load_profile("gpu"), keys, [0, 1])
+    assert all(s == [0, 1] for s in gpu.seeds.values())
+    assert [k for k, v in gpu.ssl.items() if not v] == ["proposed_random"]
+    mine = p1.default_plan("cpu", ["proposed", "vgg16"], [4, 5], one_seed=[], random_init=[])
+    assert mine.seeds == {"proposed": [4, 5], "vgg16": [4, 5]} and all(mine.ssl.values())
+    with pytest.raises(KeyError, match="unknown model"):
+        p1.default_plan("cpu", ["alexnet"], [0])
+    with pytest.raises(ValueError, match="random_init is for baselines"):
+        p1.default_plan("cpu", ["proposed"], [0], random_init=["proposed"])
+
+
+def test_paired_table_and_auc_verdict():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)
+    good = [fake_run(y, np.clip(y * 0.7 + rng.random(120) * 0.4, 0, 1), "proposed", s)
+            for s in range(2)]
+    bad = [fake_run(y, rng.random(120), "vgg16")]
+    same = [fake_run(y, good[0]["predictions"]["prob"], "mobilenetv2")]
+    t = p1.paired_table(good + bad + same, n_boot=300)
+    assert set(t["model"]) == {"vgg16", "mobilenetv2"} and set(t["metric"]) == {"auc", "accuracy"}
+    auc = t[t["metric"] == "auc"].set_index("model")
+    assert auc.loc["vgg16", "verdict"] == "higher" and auc.loc["vgg16", "seeds"] == "2 vs 1"
+    assert auc.loc["mobilenetv2", "verdict"] == "not detected"
+    table = seed_table(good, n_boot=300)
+    v = p1.auc_verdict(table, "busi")
+    assert v["reported"] == 98.34 and v["seeds"] == 2 and v["lo"] <= v["measured"] <= v["hi"]
+    assert v["where"] == ("above" if 98.34 > v["hi"] else "inside" if 98.34 >= v["lo"] else "below")
+    assert p1.auc_verdict(table, "busi", reported=0.0)["where"] == "below"
+    with pytest.raises(KeyError, match="reports no AUC"):
+        p1.auc_verdict(table, "udiat")
+    with pytest.raises(ValueError, match="need one row"):
+        p1.auc_verdict(table, "udiat", reported=90.0)
+
+
+def test_mean_roc_is_the_vertical_average():
+    y = np.array([0, 0, 1, 1])
+    perfect = fake_run(y, [0.1, 0.2, 0.8, 0.9], "a")
+    reversed_ = fake_run(y, [0.9, 0.8, 0.2, 0.1], "a", seed=1)
+    fpr, tpr, auc = p1.mean_roc([perfect])
+    assert auc == 1 and tpr[0] == 0 and (tpr[1:] == 1).all()
+    fpr, tpr, auc = p1.mean_roc([perfect, reversed_])
+    assert auc == 0.5 and np.trapezoid(tpr, fpr) == pytest.approx(0.5, abs=0.02)
+
+
+def test_smoke_run_end_to_end(phantom_root):
+    """Pretrain MobileNetV2 and DenseNet121 (SimCLR, smoke), compose the fusion encoder,
+    fine-tune the proposed model, its random-init ablation and a baseline, explain, summarise."""
+    plan = p1.default_plan(SMOKE, ["proposed", "proposed_random", "mobilenetv2"], [0])
+    results = p1.run_plan(SMOKE, phantom_root, plan, ["busi"])
+    by = {r["row"]: r for r in results}
+    assert set(by) == {"proposed", "proposed_random", "mobilenetv2"}
+    assert by["proposed"]["pretrained"] and not by["proposed_random"]["pretrained"]
+    assert by["proposed"]["model"] == "fusion" and by["mobilenetv2"]["model"] == "mobilenetv2"
+    # the composed encoder holds the MobileNetV2 baseline's SimCLR weights in its branch
+    cfg = p1.network_for(SMOKE, "proposed")
+    enc = load_pretrained(p1.fusion_encoder(SMOKE, phantom_root, cfg))
+    base = load_pretrained(p1.baseline_encoder(SMOKE, phantom_root, "mobilenetv2"))
+    assert enc["key"] == by["proposed"]["encoder_key"]
+    assert enc["sources"]["mobilenetv2"] == base["key"]
+    assert torch.equal(enc["encoder"]["branches.mobilenetv2.conv_stem.weight"],
+                       base["encoder"]["backbone.conv_stem.weight"])
+    assert all(k.startswith(("branch_attention.", "projector.")) for k in enc["not_pretrained"])
+    # cached: the same runs come back without training
+    again = p1.model_runs(SMOKE, phantom_root, "proposed", ["busi"], [0])
+    assert again[0]["run_dir"] == by["proposed"]["run_dir"]
+
+    table = seed_table(results, n_boot=50)
+    assert set(table["row"]) == set(by)
+    test, images, masks, maps, scores = p1.explain_run(by["proposed"], SMOKE, phantom_root,
+                                                       smoothgrad_n=2, shap_nsamples=3,
+                                                       n_background=4)
+    assert list(maps) == list(saliency.METHODS) and images.shape == masks.shape
+    assert len(scores) == len(test) * len(saliency.METHODS)
+    scored = scores[scores["has_mask"]]
+    assert len(scored) and scored["energy"].between(0, 1).all()
+    assert set(scores["dataset"]) == {"busi"} and set(scores["model"]) == {"proposed"}
