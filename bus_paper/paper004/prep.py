@@ -225,8 +225,10 @@ class ImageZ:
         if not self.enabled:
             return x
         dims = tuple(range(1, x.ndim))
-        mean = x.mean(dim=dims, keepdim=True)
-        std = x.std(dim=dims, keepdim=True)
+        if isinstance(x, np.ndarray):
+            mean, std = x.mean(axis=dims, keepdims=True), x.std(axis=dims, ddof=1, keepdims=True)
+        else:
+            mean, std = x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True)
         return (x - mean) / (std + self.eps)
 
 

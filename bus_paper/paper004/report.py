@@ -29,7 +29,7 @@ METRIC_NAMES = {"accuracy": "accuracy", "precision": "precision", "recall": "sen
 
 # ----------------------------------------------------------------------------- preprocessing
 def prep_figure(examples: Sequence[tuple[str, RoiSet, Path, int]], prep: Prep, size: int,
-                cell: float = 1.9):
+                cell: float = 1.45):
     """One row per example ``(title, roi set, data root, row index)``: the stored image, after the
     median and Gaussian filters, after CLAHE, the ROI on it, the ROI at ``size`` px (z-scored for
     display), and one augmented version."""
@@ -124,15 +124,20 @@ def gradcam_task(result: TaskResult, profile: Profile, batch_size: int = 16,
 
 # ----------------------------------------------------------------------------- verdicts
 def range_verdict(value: float, lo: float, hi: float, claim: tuple[float, float]) -> str:
+    """Where a measured value and its 95% CI lie relative to a claimed range (or a single
+    claimed value, ``claim = (v, v)``)."""
     if not np.isfinite(value):
         return "not measurable"
+    point = claim[0] == claim[1]
     if hi < claim[0]:
-        return "below the claimed range"
+        return "below the claim (CI excludes it)" if point else "below the claimed range"
     if lo > claim[1]:
-        return "above the claimed range"
+        return "above the claim (CI excludes it)" if point else "above the claimed range"
+    if point:
+        return "consistent (CI contains the claim)"
     if claim[0] <= value <= claim[1]:
         return "inside the claimed range"
-    return "outside, but the CI reaches the range"
+    return "outside the range, CI overlaps it"
 
 
 def diff_verdict(lo: float, hi: float, what: str = "better") -> str:
@@ -163,8 +168,7 @@ def range_claims(tables: Mapping[str, pd.DataFrame], fused: str = "attention",
                          "measured": r["accuracy"], "lo": r["accuracy_lo"],
                          "hi": r["accuracy_hi"],
                          "verdict": range_verdict(r["accuracy"], r["accuracy_lo"],
-                                                  r["accuracy_hi"], (v, v))
-                         .replace("inside the claimed range", "equal to the claim")})
+                                                  r["accuracy_hi"], (v, v))})
     return pd.DataFrame(rows)
 
 
@@ -212,7 +216,7 @@ def best_classifier(tables: Mapping[str, pd.DataFrame], metric: str = "auc") -> 
 
 def confusion_figure(tables: Mapping[str, pd.DataFrame], sets: Sequence[str],
                      classifier: str = "nn", names: Mapping[str, tuple[str, str]] | None = None,
-                     cell: float = 1.9):
+                     cell: float = 1.7):
     """Confusion matrices (summed over repeats) of ``classifier`` on each of ``sets``, one row
     per task. ``names``: task -> (negative, positive) class names."""
     import matplotlib.pyplot as plt
@@ -233,12 +237,14 @@ def confusion_figure(tables: Mapping[str, pd.DataFrame], sets: Sequence[str],
             r = sel.iloc[0]
             m = np.array([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], dtype=float)
             ax.imshow(m / m.sum(axis=1, keepdims=True).clip(1), cmap="Blues", vmin=0, vmax=1)
+            share = m / m.sum(axis=1, keepdims=True).clip(1)
             for (a, b), v in np.ndenumerate(m):
-                ax.text(b, a, f"{int(v)}", ha="center", va="center", fontsize=9)
+                ax.text(b, a, f"{int(v)}", ha="center", va="center", fontsize=9,
+                        color="white" if share[a, b] > 0.5 else "black")
             neg, pos = (names or {}).get(task, ("neg.", "pos."))
             ax.set_xticks([0, 1], [neg, pos], fontsize=7)
             ax.set_yticks([0, 1], [neg, pos], fontsize=7)
-            ax.set_title(f"{task}: {r['features']}", fontsize=7)
+            ax.set_title(f"{task}: {r['features']}, {classifier.upper()}", fontsize=7)
             if j == 0:
                 ax.set_ylabel("true", fontsize=7)
             ax.set_xlabel("predicted", fontsize=7)

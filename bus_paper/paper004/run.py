@@ -261,7 +261,7 @@ def run_task(task_key: str, profile: Profile, root: str | Path, seeds: Sequence[
         r.test = pos.loc[r.split["path"][~train]].to_numpy()
     y_all = roi.frame["label"].isin(task.positive).to_numpy(int)
     timings["preprocessing"] = time.perf_counter() - t0
-    log(f"{task_key}: {len(roi)} images, {len(repeats)} repeat(s), ROIs ready")
+    log(f"{task_key}: {len(kept)} images, {len(repeats)} repeat(s), ROIs ready")
 
     sets = feature_sets(task, s)
     copies = s.prep.augment_copies if task.kind == "image" else 0
