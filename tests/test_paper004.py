@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -310,7 +309,6 @@ def test_feature_classifier_runs_grad_cam():
     net = build_baseline("resnet50", 64).eval()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 2048))
-    y = np.arange(40) % 2
     red = classical.BlockReducer([(0, 2048, True)], 4).fit(X)
     head = fusion.AttentionFusion([red.parts_[0][1].n_components_], width=8, heads=2, hidden=8)
     model = fusion.FeatureClassifier([net], red, head.eval(), "list")
@@ -339,7 +337,7 @@ def test_run_task_smoke_end_to_end(mias):
     assert len(t) == 5 * 2 and t[["auc", "accuracy", "specificity"]].notna().all().all()
     assert ((t["tp"] + t["fp"] + t["tn"] + t["fn"]) == t["test images"] * 2).all()
     assert len(res.attention) == sum(len(r.test) for r in res.repeats)
-    scores, cams, info = report.gradcam_task(res, p)
+    _, _, info = report.gradcam_task(res, p)
     # the torch copy in fp32 vs the NN on bf16-extracted features: close, not equal
     assert set(info["model"]) == {"cnn", "fusion"} and info["max |p - NN p|"].dropna().max() < 0.2
     verdict = report.range_claims({"mias_malignant": t})

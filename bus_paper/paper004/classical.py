@@ -42,7 +42,7 @@ LABELS = {"knn": "kNN", "svm": "SVM", "rf": "Random forest", "nn": "Neural netwo
 
 
 def make_classifier(name: str, seed: int = 0, rf_trees: int = 100,
-                    nn_max_iter: int = 300) -> tuple[Any, dict[str, list]]:
+                    nn_max_iter: int = 200) -> tuple[Any, dict[str, list]]:
     """A classifier (scaled input for the NN) and its grid. Small grids: the training parts have
     92 to 1,500 images, and the chapter must run on two CPU cores."""
     if name == "knn":
@@ -53,7 +53,7 @@ def make_classifier(name: str, seed: int = 0, rf_trees: int = 100,
     if name == "rf":
         return (RandomForestClassifier(n_estimators=rf_trees, max_features="sqrt",
                                        class_weight="balanced_subsample", random_state=seed,
-                                       n_jobs=1),
+                                       n_jobs=-1),     # trees in parallel: same forest
                 {"min_samples_leaf": [1, 4]})
     if name == "nn":
         mlp = MLPClassifier(hidden_layer_sizes=(128, 32), activation="relu", max_iter=nn_max_iter,

@@ -74,7 +74,7 @@ def _grouped_holdout(y: np.ndarray, groups: np.ndarray, is_copy: np.ndarray, sha
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import StratifiedGroupKFold
     orig = np.flatnonzero(~is_copy)
-    k = max(2, int(round(1 / share)))
+    k = max(2, round(1 / share))
     k = min(k, len(np.unique(groups[orig])), int(np.bincount(y[orig]).min()))
     if k < 2:
         return np.arange(len(y)), np.array([], dtype=int)

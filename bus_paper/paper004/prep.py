@@ -98,8 +98,8 @@ def enhance(img: np.ndarray, prep: Prep) -> np.ndarray:
 
 def crop_square(img: np.ndarray, row: float, col: float, side: float) -> np.ndarray:
     """The ``side`` x ``side`` square centred at (``row``, ``col``); zeros outside the image."""
-    s = max(1, int(round(side)))
-    top, left = int(round(row - s / 2)), int(round(col - s / 2))
+    s = max(1, int(np.rint(side)))
+    top, left = int(np.rint(row - s / 2)), int(np.rint(col - s / 2))
     out = np.zeros((s, s), dtype=img.dtype)
     r0, c0 = max(top, 0), max(left, 0)
     r1, c1 = min(top + s, img.shape[0]), min(left + s, img.shape[1])
@@ -178,7 +178,7 @@ def tissue_site(breast: np.ndarray, side_of_chest: str, donors: pd.DataFrame,
     for _ in range(tries):
         d = donors.iloc[int(rng.integers(len(donors)))]
         col = d["col"] if d["chest"] == side_of_chest else (w - 1) - d["col"]
-        r, c = int(round(d["row"])), int(round(col))
+        r, c = int(np.rint(d["row"])), int(np.rint(col))
         if 0 <= r < h and 0 <= c < w and breast[r, c]:
             return float(d["row"]), float(col), float(d["radius"])
     ys, xs = np.nonzero(breast)

@@ -257,6 +257,6 @@ def summary_metrics(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([t.assign(task=k) for k, t in tables.items()], ignore_index=True)
 
 
-__all__ = ["PAPER_RANGES", "PAPER_MIAS_NN_ACCURACY", "METRICS", "prep_figure", "gradcam_models",
-           "gradcam_task", "range_claims", "fusion_claims", "best_classifier",
-           "confusion_figure", "summary_metrics", "range_verdict", "diff_verdict"]
+__all__ = ["METRICS", "PAPER_MIAS_NN_ACCURACY", "PAPER_RANGES", "best_classifier",
+           "confusion_figure", "diff_verdict", "fusion_claims", "gradcam_models", "gradcam_task",
+           "prep_figure", "range_claims", "range_verdict", "summary_metrics"]

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Profile
-from .classical import CLASSIFIERS, BlockReducer, Fitted, select_and_fit
+from .classical import CLASSIFIERS, BlockReducer, select_and_fit
 from .evaluate import METRICS, Part, paired_difference, point_metrics, repeat_mean_ci
 from .features import LABELS as BACKBONE_LABELS
 from .features import Encoder, features, mias_encoder, ultrasound_encoder
@@ -83,7 +83,7 @@ class Settings:
     mias_pool_crops: int = 2          # pretraining crops per film
     fusion_width: int = 64            # attention fusion: token width (and fused vector width)
     rf_trees: int = 100               # random forest size
-    nn_max_iter: int = 300            # neural network: most Adam epochs
+    nn_max_iter: int = 200            # neural network: most Adam epochs
     n_boot: int = 1000
     prep: Prep = field(default_factory=Prep)
 
