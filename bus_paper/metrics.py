@@ -12,7 +12,8 @@ Malignant is the positive class. Thresholds are chosen on validation data only
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy.stats import rankdata
+from sklearn.metrics import roc_curve
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
@@ -27,6 +28,18 @@ def _check(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
     if not set(np.unique(y)) <= {0, 1}:
         raise ValueError("y_true must be 0 (benign) / 1 (malignant)")
     return y, p
+
+
+def auc_score(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count one half): what sklearn's
+    ``roc_auc_score`` returns, without its input checks, which dominated the bootstraps (each CI
+    scores thousands of resamples). NaN with one class only. ``y`` must be 0/1 ints."""
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(p)                       # average ranks: a tie counts 1/2
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def confusion(y_true, pred) -> dict[str, int]:
@@ -51,7 +64,7 @@ def binary_metrics(y_true, prob, threshold: float = 0.5) -> dict[str, float]:
         "specificity": _ratio(tn, tn + fp),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         # AUC is undefined with a single class present (a tiny bootstrap resample, say)
-        "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else float("nan"),
+        "auc": auc_score(y, p),
     }
     out.update({k: float(v) for k, v in c.items()})
     out["threshold"] = float(threshold)

@@ -503,25 +503,52 @@ def _within(results: Path) -> str:
                   "site: these are within-site numbers.")
 
 
+def _is_calibration(line: str) -> bool:
+    return any(w in line for w in ("Calibration", "calibration", "ECE", "Temperature"))
+
+
 def _generalisation(results: Path, calibration: bool) -> str:
+    """The generalisation chapter's results in brief: the train x test AUC matrix per model and
+    the leave-one-site-out view (``cross_site``, ``pooled_view``), or the ECE summary
+    (``calibration_summary``), each followed by the chapter's verdict lines on it."""
     folder = results / "generalisation"
     what = "calibration" if calibration else "cross-site performance"
     if not folder.is_dir():
         return (f"**Not yet measured.** The {what} of these models has not been measured by this "
                 "book yet; the generalisation chapter will write it to "
                 "`book/results/generalisation/`, and this card will show it.")
-    is_cal = lambda name: "calib" in name or "ece" in name
     parts = []
-    for path in sorted(folder.glob("*.json")):
-        name = path.stem
-        if is_cal(name) != calibration or name in ("provenance", "runs", "predictions"):
-            continue
-        payload = json.loads(path.read_text())
-        if "lines" in payload and "verdict" in name:
-            parts.append("\n".join(str(x) for x in payload["lines"]))
-        elif "columns" in payload and "rows" in payload \
-                and len(payload["rows"]) <= MAX_GENERIC_ROWS:
-            parts.append(f"**`{name}`**\n\n" + md_table(payload["columns"], payload["rows"]))
+    if not calibration and (folder / "cross_site.json").is_file():
+        t = table(results, "generalisation", "cross_site")
+        for model in dict.fromkeys(r.get("row") for r in t):
+            sub = [r for r in t if r.get("row") == model]
+            trains = list(dict.fromkeys(r["train"] for r in sub))
+            tests = list(dict.fromkeys(r["test"] for r in sub))
+            cell = {(r["train"], r["test"]): ci(r["auc"], r["auc_lo"], r["auc_hi"]) for r in sub}
+            parts.append((f"**{model}**: test AUC (%, 95 % CI), fine-tuned on (rows) × tested on "
+                          "(columns)\n\n" if model else "")
+                         + md_table(["fine-tuned on", *tests],
+                                    [(tr, *(cell.get((tr, te), "–") for te in tests))
+                                     for tr in trains]))
+    if not calibration and (folder / "pooled_view.json").is_file():
+        v = table(results, "generalisation", "pooled_view")
+        parts.append("**Leave one site out** (proposed model, test AUC %)\n\n" + md_table(
+            ["tested on", "own site", "other single sites (mean)", "pooled others",
+             "pooled − own site (95 % CI)"],
+            [(r["tested on"], r["own site"], r["other single sites (mean)"], r["pooled others"],
+              ci(r["pooled − own site"], r["95% CI low"], r["95% CI high"])) for r in v]))
+    if calibration and (folder / "calibration_summary.json").is_file():
+        c = table(results, "generalisation", "calibration_summary")
+        parts.append("**Expected calibration error** (%, mean over cells; temperature fitted on "
+                     "the training site's validation split)\n\n" + md_table(
+                         ["model", "where", "ECE before", "ECE after", "temperature"],
+                         [(r["row"], r["where"], r["ece_before"], r["ece_after"],
+                           r["temperature"]) for r in c]))
+    if (folder / "verdict.json").is_file():
+        lines = [str(x) for x in load(results, "generalisation", "verdict").get("lines", [])]
+        lines = [x for x in lines if x.startswith("- ") and _is_calibration(x) == calibration]
+        if lines:
+            parts.append("\n".join(lines))
     return "\n\n".join(parts) or (f"**Not yet measured**: `book/results/generalisation/` holds "
                                   f"no {what} table.")
 

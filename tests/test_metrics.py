@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from bus_paper.metrics import binary_metrics, bootstrap_ci, choose_threshold, paired_bootstrap
+from bus_paper.metrics import (
+    auc_score,
+    binary_metrics,
+    bootstrap_ci,
+    choose_threshold,
+    paired_bootstrap,
+)
 
 
 def test_binary_metrics_match_sklearn():
@@ -18,6 +24,22 @@ def test_binary_metrics_match_sklearn():
     assert m["specificity"] == pytest.approx(recall_score(1 - y, 1 - d))
     assert m["auc"] == pytest.approx(roc_auc_score(y, p))
     assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == 200
+
+
+def test_auc_equals_sklearn_with_ties_float32_and_tiny_sets():
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        n = int(rng.integers(2, 150))
+        y = rng.integers(0, 2, n)
+        if not 0 < y.sum() < n:
+            assert np.isnan(auc_score(y, rng.random(n)))
+            continue
+        p = rng.random(n)
+        if trial % 3 == 0:
+            p = np.round(p, 1)                     # many ties
+        if trial % 3 == 1:
+            p = p.astype(np.float32).astype(float)  # what predictions.csv holds
+        assert auc_score(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
 
 
 def test_bad_inputs_raise():

@@ -193,19 +193,29 @@ def test_model_card_shows_generalisation_results_once_they_exist(tmp_path):
     prov = {"profile": "cpu", "git": {"commit": "feedbeef00000000", "dirty": False},
             "timestamp": "2026-02-01T00:00:00+00:00"}
     (gen / "cross_site.json").write_text(json.dumps({
-        "columns": ["train", "test", "auc", "auc_lo", "auc_hi"],
-        "rows": [["busi", "udiat", 61.25, 50.0, 72.5]], "provenance": prov}))
-    (gen / "calibration.json").write_text(json.dumps({
-        "columns": ["train", "test", "ece", "ece_scaled"],
-        "rows": [["busi", "busi", 0.125, 0.0412]], "provenance": prov}))
-    (gen / "verdict.json").write_text(json.dumps({"lines": ["- transfers poorly"],
-                                                  "provenance": prov}))
+        "columns": ["row", "train", "test", "auc", "auc_lo", "auc_hi"],
+        "rows": [["proposed", "busi", "busi", 81.0, 74.0, 88.0],
+                 ["proposed", "busi", "udiat", 61.25, 50.0, 72.5]], "provenance": prov}))
+    (gen / "pooled_view.json").write_text(json.dumps({
+        "columns": ["tested on", "own site", "other single sites (mean)", "pooled others",
+                    "pooled − own site", "95% CI low", "95% CI high"],
+        "rows": [["udiat", 80.0, 60.0, 70.0, -10.0, -20.0, 0.5]], "provenance": prov}))
+    (gen / "calibration_summary.json").write_text(json.dumps({
+        "columns": ["row", "where", "ece_before", "ece_after", "temperature"],
+        "rows": [["proposed", "across sites", 12.5, 4.12, 1.7]], "provenance": prov}))
+    (gen / "verdict.json").write_text(json.dumps({
+        "lines": ["- transfers poorly", "- Calibration, proposed: ECE 3 %"], "provenance": prov}))
     (gen / "provenance.json").write_text(json.dumps({"chapter": "generalisation",
                                                     "provenance": prov}))
     blocks = pages.model_card_blocks(book, BOOK / "chapters")
-    assert "| busi | udiat | 61.2 | 50.0 | 72.5 |" in blocks["cross_site"]
-    assert "- transfers poorly" in blocks["cross_site"]
-    assert "ece" in blocks["calibration"] and "Not yet measured" not in blocks["calibration"]
+    cross = blocks["cross_site"]
+    assert "| fine-tuned on | busi | udiat |" in cross
+    assert "| busi | 81.0 (74.0–88.0) | 61.2 (50.0–72.5) |" in cross
+    assert "| udiat | 80.0 | 60.0 | 70.0 | -10.0 (-20.0–0.5) |" in cross
+    assert "- transfers poorly" in cross and "ECE 3 %" not in cross
+    cal = blocks["calibration"]
+    assert "| proposed | across sites | 12.5 | 4.1 | 1.7 |" in cal and "ECE 3 %" in cal
+    assert "Not yet measured" not in cal and "transfers poorly" not in cal
     assert "`book/results/generalisation/`" in blocks["sources"]
     assert "generalisation" in blocks["reproduce"]
 

@@ -1,0 +1,328 @@
+"""Generalisation across sites, and calibration: the chapter the papers do not have.
+
+The papers test each dataset on its own and still speak of robustness "across different
+populations". Here a model fine-tuned on one site is tested on every other one:
+
+- :func:`site_runs` fine-tunes a Table 1 row (the proposed model, or a baseline) on each labelled
+  BUS dataset from its cached SSL encoder: the same :func:`~bus_paper.train.finetune` runs the
+  other chapters use, so BUSI and UDIAT come from the cache.
+- :func:`transfer` applies a finished run's deployable model (its weights, *its own* normaliser
+  and validation threshold, as ``bus-paper predict`` would) to another dataset's test split.
+- :func:`pooled_finetune` trains on the union of several datasets (leave one site out) and is
+  tested on the held-out one.
+- :func:`expected_calibration_error`, :func:`reliability`, :func:`fit_temperature`: calibration
+  before and after temperature scaling fitted on the *training* site's validation split.
+
+Every test split is the leak-free 70/10/20 split of its dataset (the same images as the diagonal
+of the matrix), so a row of the matrix compares one model on several sites' test images.
+
+>>> import numpy as np
+>>> y = np.array([0, 0, 1, 1]); p = np.array([0.1, 0.2, 0.8, 0.9])
+>>> round(expected_calibration_error(y, p, bins=2), 3)
+0.15
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .analysis import aligned_test_predictions, seed_mean_ci
+from .config import Profile
+from .metrics import METRICS, binary_metrics, choose_threshold
+
+EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- single-site runs
+def site_runs(profile: Profile, root: str | Path | None, row: str, datasets: Sequence[str],
+              seeds: Sequence[int], progress: bool = False) -> list[dict[str, Any]]:
+    """Fine-tune Table 1 row ``row`` ("proposed", "simclr_resnet50", ...) on every dataset and
+    seed (cached runs); each result gets ``train`` (its dataset) and ``row``."""
+    from .experiments import table1_runs
+    return [r | {"train": r["dataset"]}
+            for r in table1_runs(profile, root, row, datasets, seeds, progress)]
+
+
+def labelled(profile: Profile, root: str | Path | None, dataset: str):
+    """A dataset's leak-free split as tensors (:func:`~bus_paper.train.data.load_labelled`)."""
+    from .train.data import load_labelled, resolve_root
+    return load_labelled(profile, resolve_root(profile, root), dataset)
+
+
+def transfer(run: Mapping[str, Any], data, profile: Profile,
+             parts: Sequence[str] = ("val", "test")) -> dict[str, Any]:
+    """``run``'s model tested on ``data`` (a :class:`~bus_paper.train.data.LabelledSplits`):
+    a result like :func:`~bus_paper.train.finetune`'s (``predictions``, ``threshold``,
+    ``metrics`` on the test part), with ``train`` the run's dataset and ``dataset`` the tested one.
+    ``profile`` gives the inference settings of this machine (device, precision).
+
+    On its own dataset the run's stored predictions are returned unchanged, so the diagonal of
+    the matrix is exactly what the other chapters report.
+    """
+    from .data.preprocess import Normalizer
+    from .train.finetuning import load_deployable, predict_proba
+    train = run.get("train", run["dataset"])
+    base = {"train": train, "dataset": data.dataset, "seed": run["seed"],
+            "row": run.get("row"), "threshold": float(run["threshold"])}
+    if train == data.dataset:
+        preds = run["predictions"]
+    else:
+        model, state = load_deployable(run["checkpoint"])
+        if int(state["image_size"]) != int(data.x["test"].shape[-1]):
+            raise ValueError(f"{run['checkpoint']} expects {state['image_size']} px images, "
+                             f"got {data.x['test'].shape[-1]} px")
+        norm = Normalizer.from_dict(state["normalizer"])
+        preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s,
+                                         "label": data.y[s].numpy(),
+                                         "prob": predict_proba(model, data.x[s], norm,
+                                                               profile.run)})
+                           for s in parts], ignore_index=True)
+    test = preds[preds["split"] == "test"]
+    return base | {"predictions": preds,
+                   "metrics": binary_metrics(test["label"].to_numpy(), test["prob"].to_numpy(),
+                                             base["threshold"])}
+
+
+def cross_site_table(transfers: Sequence[Mapping[str, Any]], n_boot: int = 1000
+                     ) -> pd.DataFrame:
+    """One row per (row, train, test): every metric as the seed mean with a bootstrap 95% CI over
+    the test images (:func:`~bus_paper.analysis.seed_mean_ci`), in %."""
+    groups: dict[tuple[Any, str, str], list[Mapping[str, Any]]] = {}
+    for t in transfers:
+        groups.setdefault((t.get("row"), t["train"], t["dataset"]), []).append(t)
+    rows = []
+    for (row, train, test), runs in groups.items():
+        y, probs, thr = aligned_test_predictions(runs)
+        ci = seed_mean_ci(y, probs, thr, n_boot=n_boot)
+        out = {"row": row, "train": train, "test": test, "seeds": len(runs),
+               "test images": len(y), "within": train == test}
+        for m in METRICS:
+            out[m], out[f"{m}_lo"], out[f"{m}_hi"] = (100 * v for v in ci[m])
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def matrix(table: pd.DataFrame, metric: str = "auc", order: Sequence[str] | None = None
+           ) -> pd.DataFrame:
+    """The train x test matrix of ``metric`` from a :func:`cross_site_table` (one row)."""
+    m = table.pivot(index="train", columns="test", values=metric)
+    if order is not None:
+        m = m.reindex(index=[d for d in order if d in m.index],
+                      columns=[d for d in order if d in m.columns])
+    return m
+
+
+# ----------------------------------------------------------------------------- pooled training
+def pooled_labelled(profile: Profile, root: str | Path | None, datasets: Sequence[str]):
+    """The union of several datasets' leak-free splits (train with train, val with val, test
+    with test; each dataset split on its own, so no image leaks), one normaliser fitted on the
+    pooled training images."""
+    from .data.preprocess import Normalizer
+    from .train.data import LabelledSplits
+    parts = [labelled(profile, root, d) for d in datasets]
+    x = {s: torch.cat([p.x[s] for p in parts]) for s in ("train", "val", "test")}
+    y = {s: torch.cat([p.y[s] for p in parts]) for s in ("train", "val", "test")}
+    paths = {s: [f"{p.dataset}:{q}" for p in parts for q in p.paths[s]]
+             for s in ("train", "val", "test")}
+    splits = pd.concat([p.splits.assign(dataset=p.dataset) for p in parts], ignore_index=True)
+    return LabelledSplits("+".join(datasets), x, y, paths, Normalizer.fit(x["train"].numpy()),
+                          splits)
+
+
+def pooled_key(profile: Profile, datasets: Sequence[str], seed: int, encoder_key: str | None,
+               model_config: Mapping[str, Any], checksums: Mapping[str, str]) -> str:
+    from .paths import PACKAGE_DIR
+    from .train.data import config_key
+    from .train.pretraining import network_code_hash
+    own = (PACKAGE_DIR / "generalisation.py").read_bytes()   # how the pool is built
+    return config_key("finetune-pooled", sorted(datasets), seed, dict(model_config),
+                      dataclasses.asdict(profile.finetune), dataclasses.asdict(profile.data),
+                      encoder_key, dict(checksums), network_code_hash(model_config),
+                      hashlib.sha256(own).hexdigest()[:16])
+
+
+def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequence[str],
+                    seed: int = 0, row: str = "proposed", progress: bool = False
+                    ) -> dict[str, Any]:
+    """Fine-tune Table 1 row ``row`` on the pooled ``datasets`` (epoch and threshold chosen on
+    the pooled validation parts), cached under ``runs/finetune-pooled/<key>/``.
+
+    The same stage, selection rule and deployable file as :func:`~bus_paper.train.finetune`; only
+    the data differ. Single process (no torchrun): these runs are small.
+    """
+    from .data.checksum import dataset_checksum
+    from .experiments import ROWS, encoder_for
+    from .paths import runs_dir
+    from .train.data import resolve_root
+    from .train.engine import load_checkpoint, save_checkpoint
+    from .train.finetuning import (
+        FinetuneStage,
+        _canonical,
+        deployable_state,
+        predict_proba,
+        read_predictions,
+        write_predictions,
+    )
+    from .train.pretraining import load_pretrained, network_config
+    datasets = sorted(datasets)
+    root = resolve_root(profile, root)
+    r = ROWS[row]
+    encoder = load_pretrained(Path(encoder_for(profile, root, r, progress)))
+    model_config = network_config(profile, r.baseline)
+    key = pooled_key(profile, datasets, seed, encoder["key"], model_config,
+                     {d: dataset_checksum(root, d) for d in datasets})
+    run_dir = runs_dir() / "finetune-pooled" / key
+    meta = {"train": "+".join(datasets), "datasets": datasets, "row": row, "seed": seed,
+            "checkpoint": str(run_dir / "model.pt"), "run_dir": str(run_dir)}
+    if (run_dir / "result.json").exists():
+        result = json.loads((run_dir / "result.json").read_text())
+        return result | meta | {"predictions": read_predictions(run_dir / "predictions.csv")}
+    t0 = time.perf_counter()
+    data = pooled_labelled(profile, root, datasets)
+    stage = FinetuneStage(profile, data, seed, run_dir, key, encoder["encoder"], progress=progress,
+                          model_config=model_config,
+                          strict=_canonical(encoder["model_config"]) == _canonical(model_config))
+    history = stage.fit()
+    stage.model.load_state_dict(load_checkpoint(run_dir / "best.pt", stage.device)["model"])
+    probs = {s: predict_proba(stage.model, data.x[s], data.normalizer, profile.run)
+             for s in ("val", "test")}
+    threshold = choose_threshold(data.y["val"].numpy(), probs["val"])
+    preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s,
+                                     "label": data.y[s].numpy(), "prob": probs[s]})
+                       for s in ("val", "test")], ignore_index=True)
+    result = {"dataset": data.dataset, "threshold": threshold, "history": history.epochs,
+              "n": {s: len(data.y[s]) for s in ("train", "val", "test")},
+              "seconds": time.perf_counter() - t0, "encoder_key": encoder["key"]}
+    save_checkpoint(run_dir / "model.pt", deployable_state(stage.model, profile, data, threshold,
+                                                           data.dataset, model_config))
+    write_predictions(preds, run_dir / "predictions.csv")
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=float))
+    for stale in ("best.pt", "last.pt"):
+        (run_dir / stale).unlink(missing_ok=True)
+    return result | meta | {"predictions": preds}
+
+
+def leave_one_out(profile: Profile, root: str | Path | None, datasets: Sequence[str],
+                  seeds: Sequence[int], row: str = "proposed", progress: bool = False,
+                  tests: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """For each dataset, a model pooled over all the others, tested on it (:func:`transfer`);
+    ``train`` reads "pooled" so the results sit in the matrix's tables as one more row."""
+    tests = dict(tests or {})
+    out = []
+    for held in datasets:
+        data = tests.get(held) or labelled(profile, root, held)
+        tests[held] = data
+        for s in seeds:
+            run = pooled_finetune(profile, root, [d for d in datasets if d != held], s, row,
+                                  progress)
+            out.append(transfer(run, data, profile) | {"train": "pooled", "pooled": run["train"],
+                                                       "row": row, "seconds": run["seconds"],
+                                                       "n_train": run["n"]["train"]})
+    return out
+
+
+# ----------------------------------------------------------------------------- calibration
+def reliability(y, p, bins: int = 10) -> pd.DataFrame:
+    """Equal-width bins of predicted probability: count, mean prediction, observed frequency."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"y and p must be non-empty and of one shape, got {y.shape}, {p.shape}")
+    idx = np.clip((p * bins).astype(int), 0, bins - 1)
+    rows = [{"bin": b, "lo": b / bins, "hi": (b + 1) / bins, "count": int((idx == b).sum()),
+             "mean_p": float(p[idx == b].mean()) if (idx == b).any() else np.nan,
+             "observed": float(y[idx == b].mean()) if (idx == b).any() else np.nan}
+            for b in range(bins)]
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(y, p, bins: int = 10) -> float:
+    """ECE: the count-weighted mean |observed frequency - mean prediction| over the equal-width
+    bins of :func:`reliability` (numpy only: the chapter bootstraps it thousands of times)."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"y and p must be non-empty and of one shape, got {y.shape}, {p.shape}")
+    idx = np.clip((p * bins).astype(int), 0, bins - 1)
+    gap = np.bincount(idx, weights=y - p, minlength=bins)   # per bin: count * (observed - mean_p)
+    return float(np.abs(gap).sum() / y.size)
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, float), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def scale(p, temperature: float) -> np.ndarray:
+    """Temperature-scaled probabilities. The models' P(malignant) is a two-class softmax, i.e.
+    sigmoid(z1 - z0), so dividing that logit by T is exactly temperature scaling of the logits."""
+    return 1.0 / (1.0 + np.exp(-_logit(p) / float(temperature)))
+
+
+def fit_temperature(y, p, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature minimising the negative log-likelihood of ``y`` (fit on validation)."""
+    from scipy.optimize import minimize_scalar
+    y, z = np.asarray(y, float), _logit(p)
+    if y.size == 0 or len(np.unique(y)) < 2:
+        raise ValueError("fitting a temperature needs validation labels of both classes")
+
+    def nll(log_t: float) -> float:
+        q = np.clip(1.0 / (1.0 + np.exp(-z / np.exp(log_t))), EPS, 1 - EPS)
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
+
+    res = minimize_scalar(nll, bounds=tuple(np.log(bounds)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def temperatures(sources: Mapping[tuple[Any, str, int], Mapping[str, Any]]
+                 ) -> dict[tuple[Any, str, int], float]:
+    """:func:`fit_temperature` of each fine-tuning result on its own validation predictions."""
+    out = {}
+    for k, run in sources.items():
+        v = run["predictions"][run["predictions"]["split"] == "val"]
+        out[k] = fit_temperature(v["label"].to_numpy(), v["prob"].to_numpy())
+    return out
+
+
+def calibration_table(transfers: Sequence[Mapping[str, Any]],
+                      sources: Mapping[tuple[Any, str, int], Mapping[str, Any]],
+                      bins: int = 10, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """ECE (in %) before and after temperature scaling, per (row, train, test), seed mean with a
+    bootstrap CI over test images. The temperature of a run is fitted on its own training site's
+    validation predictions (``sources[row, train, seed]``, a fine-tuning result), never on the
+    tested site."""
+    temps = temperatures(sources)
+    groups: dict[tuple[Any, str, str], list[Mapping[str, Any]]] = {}
+    for t in transfers:
+        groups.setdefault((t.get("row"), t["train"], t["dataset"]), []).append(t)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (row, train, test), runs in groups.items():
+        y, probs, _ = aligned_test_predictions(runs)
+        ts = [temps[row, train, int(r["seed"])] for r in runs]
+        after = [scale(p, t) for p, t in zip(probs, ts)]
+
+        def ece(idx, ps, y=y):
+            return float(np.mean([expected_calibration_error(y[idx], p[idx], bins) for p in ps]))
+
+        full = np.arange(y.size)
+        boots = [rng.integers(0, y.size, y.size) for _ in range(n_boot)]
+        out = {"row": row, "train": train, "test": test, "seeds": len(runs),
+               "within": train == test, "temperature": float(np.mean(ts))}
+        for name, ps in (("ece_before", probs), ("ece_after", after)):
+            vals = [ece(b, ps) for b in boots]
+            out[name] = 100 * ece(full, ps)
+            out[f"{name}_lo"], out[f"{name}_hi"] = (100 * v for v in np.percentile(vals, [2.5, 97.5]))
+        d = [ece(b, after) - ece(b, probs) for b in boots]
+        out["change"] = out["ece_after"] - out["ece_before"]
+        out["change_lo"], out["change_hi"] = (100 * v for v in np.percentile(d, [2.5, 97.5]))
+        rows.append(out)
+    return pd.DataFrame(rows)

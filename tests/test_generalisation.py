@@ -1,0 +1,149 @@
+"""Cross-site transfer, pooled training and calibration (bus_paper.generalisation)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bus_paper import generalisation as gen
+from bus_paper.config import load_profile
+from bus_paper.metrics import binary_metrics
+
+SMOKE = load_profile("smoke").replace(**{"finetune.epochs": 1})
+
+
+# ----------------------------------------------------------------------------- calibration
+def _ece_reference(y, p, bins=10):
+    """Plain loop: ECE as the textbook defines it."""
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [(yy, pp) for yy, pp in zip(y, p)
+                  if lo <= pp < hi or (b == bins - 1 and pp == 1.0)]
+        if inside:
+            ys, ps = zip(*inside)
+            total += len(inside) * abs(np.mean(ys) - np.mean(ps))
+    return total / len(y)
+
+
+def test_ece_matches_a_plain_loop_and_the_reliability_table():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(5, 300))
+        p = rng.random(n)
+        p[:2] = (0.0, 1.0)                        # the edges belong to the first and last bin
+        y = (rng.random(n) < p ** 2).astype(int)  # miscalibrated on purpose
+        assert gen.expected_calibration_error(y, p) == pytest.approx(_ece_reference(y, p))
+        r = gen.reliability(y, p).dropna()
+        assert r["count"].sum() == n
+        via_table = (r["count"] * (r["observed"] - r["mean_p"]).abs()).sum() / n
+        assert gen.expected_calibration_error(y, p) == pytest.approx(via_table)
+
+
+def test_ece_is_zero_when_frequencies_match_and_checks_shapes():
+    y = np.array([0, 1] * 50)                      # every prediction 0.5, half of them positive
+    assert gen.expected_calibration_error(y, np.full(100, 0.5)) == pytest.approx(0.0)
+    assert gen.expected_calibration_error(y, np.full(100, 0.95)) == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="one shape"):
+        gen.expected_calibration_error([0, 1], [0.5])
+
+
+def test_temperature_recovers_a_known_overconfidence_and_keeps_the_ranking():
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)  # calibrated at logit z
+    p_over = 1 / (1 + np.exp(-3 * z))                               # 3x overconfident
+    t = gen.fit_temperature(y, p_over)
+    assert t == pytest.approx(3.0, rel=0.08)
+    scaled = gen.scale(p_over, t)
+    assert gen.expected_calibration_error(y, scaled) < gen.expected_calibration_error(y, p_over) / 3
+    inside = (p_over > 1e-5) & (p_over < 1 - 1e-5)   # beyond, both clip to the same extremes
+    assert np.array_equal(np.argsort(scaled[inside], kind="stable"),
+                          np.argsort(p_over[inside], kind="stable"))
+    np.testing.assert_allclose(gen.scale(p_over, 1.0), p_over, atol=1e-6)
+    with pytest.raises(ValueError, match="both classes"):
+        gen.fit_temperature([1, 1, 1], [0.2, 0.5, 0.9])
+
+
+def _fake_run(train, test, seed, y, p, thr=0.5, row="m"):
+    preds = pd.DataFrame({"path": [f"{test}/{i}" for i in range(len(y))], "split": "test",
+                          "label": y, "prob": p})
+    return {"row": row, "train": train, "dataset": test, "seed": seed, "threshold": thr,
+            "predictions": preds}
+
+
+def test_cross_site_and_calibration_tables_group_by_train_and_test_site():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 80)
+    good = np.clip(0.5 * y + 0.25 + rng.normal(0, 0.1, 80), 0, 1)   # AUC ~1
+    noise = rng.random(80)                                          # AUC ~0.5
+    transfers = [_fake_run("a", "a", s, y, good) for s in (0, 1)] + \
+                [_fake_run("b", "a", s, y, noise) for s in (0, 1)]
+    t = gen.cross_site_table(transfers, n_boot=100).set_index("train")
+    assert t.loc["a", "within"] and not t.loc["b", "within"]
+    assert t.loc["a", "auc"] > 95 and 30 < t.loc["b", "auc"] < 70
+    assert t.loc["a", "auc_lo"] <= t.loc["a", "auc"] <= t.loc["a", "auc_hi"]
+    assert gen.matrix(t.reset_index(), "auc", ["a", "b"]).shape == (2, 1)
+    # the temperature comes from the *training* site's validation predictions
+    val = lambda p: {"predictions": pd.DataFrame({"split": "val", "label": y, "prob": p})}
+    sources = {("m", "a", s): val(good) for s in (0, 1)} | {("m", "b", s): val(noise) for s in (0, 1)}
+    c = gen.calibration_table(transfers, sources, n_boot=50).set_index("train")
+    assert c.loc["b", "temperature"] > c.loc["a", "temperature"]   # noise: flatten towards 0.5
+    assert c.loc["b", "ece_after"] < c.loc["b", "ece_before"]
+    with pytest.raises(KeyError):
+        gen.calibration_table(transfers, {("m", "a", 0): val(good)}, n_boot=10)
+
+
+# ----------------------------------------------------------------------------- on the smoke profile
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    import os
+    old = os.environ.get("BUS_PAPER_RUNS")
+    os.environ["BUS_PAPER_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    yield
+    if old is None:
+        os.environ.pop("BUS_PAPER_RUNS", None)
+    else:
+        os.environ["BUS_PAPER_RUNS"] = old
+
+
+def test_transfer_applies_the_runs_own_model_normaliser_and_threshold(smoke_runs):
+    (run,) = gen.site_runs(SMOKE, None, "proposed", ["busi"], [0])
+    assert run["train"] == "busi" and run["row"] == "proposed"
+    own = gen.transfer(run, gen.labelled(SMOKE, None, "busi"), SMOKE)
+    assert own["predictions"] is run["predictions"]          # the diagonal is the stored run
+    # re-predicting the run's own test images through the deployable file gives its numbers
+    data = gen.labelled(SMOKE, None, "busi")
+    again = gen.transfer(run | {"train": "elsewhere"}, data, SMOKE)
+    stored = run["predictions"].sort_values(["split", "path"]).reset_index(drop=True)
+    redo = again["predictions"].sort_values(["split", "path"]).reset_index(drop=True)
+    assert list(redo["path"]) == list(stored["path"])
+    # bf16 autocast: the trained model (channels_last, as trained) and the reloaded file take
+    # different kernels, so probabilities agree to bf16 precision, not bit for bit
+    np.testing.assert_allclose(redo["prob"], stored["prob"], atol=1e-2)
+    udiat = gen.labelled(SMOKE, None, "udiat")
+    other = gen.transfer(run, udiat, SMOKE)
+    assert other["train"] == "busi" and other["dataset"] == "udiat"
+    assert other["threshold"] == run["threshold"]
+    test = other["predictions"].query("split == 'test'")
+    assert list(test["path"]) == udiat.paths["test"] and len(test) > 0
+    assert other["metrics"] == binary_metrics(test["label"].to_numpy(), test["prob"].to_numpy(),
+                                              run["threshold"])
+
+
+def test_pooled_training_unions_splits_and_is_cached(smoke_runs):
+    parts = {d: gen.labelled(SMOKE, None, d) for d in ("busi", "udiat")}
+    pool = gen.pooled_labelled(SMOKE, None, ["busi", "udiat"])
+    for s in ("train", "val", "test"):
+        assert len(pool.y[s]) == sum(len(p.y[s]) for p in parts.values())
+        assert len(set(pool.paths[s])) == len(pool.paths[s])          # prefixed, no clashes
+    every = [q for s in ("train", "val", "test") for q in pool.paths[s]]
+    assert len(set(every)) == len(every)                               # no image in two parts
+    run = gen.pooled_finetune(SMOKE, None, ["udiat", "busi"], seed=0)
+    assert run["train"] == "busi+udiat" and run["n"]["train"] == len(pool.y["train"])
+    cached = gen.pooled_finetune(SMOKE, None, ["busi", "udiat"], seed=0)
+    assert cached["run_dir"] == run["run_dir"] and cached["threshold"] == run["threshold"]
+    np.testing.assert_array_equal(cached["predictions"]["prob"], run["predictions"]["prob"])
+    loo = gen.leave_one_out(SMOKE, None, ["busi", "udiat", "busbra"], [0])
+    assert [r["dataset"] for r in loo] == ["busi", "udiat", "busbra"]
+    assert loo[2]["pooled"] == "busi+udiat" and loo[2]["train"] == "pooled"
+    assert loo[2]["threshold"] == run["threshold"]                    # the cached pooled model
