@@ -532,7 +532,8 @@ def _generalisation(results: Path, calibration: bool) -> str:
                                      for tr in trains]))
     if not calibration and (folder / "pooled_view.json").is_file():
         v = table(results, "generalisation", "pooled_view")
-        parts.append("**Leave one site out** (proposed model, test AUC %)\n\n" + md_table(
+        parts.append("**Leave one site out** (proposed model, test AUC %; own site: the same "
+                     "seed(s) as the pooled model)\n\n" + md_table(
             ["tested on", "own site", "other single sites (mean)", "pooled others",
              "pooled − own site (95 % CI)"],
             [(r["tested on"], r["own site"], r["other single sites (mean)"], r["pooled others"],
