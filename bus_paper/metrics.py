@@ -12,7 +12,6 @@ Malignant is the positive class. Thresholds are chosen on validation data only
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -30,16 +29,36 @@ def _check(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
+def weighted_auc(y, p, w) -> np.ndarray | float:
+    """ROC AUC with case weights (ties count 1/2), for one weight vector ``[n]`` or many
+    ``[B, n]`` at once (bootstrap resamples as multiplicities); NaN where a class has weight 0.
+    With integer weights the numerator and denominator are exact, so equal AUCs are equal floats.
+
+    >>> float(weighted_auc([0, 1, 1], [0.1, 0.4, 0.4], [1, 1, 1]))
+    1.0
+    """
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    w = np.asarray(w, dtype=float)
+    one = w.ndim == 1
+    w = np.atleast_2d(w)
+    order = np.argsort(p, kind="mergesort")
+    ps, ys, ws = p[order], y[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    pos = np.add.reduceat(ws * (ys == 1), starts, axis=1)
+    neg = np.add.reduceat(ws * (ys == 0), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    num = (pos * (below + 0.5 * neg)).sum(1)
+    den = pos.sum(1) * neg.sum(1)
+    out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return float(out[0]) if one else out
+
+
 def auc_score(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC as the Mann-Whitney statistic (ties count one half): what sklearn's
-    ``roc_auc_score`` returns, without its input checks, which dominated the bootstraps (each CI
-    scores thousands of resamples). NaN with one class only. ``y`` must be 0/1 ints."""
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(p)                       # average ranks: a tie counts 1/2
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """ROC AUC (ties count one half): what sklearn's ``roc_auc_score`` returns, without its input
+    checks, which dominated the bootstraps (each CI scores thousands of resamples). NaN with one
+    class only. ``y`` must be 0/1 ints."""
+    return weighted_auc(y, p, np.ones(len(y)))
 
 
 def confusion(y_true, pred) -> dict[str, int]:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .literature import load_numbers
-from .metrics import binary_metrics, choose_threshold
+from .metrics import binary_metrics, choose_threshold, weighted_auc
 from .pipeline import as_list
 from .train.lesion import N_FOLDS, SETTINGS, VARIANT_NAMES, Settings, settings_for
 
@@ -210,30 +210,6 @@ def summary(folds: pd.DataFrame, metrics: Sequence[str], prefix: str = "") -> pd
 
 
 # ----------------------------------------------------------------------------- paired bootstrap
-def weighted_auc(y, p, w) -> np.ndarray | float:
-    """ROC AUC with case weights (ties count 1/2), for one weight vector ``[n]`` or many
-    ``[B, n]`` at once (bootstrap resamples as multiplicities); NaN where a class has weight 0.
-
-    >>> float(weighted_auc([0, 1, 1], [0.1, 0.4, 0.4], [1, 1, 1]))
-    1.0
-    """
-    y = np.asarray(y).astype(int)
-    p = np.asarray(p, dtype=float)
-    w = np.asarray(w, dtype=float)
-    one = w.ndim == 1
-    w = np.atleast_2d(w)
-    order = np.argsort(p, kind="mergesort")
-    ps, ys, ws = p[order], y[order], w[:, order]
-    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
-    pos = np.add.reduceat(ws * (ys == 1), starts, axis=1)
-    neg = np.add.reduceat(ws * (ys == 0), starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    num = (pos * (below + 0.5 * neg)).sum(1)
-    den = pos.sum(1) * neg.sum(1)
-    out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    return float(out[0]) if one else out
-
-
 @dataclass(frozen=True)
 class _FoldArrays:
     """One run's test predictions as arrays, lesions coded 0..n_lesions-1 (sorted ids)."""

@@ -29,6 +29,7 @@ map (the lesion's share of the image). The share is scale-free, so maps of diffe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
 import numpy as np
 import pandas as pd
 import torch

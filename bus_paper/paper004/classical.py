@@ -35,7 +35,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from .evaluate import fast_auc, youden_threshold
+from ..metrics import auc_score
+from .evaluate import youden_threshold
 
 CLASSIFIERS = ("knn", "svm", "rf", "nn")
 LABELS = {"knn": "kNN", "svm": "SVM", "rf": "Random forest", "nn": "Neural network"}
@@ -186,7 +187,7 @@ def select_and_fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray, is_copy: np
                 for (fit_rows, val_rows), (z_fit, z_val) in zip(folds, reduced):
                     m = _fit(base, params, z_fit, y[fit_rows])
                     oof[val_rows] = decision_scores(m, z_val)
-                    aucs.append(fast_auc(y[val_rows], oof[val_rows]))
+                    aucs.append(auc_score(y[val_rows], oof[val_rows]))
                 results.append((params, float(np.nanmean(aucs)), oof))
             best = max(range(len(results)), key=lambda i: (np.nan_to_num(results[i][1], nan=-1), -i))
             params, cv_auc, oof = results[best]

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..metrics import weighted_auc
+
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
 
@@ -48,27 +50,6 @@ def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
     best = int(np.argmax(tpr - fpr))
     t = float(thr[best])
     return float(np.nextafter(score.max(), np.inf)) if not np.isfinite(t) else t
-
-
-def fast_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC (ties count one half); NaN with one class only."""
-    return float(weighted_auc(np.asarray(y), np.asarray(score, float),
-                              np.ones((1, len(y))))[0])
-
-
-def weighted_auc(y: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """AUC of every row of weights ``w`` [B, N] (image multiplicities of B resamples)."""
-    y = np.asarray(y).astype(int)
-    order = np.argsort(score, kind="mergesort")
-    s, yy, w = np.asarray(score)[order], y[order], np.asarray(w, float)[:, order]
-    _, start = np.unique(s, return_index=True)
-    neg = np.add.reduceat(w * (yy == 0), start, axis=1)
-    pos = np.add.reduceat(w * (yy == 1), start, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    num = (pos * (below + 0.5 * neg)).sum(axis=1)
-    den = pos.sum(axis=1) * neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
 def weighted_metrics(part: Part, w: np.ndarray) -> dict[str, np.ndarray]:
