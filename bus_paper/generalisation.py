@@ -294,12 +294,13 @@ def temperatures(sources: Mapping[tuple[Any, str, int], Mapping[str, Any]]
 
 def calibration_table(transfers: Sequence[Mapping[str, Any]],
                       sources: Mapping[tuple[Any, str, int], Mapping[str, Any]],
-                      bins: int = 10, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                      bins: int = 10, n_boot: int = 1000, seed: int = 0,
+                      temps: Mapping[tuple[Any, str, int], float] | None = None) -> pd.DataFrame:
     """ECE (in %) before and after temperature scaling, per (row, train, test), seed mean with a
     bootstrap CI over test images. The temperature of a run is fitted on its own training site's
     validation predictions (``sources[row, train, seed]``, a fine-tuning result), never on the
-    tested site."""
-    temps = temperatures(sources)
+    tested site; ``temps`` passes them in when :func:`temperatures` was already called."""
+    temps = temperatures(sources) if temps is None else temps
     groups: dict[tuple[Any, str, str], list[Mapping[str, Any]]] = {}
     for t in transfers:
         groups.setdefault((t.get("row"), t["train"], t["dataset"]), []).append(t)

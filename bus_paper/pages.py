@@ -45,7 +45,7 @@ MAX_GENERIC_ROWS = 40
 RUN_PARAMETERS = ("profile", "data_root", "results_dir")
 _BLOCK = re.compile(r"(<!-- bus-paper:begin (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- bus-paper:end (?P=name) -->)", re.DOTALL)
-_STEM = re.compile(r"^(\d+)_(.+)$")
+CHAPTER_STEM = re.compile(r"^(\d+)_(.+)$")   # 01_data: number, name
 
 
 class MissingResult(FileNotFoundError):
@@ -121,7 +121,7 @@ def chapter_records(chapters: Path) -> list[dict[str, Any]]:
     """``metadata.bus_paper`` of every executed chapter (book order), with ``stem``/``name``."""
     out = []
     for path in sorted(chapters.glob("*.ipynb")):
-        m = _STEM.match(path.stem)
+        m = CHAPTER_STEM.match(path.stem)
         meta = nbformat.read(path, as_version=4).metadata.get("bus_paper")
         if m and meta and meta.get("provenance"):
             out.append({**meta, "stem": path.stem, "name": m.group(2), "path": path})
@@ -166,7 +166,7 @@ def _default_value(text: str) -> Any:
 def rerun_markdown(meta: Mapping[str, Any], stem: str,
                    declared: Mapping[str, Mapping[str, Any]]) -> str:
     """The rerun box of one chapter (see the module docstring)."""
-    m = _STEM.match(stem)
+    m = CHAPTER_STEM.match(stem)
     name = m.group(2) if m else stem
     used = dict(meta.get("parameters") or {})
     prov = meta.get("provenance") or {}

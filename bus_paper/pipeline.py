@@ -18,7 +18,6 @@ import hashlib
 import json
 import numbers
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import nbformat
 
 from . import pages, plotting
 from .config import PROFILE_NAMES, Profile, load_profile
-from .pages import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
+from .pages import CHAPTER_STEM, chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
 from .paths import PACKAGE_DIR, repo_root, runs_dir
 from .paths import data_root as find_data_root
 from .provenance import data_checksums, provenance, save_result, save_table, stamp
@@ -43,7 +42,6 @@ MAX_TEXT_CHARS = 20_000          # per text output; a runaway print must not blo
 MAX_NOTEBOOK_BYTES = 5_000_000   # warn above this: figures are meant to be ~100 dpi PNGs
 BOOK_SOURCES = ("_config.yml", "_toc.yml")  # + the book/ folder, minus generated parts
 GENERATED = ("_build", "chapters", "results", "failed")  # under book/: outputs, not sources
-_STEM = re.compile(r"^(\d+)_(.+)$")
 
 
 def project_root() -> Path:
@@ -66,7 +64,7 @@ def discover(notebooks_dir: str | os.PathLike) -> list[Notebook]:
         raise FileNotFoundError(f"no notebooks folder {folder}")
     out = []
     for p in sorted(folder.glob("*.ipynb")):
-        m = _STEM.match(p.stem)
+        m = CHAPTER_STEM.match(p.stem)
         if m:
             out.append(Notebook(p, p.stem, m.group(2)))
     names = [nb.name for nb in out]
