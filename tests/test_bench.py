@@ -15,4 +15,9 @@ def test_bench_json_keys(tmp_path):
     assert res["speedup"] == res["ours_img_s"] / res["reference_img_s"]
     # achieved GFLOP/s can never exceed what the hardware's matmul peak allows by much
     assert res["peak_fraction"] < 1.5
+    # per-stage times of the encoder (S0 stem .. S4), forward and backward, both positive
+    assert list(res["stages"]) == ["S0", "S1", "S2", "S3", "S4"]
+    assert all(t["forward_s"] > 0 and t["backward_s"] > 0 for t in res["stages"].values())
+    # a step without S0-S1 can only be faster
+    assert res["speedup_without_s0_s1"] > res["speedup"]
     assert res["provenance"]["profile"] == "smoke" and "git" in res["provenance"]

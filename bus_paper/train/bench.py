@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Profile
 from .data import load_pool, resolve_root
-from .engine import select_device
+from .engine import autocast, prepare_input, select_device
 from .pretraining import PretrainStage
 
 
@@ -56,7 +56,8 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def bench_ours(profile: Profile, images: torch.Tensor, steps: int) -> dict[str, float]:
+def bench_ours(profile: Profile, images: torch.Tensor, steps: int,
+               stages: bool = False) -> dict[str, Any]:
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         stage = PretrainStage(profile, images, Path(tmp), key="bench", progress=False)
@@ -79,7 +80,47 @@ def bench_ours(profile: Profile, images: torch.Tensor, steps: int) -> dict[str, 
         model.project(x)
     flops = 3 * 2 * counter.get_total_flops()
     sec = _time_steps(step, steps, warmup=2, device=stage.device)
-    return {"img_s": bs / sec, "step_s": sec, "step_gflop": flops / 1e9, "gflop_s": flops / sec / 1e9}
+    res = {"img_s": bs / sec, "step_s": sec, "step_gflop": flops / 1e9, "gflop_s": flops / sec / 1e9}
+    if stages:
+        res["stages"] = stage_times(stage)
+    return res
+
+
+def stage_times(stage: PretrainStage, reps: int = 3) -> dict[str, dict[str, float]]:
+    """Seconds per training step spent in each encoder stage S0-S4, forward and backward.
+
+    Each stage is timed on its own (best of ``reps``), on the maps it sees at every input scale,
+    and multiplied by two views, so the numbers add up to most of one step of :func:`bench_ours`
+    (the rest is fusion, heads, loss and optimiser). It tells which stages bound the step, e.g.
+    how fast the step could be if the memory-bound stem and MBConv stage S1 cost nothing.
+    """
+    model = stage.model.m
+    enc, run, device = model.encoder, stage.run, stage.device
+    names = ["S0"] + [f"S{i + 1}" for i in range(len(enc.stages))]
+    out = {n: {"forward_s": 0.0, "backward_s": 0.0} for n in names}
+    for side in model.scales:
+        x = prepare_input(torch.randn(stage.batch_size, model.cfg.in_chans, side, side,
+                                      device=device), run)
+        with torch.no_grad():
+            enc(x)      # sets the attention's map sizes for this scale
+        for name, module in zip(names, [enc.stem, *enc.stages]):
+            x = x.detach().requires_grad_(name != "S0")
+            fwd = bwd = float("inf")
+            for _ in range(reps):
+                _sync(device)
+                t0 = time.perf_counter()
+                with autocast(device, run.precision):
+                    y = module(x)
+                _sync(device)
+                t1 = time.perf_counter()
+                y.backward(torch.ones_like(y))
+                _sync(device)
+                fwd, bwd = min(fwd, t1 - t0), min(bwd, time.perf_counter() - t1)
+            module.zero_grad(set_to_none=True)
+            out[name]["forward_s"] += 2 * fwd     # two views per step
+            out[name]["backward_s"] += 2 * bwd
+            x = y
+    return out
 
 
 class _FileDataset(torch.utils.data.Dataset):
@@ -134,18 +175,24 @@ def bench_reference(profile: Profile, files: list[Path], steps: int, workers: in
 
 def run_bench(profile: Profile, root: str | Path | None = None, steps: int = 8,
               ref_workers: int | None = None) -> dict[str, Any]:
-    """Returns the JSON of `bus-paper bench` (keys: ours_img_s, reference_img_s, speedup, ...)."""
+    """Returns the JSON of `bus-paper bench` (keys: ours_img_s, reference_img_s, speedup, ...).
+
+    It also times each encoder stage of the proposed model (:func:`stage_times`) and gives
+    ``speedup_without_s0_s1``: the speedup our step would reach if the stem and the first MBConv
+    stage took no time at all, an upper bound on what faster kernels for them could buy.
+    """
     root = resolve_root(profile, root)
     images, pool = load_pool(profile, root)
     files = [root / p for p in pool.path]
     device = select_device(profile.run)
     torch.manual_seed(0)
-    ours = bench_ours(profile, images, steps)
+    ours = bench_ours(profile, images, steps, stages=True)
     # the reference at its best DataLoader worker count on this machine (None: try 0, 1, 2)
     tries = [bench_reference(profile, files, max(3, steps // 2), w)
              for w in ((0, 1, 2) if ref_workers is None else (ref_workers,))]
     ref = max(tries, key=lambda r: r["img_s"])
     peak = matmul_peak_gflops(device)
+    s0_s1 = sum(sum(ours["stages"][n].values()) for n in ("S0", "S1"))
     return {
         "profile": profile.name, "device": str(device), "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
@@ -155,6 +202,8 @@ def run_bench(profile: Profile, root: str | Path | None = None, steps: int = 8,
         "speedup": ours["img_s"] / ref["img_s"],
         "ours_gflop_s": ours["gflop_s"], "step_gflop": ours["step_gflop"],
         "matmul_peak_gflop_s": peak, "peak_fraction": ours["gflop_s"] / peak,
+        "stages": ours.pop("stages"),
+        "speedup_without_s0_s1": ref["step_s"] / max(ours["step_s"] - s0_s1, 1e-9),
         "reference_workers": ref["workers"], "ours": ours, "reference": ref,
         "reference_tries": tries,
         "targets": {"speedup": 2.5, "peak_fraction": 0.20},
