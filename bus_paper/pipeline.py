@@ -32,7 +32,7 @@ import nbformat
 
 from . import pages, plotting
 from .config import PROFILE_NAMES, Profile, load_profile
-from .pages import CHAPTER_STEM, chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
+from .pages import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
 from .paths import PACKAGE_DIR, repo_root, runs_dir
 from .paths import data_root as find_data_root
 from .provenance import data_checksums, provenance, save_result, save_table, stamp
@@ -64,7 +64,7 @@ def discover(notebooks_dir: str | os.PathLike) -> list[Notebook]:
         raise FileNotFoundError(f"no notebooks folder {folder}")
     out = []
     for p in sorted(folder.glob("*.ipynb")):
-        m = CHAPTER_STEM.match(p.stem)
+        m = pages.CHAPTER_STEM.match(p.stem)
         if m:
             out.append(Notebook(p, p.stem, m.group(2)))
     names = [nb.name for nb in out]
