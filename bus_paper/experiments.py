@@ -29,7 +29,7 @@ import pandas as pd
 
 from .analysis import aligned_test_predictions, seed_mean_ci
 from .config import Profile
-from .metrics import METRICS, paired_bootstrap
+from .metrics import METRICS, claim_verdict, paired_bootstrap
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -191,6 +191,55 @@ def fmt_mean_sd(table: pd.DataFrame, metric: str) -> pd.Series:
 def fmt_ci(table: pd.DataFrame, metric: str) -> pd.Series:
     return pd.Series([f"{lo:.1f}–{hi:.1f}" for lo, hi in
                       zip(table[f"{metric}_lo"], table[f"{metric}_hi"])], index=table.index)
+
+
+# ----------------------------------------------------------------------------- Tables 4-5
+def ablation_differences(results: Sequence[dict[str, Any]], datasets: Sequence[str],
+                         metrics: Sequence[str] = ("auc", "accuracy")) -> pd.DataFrame:
+    """Every ablation variant in ``results`` minus the full model, per dataset and metric, in
+    points: :func:`paired_difference` (same test images, paired bootstrap) beside the difference
+    paper 000's Tables 4-5 give (NaN where the paper has no row)."""
+    from .literature import paper_000
+    paper = paper_000("ablations").set_index(["variant", "dataset"])
+    variants = list(dict.fromkeys(r["row"] for r in results if r["row"] != "full"))
+    rows = []
+    for d in datasets:
+        full = [r for r in results if r["dataset"] == d and r["row"] == "full"]
+        for v in variants:
+            mine = [r for r in results if r["dataset"] == d and r["row"] == v]
+            for m in metrics:
+                p = paired_difference(mine, full, m)
+                ref = (paper.loc[(v, d), m] - paper.loc[("full", d), m]
+                       if (v, d) in paper.index else np.nan)
+                rows.append({"dataset": d, "variant": v, "label": ABLATIONS[v].label,
+                             "metric": m, "difference": p["diff"], "ci_low": p["lo"],
+                             "ci_high": p["hi"], "p": p["p"], "paper difference": ref})
+    return pd.DataFrame(rows)
+
+
+def ablation_verdicts(differences: pd.DataFrame) -> pd.DataFrame:
+    """One verdict per row of :func:`ablation_differences` (rows of one metric): the paper's
+    change is *reproduced* when our interval excludes 0 on the paper's side, *contradicted* when
+    on the other side, else *not detected* (:func:`~bus_paper.metrics.claim_verdict`), with the
+    direction measured and whether the paper's value lies inside our interval."""
+    metrics = set(differences["metric"])
+    if len(metrics) != 1:
+        raise ValueError(f"give the differences of one metric, not {sorted(metrics)}")
+    name = "AUC" if metrics == {"auc"} else metrics.pop()
+    rows = []
+    for _, r in differences.iterrows():
+        v = claim_verdict(r["ci_low"], r["ci_high"], r["paper difference"])
+        if r["ci_high"] < 0:
+            v += " (significant drop)"
+        elif r["ci_low"] > 0:
+            v += " (the variant is better)"
+        inside = r["ci_low"] <= r["paper difference"] <= r["ci_high"]
+        rows.append({"dataset": r["dataset"], "variant": r["label"], "verdict": v,
+                     f"measured {name} difference": round(r["difference"], 1),
+                     "95% CI": f"{r['ci_low']:.1f} to {r['ci_high']:.1f}",
+                     "paper's difference": round(r["paper difference"], 1),
+                     "paper's difference inside CI": "yes" if inside else "no"})
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- heavy backbones

@@ -108,6 +108,24 @@ def choose_threshold(y_val, prob_val, criterion: str = "youden") -> float:
     raise ValueError(f"unknown criterion {criterion!r}: youden | f1")
 
 
+def claim_verdict(lo: float, hi: float, claimed: float) -> str:
+    """A paper's claimed difference against our 95% interval ``[lo, hi]`` of the same difference:
+    ``reproduced`` when the interval excludes 0 on the claim's side, ``contradicted`` when it
+    excludes 0 on the other side, ``not detected`` when it contains 0 (``not measurable`` for an
+    undefined interval, ``no claim`` for an undefined claim).
+
+    >>> claim_verdict(-3.1, -0.4, -7.5), claim_verdict(-1.0, 2.0, 1.5), claim_verdict(0.2, 1.0, -2.0)
+    ('reproduced', 'not detected', 'contradicted')
+    """
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "not measurable"
+    if not np.isfinite(claimed):
+        return "no claim"
+    if lo > 0 or hi < 0:
+        return "reproduced" if (lo > 0) == (claimed > 0) else "contradicted"
+    return "not detected"
+
+
 def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap (1 - alpha) intervals of every metric, resampling images."""

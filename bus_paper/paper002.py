@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .literature import load_numbers
-from .metrics import binary_metrics, choose_threshold, weighted_auc
+from .metrics import binary_metrics, choose_threshold, claim_verdict, weighted_auc
 from .pipeline import as_list
 from .train.lesion import N_FOLDS, SETTINGS, VARIANT_NAMES, Settings, settings_for
 
@@ -349,16 +349,6 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-def verdict(lo: float, hi: float, paper: float) -> str:
-    """``reproduced`` when the interval excludes 0 on the paper's side, ``contradicted`` when it
-    excludes 0 on the other side, else ``not detected``."""
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "not measurable"
-    if lo > 0 or hi < 0:
-        return "reproduced" if (lo > 0) == (paper > 0) else "contradicted"
-    return "not detected"
-
-
 def verdicts(results: Sequence[dict[str, Any]], n_boot: int = 2000, seed: int = 0
              ) -> pd.DataFrame:
     """Every claim of :data:`CLAIMS` whose two variants were run: measured paired difference,
@@ -372,7 +362,7 @@ def verdicts(results: Sequence[dict[str, Any]], n_boot: int = 2000, seed: int = 
         rows.append({"claim": c.text, "key": c.key, "metric": c.metric,
                      "measured": d["diff"], "ci_low": d["lo"], "ci_high": d["hi"], "p": d["p"],
                      "folds a > b": f"{d['a_better_folds']}/{d['n_folds']}",
-                     "paper": c.paper, "verdict": verdict(d["lo"], d["hi"], c.paper),
+                     "paper": c.paper, "verdict": claim_verdict(d["lo"], d["hi"], c.paper),
                      "paper inside CI": bool(d["lo"] <= c.paper <= d["hi"])})
     return pd.DataFrame(rows)
 

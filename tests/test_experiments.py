@@ -85,3 +85,31 @@ def test_runs_on_different_images_are_refused():
     b = fake_run(y, [0.1, 0.9, 0.2, 0.8], paths=["x1", "x2", "x3", "x4"])
     with pytest.raises(ValueError, match="different images"):
         ex.paired_difference([a], [b])
+
+
+def test_ablation_differences_and_verdicts():
+    """A variant clearly worse than the full model reproduces the paper's drop; a twin of the full
+    model does not detect it; the paper's differences come from Tables 4-5."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 200)
+    good = np.clip(y * 0.5 + rng.random(200) * 0.6, 0, 1)
+    results = ([fake_run(y, good, row="full", dataset="udiat", seed=s) for s in range(2)]
+               + [fake_run(y, rng.random(200), row="no_ssl", dataset="udiat", seed=s)
+                  for s in range(2)]
+               + [fake_run(y, good, row="no_fusion", dataset="udiat", seed=s) for s in range(2)])
+    d = ex.ablation_differences(results, ["udiat"])
+    assert list(d["variant"].unique()) == ["no_ssl", "no_fusion"] and set(d["metric"]) == {"auc", "accuracy"}
+    paper = paper_000("ablations").set_index(["variant", "dataset"])
+    row = d[(d["variant"] == "no_ssl") & (d["metric"] == "auc")].iloc[0]
+    assert row["paper difference"] == pytest.approx(paper.loc[("no_ssl", "udiat"), "auc"]
+                                                    - paper.loc[("full", "udiat"), "auc"])
+    assert row["label"] == ex.ABLATIONS["no_ssl"].label and row["ci_high"] < 0
+    v = ex.ablation_verdicts(d[d["metric"] == "auc"]).set_index("variant")["verdict"]
+    assert v[ex.ABLATIONS["no_ssl"].label] == "reproduced (significant drop)"
+    assert v[ex.ABLATIONS["no_fusion"].label] == "not detected"
+    # a variant better than the full model contradicts the paper's drop
+    flipped = d.assign(ci_low=-d["ci_high"], ci_high=-d["ci_low"], difference=-d["difference"])
+    v = ex.ablation_verdicts(flipped[flipped["metric"] == "auc"]).set_index("variant")["verdict"]
+    assert v[ex.ABLATIONS["no_ssl"].label] == "contradicted (the variant is better)"
+    with pytest.raises(ValueError, match="one metric"):
+        ex.ablation_verdicts(d)

@@ -8,6 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from bus_paper import paper002 as p2
 from bus_paper.config import load_profile
+from bus_paper.metrics import claim_verdict
 from bus_paper.train import lesion as tl
 
 SMOKE = load_profile("smoke")
@@ -149,10 +150,11 @@ def test_paired_difference_observed_equals_fold_metrics_and_finds_a_real_gap():
 
 
 def test_verdict_rule_and_paper_numbers():
-    assert p2.verdict(0.1, 2.0, 1.5) == "reproduced"
-    assert p2.verdict(-3.0, -0.2, 1.5) == "contradicted"
-    assert p2.verdict(-1.0, 2.0, 1.5) == "not detected"
-    assert p2.verdict(-3.0, -0.2, -0.8) == "reproduced"
+    assert claim_verdict(0.1, 2.0, 1.5) == "reproduced"
+    assert claim_verdict(-3.0, -0.2, 1.5) == "contradicted"
+    assert claim_verdict(-1.0, 2.0, 1.5) == "not detected"
+    assert claim_verdict(-3.0, -0.2, -0.8) == "reproduced"
+    assert claim_verdict(-3.0, -0.2, float("nan")) == "no claim"
     claims = {c.key: c for c in p2.CLAIMS}
     assert claims["lr_auc"].paper == pytest.approx(1.5)
     assert claims["lr_mcr"].paper == pytest.approx(-7.2)
@@ -202,7 +204,7 @@ def test_paired_difference_of_an_undefined_metric_is_nan_not_an_error():
     perfect = [fake_result(v, 0, 0.0, 1) for v in ("lr", "baseline")]   # no errors: MCR undefined
     d = p2.paired_difference(perfect, "lr", "baseline", "mcr", n_boot=50)
     assert np.isnan(d["diff"]) and np.isnan(d["lo"]) and d["n_boot"] == 0
-    assert p2.verdict(d["lo"], d["hi"], -7.2) == "not measurable"
+    assert claim_verdict(d["lo"], d["hi"], -7.2) == "not measurable"
 
 
 def test_step_decay_reaches_the_second_epoch(phantom_root, tmp_path, monkeypatch):

@@ -226,3 +226,16 @@ def test_experiment_command_warms_the_cache_a_chapter_reads(runs, capsys):
     same = load_profile("smoke").replace(**{"finetune.epochs": 2})  # what the command ran
     again = ex.ablation_runs(same, None, "no_fusion", ["busi"], [0])
     assert f"{again[0]['run_dir']}" in out  # same run, found in the cache
+
+
+def test_predict_reproduces_the_runs_test_probabilities(runs):
+    """`bus-paper predict` on the test images of a run gives the probabilities the run recorded:
+    same preprocessing, normaliser, precision and memory format as the chapters' evaluation."""
+    from bus_paper.train.data import resolve_root
+    from bus_paper.train.predict import predict_paths
+    r = finetune(SMOKE, "busi", seed=0, encoder_path=None, progress=False)
+    test = r["predictions"].query("split == 'test'")
+    root = resolve_root(SMOKE, None)
+    df, skipped = predict_paths(r["checkpoint"], [root / p for p in test.path])
+    assert not skipped and len(df) == len(test)
+    np.testing.assert_allclose(df.prob_malignant.to_numpy(), test.prob.to_numpy(), rtol=0, atol=1e-6)

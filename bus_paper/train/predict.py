@@ -16,6 +16,7 @@ import torch
 from ..data.imageio import ImageReadError, read_image
 from ..data.preprocess import square_resize
 from .data import Normalizer
+from .engine import to_model_memory_format
 from .finetuning import load_deployable, predict_proba
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".pgm", ".webp"}
@@ -41,6 +42,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], heatmaps: st
     normalizer = Normalizer(**state["normalizer"])
     from ..config import RunConfig, _build
     run = _build(RunConfig, state["run"], "run")
+    model = to_model_memory_format(model, run)  # as in training, so probabilities match the run's
     paths, arrays, skipped = [], [], []
     for p in collect_images(inputs):
         try:
