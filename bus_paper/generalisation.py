@@ -139,16 +139,24 @@ def pooled_labelled(profile: Profile, root: str | Path | None, datasets: Sequenc
                           splits)
 
 
+def pool_code_hash() -> str:
+    """Hash of the code that builds and trains a pooled run (:func:`labelled`,
+    :func:`pooled_labelled`, :func:`pooled_finetune`), not of the whole module: editing this
+    chapter's tables or figures must not re-train its pooled models. The training code itself is
+    in the key through ``network_code_hash``."""
+    import inspect
+    src = "".join(inspect.getsource(f) for f in (labelled, pooled_labelled, pooled_finetune))
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
 def pooled_key(profile: Profile, datasets: Sequence[str], seed: int, encoder_key: str | None,
                model_config: Mapping[str, Any], checksums: Mapping[str, str]) -> str:
-    from .paths import PACKAGE_DIR
     from .train.data import config_key
     from .train.pretraining import network_code_hash
-    own = (PACKAGE_DIR / "generalisation.py").read_bytes()   # how the pool is built
     return config_key("finetune-pooled", sorted(datasets), seed, dict(model_config),
                       dataclasses.asdict(profile.finetune), dataclasses.asdict(profile.data),
                       encoder_key, dict(checksums), network_code_hash(model_config),
-                      hashlib.sha256(own).hexdigest()[:16])
+                      pool_code_hash())
 
 
 def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequence[str],

@@ -147,3 +147,17 @@ def test_pooled_training_unions_splits_and_is_cached(smoke_runs):
     assert [r["dataset"] for r in loo] == ["busi", "udiat", "busbra"]
     assert loo[2]["pooled"] == "busi+udiat" and loo[2]["train"] == "pooled"
     assert loo[2]["threshold"] == run["threshold"]                    # the cached pooled model
+
+
+def test_pooled_key_follows_the_pool_code(monkeypatch):
+    """Editing the code that builds or trains the pool changes the pooled runs' key (so a cached
+    run never outlives it); the key is stable otherwise."""
+    import inspect
+    args = (SMOKE, ["busi", "udiat"], 0, "enc", {"variant": "coatnet_nano"}, {"busi": "x"})
+    key = gen.pooled_key(*args)
+    assert gen.pooled_key(*args) == key
+    real = inspect.getsource
+    for fn in (gen.labelled, gen.pooled_labelled, gen.pooled_finetune):
+        monkeypatch.setattr(inspect, "getsource",
+                            lambda f, fn=fn: real(f) + ("# edited" if f is fn else ""))
+        assert gen.pooled_key(*args) != key, fn.__name__
