@@ -108,6 +108,18 @@ def choose_threshold(y_val, prob_val, criterion: str = "youden") -> float:
     raise ValueError(f"unknown criterion {criterion!r}: youden | f1")
 
 
+def interval_side(lo: float, hi: float) -> int | None:
+    """Where a 95% interval ``[lo, hi]`` of a difference lies against 0: ``1`` above, ``-1`` below,
+    ``0`` when it contains 0, ``None`` when it is undefined. Every verdict in the book starts here.
+
+    >>> interval_side(0.2, 1.0), interval_side(-1.0, 2.0), interval_side(-3.0, -0.1)
+    (1, 0, -1)
+    """
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return None
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
 def claim_verdict(lo: float, hi: float, claimed: float) -> str:
     """A paper's claimed difference against our 95% interval ``[lo, hi]`` of the same difference:
     ``reproduced`` when the interval excludes 0 on the claim's side, ``contradicted`` when it
@@ -117,13 +129,14 @@ def claim_verdict(lo: float, hi: float, claimed: float) -> str:
     >>> claim_verdict(-3.1, -0.4, -7.5), claim_verdict(-1.0, 2.0, 1.5), claim_verdict(0.2, 1.0, -2.0)
     ('reproduced', 'not detected', 'contradicted')
     """
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    side = interval_side(lo, hi)
+    if side is None:
         return "not measurable"
     if not np.isfinite(claimed):
         return "no claim"
-    if lo > 0 or hi < 0:
-        return "reproduced" if (lo > 0) == (claimed > 0) else "contradicted"
-    return "not detected"
+    if side == 0:
+        return "not detected"
+    return "reproduced" if (side > 0) == (claimed > 0) else "contradicted"
 
 
 def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,

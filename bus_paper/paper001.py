@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Profile
+from .metrics import interval_side
 
 #: The abstract's numbers (AUC only; no other metric, interval, split or seed count is given).
 PAPER_001 = {"busi": {"auc": 98.34}, "private": {"auc": 93.20}}
@@ -209,12 +210,16 @@ def run_plan(profile: Profile, root, plan: Plan, datasets: Sequence[str],
 
 
 # ----------------------------------------------------------------------------- comparisons
+SIDE_WORDS = {1: "higher", -1: "lower", 0: "not detected", None: "not measurable"}
+
+
 def paired_table(results: Sequence[Mapping[str, Any]], reference: str = "proposed",
                  metrics: Sequence[str] = ("auc", "accuracy"), n_boot: int = 1000
                  ) -> pd.DataFrame:
     """``reference`` minus every other model, per dataset and metric, in points: seed means on the
     same test images, paired bootstrap CI and p (:func:`bus_paper.experiments.paired_difference`),
-    and a ``verdict``: ``higher`` / ``lower`` (the interval excludes 0) or ``not detected``."""
+    and a ``verdict``: ``higher`` / ``lower`` (the interval excludes 0), ``not detected`` (it
+    contains 0) or ``not measurable`` (undefined)."""
     from .experiments import paired_difference
     by: dict[tuple[str, str], list] = {}
     for r in results:
@@ -225,7 +230,7 @@ def paired_table(results: Sequence[Mapping[str, Any]], reference: str = "propose
             continue
         for m in metrics:
             p = paired_difference(by[reference, d], runs, m, n_boot=n_boot)
-            verdict = "higher" if p["lo"] > 0 else "lower" if p["hi"] < 0 else "not detected"
+            verdict = SIDE_WORDS[interval_side(p["lo"], p["hi"])]
             rows.append({"dataset": d, "model": key, "metric": m, "difference": p["diff"],
                          "ci_low": p["lo"], "ci_high": p["hi"], "p": p["p"],
                          "seeds": f"{len(by[reference, d])} vs {len(runs)}",

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Profile
+from ..metrics import interval_side
 from .evaluate import METRICS
 from .features import load_encoder
 from .fusion import FeatureClassifier, MLPHead
@@ -141,11 +142,9 @@ def range_verdict(value: float, lo: float, hi: float, claim: tuple[float, float]
 
 
 def diff_verdict(lo: float, hi: float, what: str = "better") -> str:
-    if lo > 0:
-        return f"reproduced ({what}, CI above 0)"
-    if hi < 0:
-        return "contradicted (CI below 0)"
-    return "not detected (CI contains 0)"
+    """The paper's claim that fusion is ``what`` against our interval of fused minus single."""
+    return {1: f"reproduced ({what}, CI above 0)", -1: "contradicted (CI below 0)",
+            0: "not detected (CI contains 0)", None: "not measurable (no CI)"}[interval_side(lo, hi)]
 
 
 def range_claims(tables: Mapping[str, pd.DataFrame], fused: str = "attention",
