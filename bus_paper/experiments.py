@@ -29,7 +29,7 @@ import pandas as pd
 
 from .analysis import aligned_test_predictions, seed_mean_ci
 from .config import Profile
-from .metrics import METRICS, claim_verdict, paired_bootstrap
+from .metrics import METRICS, claim_verdict, interval_side, paired_bootstrap
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -229,10 +229,8 @@ def ablation_verdicts(differences: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in differences.iterrows():
         v = claim_verdict(r["ci_low"], r["ci_high"], r["paper difference"])
-        if r["ci_high"] < 0:
-            v += " (significant drop)"
-        elif r["ci_low"] > 0:
-            v += " (the variant is better)"
+        v += {-1: " (significant drop)", 1: " (the variant is better)"}.get(
+            interval_side(r["ci_low"], r["ci_high"]), "")
         inside = r["ci_low"] <= r["paper difference"] <= r["ci_high"]
         rows.append({"dataset": r["dataset"], "variant": r["label"], "verdict": v,
                      f"measured {name} difference": round(r["difference"], 1),
