@@ -1,0 +1,240 @@
+"""One place for the book's statistics: the verdict legend, learning checks, two-level bootstrap.
+
+A *claim* is a paper's number and what kind of number it is (:class:`Claim`); a *measurement* is
+our interval for the same quantity. :func:`verdict` turns the pair into exactly one word of
+:data:`LEGEND`, and nothing else in the book writes a verdict word. A claim that rests on a model
+that did not learn (see :func:`learning_checks`) is ``not tested at this budget``: untested, not
+refuted.
+
+Intervals come from :func:`two_level_bootstrap`: each replicate draws runs (fine-tuning seeds or
+folds) with replacement, then clusters (patients, lesions, duplicate groups) with replacement, so
+both the model's and the sample's variance are counted. Two models seen on the same images are
+compared *paired*: one cluster draw serves both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ..metrics import weighted_auc
+
+# ----------------------------------------------------------------------------- the legend
+REPRODUCED = "reproduced"
+SMALLER = "smaller than claimed"
+NOT_RESOLVED = "not resolved"
+ABSENT = "absent"
+CONTRADICTED = "contradicted"
+NOT_TESTED = "not tested at this budget"
+NOT_TESTABLE = "not testable here"
+
+LEGEND: dict[str, str] = {
+    REPRODUCED: "difference: the interval excludes 0 on the paper's side and reaches the paper's "
+                "value; level: the interval reaches the paper's value (contains it or lies above)",
+    SMALLER: "difference: the interval excludes 0 on the paper's side but lies short of the "
+             "paper's value; level: the interval lies entirely below the paper's value",
+    NOT_RESOLVED: "the interval contains both 0 and the paper's value",
+    ABSENT: "the interval contains 0 but excludes the paper's value",
+    CONTRADICTED: "the interval excludes 0 on the other side",
+    NOT_TESTED: "a model the claim rests on failed its learning check: untested, not refuted",
+    NOT_TESTABLE: "the data or the setting does not exist publicly",
+}
+
+Kind = Literal["level", "difference"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim as data. ``paper_value`` in percentage points (a level such as AUC 97.25,
+    or a difference such as -7.5 points); ``measure`` says how we measure it (free text or a key
+    the paper's module understands)."""
+    paper: str
+    claim: str
+    kind: Kind
+    paper_value: float
+    measure: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("level", "difference"):
+            raise ValueError(f"claim kind {self.kind!r}: level | difference")
+        if self.kind == "difference" and not (math.isfinite(self.paper_value)
+                                              and self.paper_value != 0):
+            raise ValueError(f"a difference claim needs a non-zero paper value ({self.claim!r})")
+
+
+def verdict(kind: Kind, paper_value: float, lo: float | None, hi: float | None, *,
+            learned: bool = True, testable: bool = True) -> str:
+    """The one word of :data:`LEGEND` for a paper's value against our 95% interval ``[lo, hi]``.
+
+    >>> verdict("difference", -7.5, -9.0, -2.0), verdict("difference", -7.5, -3.6, 4.1)
+    ('reproduced', 'not resolved')
+    >>> verdict("difference", -7.5, -1.0, 1.0), verdict("level", 97.25, 80.0, 88.0)
+    ('absent', 'smaller than claimed')
+    """
+    if not testable:
+        return NOT_TESTABLE
+    if not learned:
+        return NOT_TESTED
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ValueError(f"no interval to judge ({lo}, {hi}): mark the claim not testable or "
+                         "not tested instead")
+    if kind == "level":
+        return REPRODUCED if hi >= paper_value else SMALLER
+    if kind != "difference":
+        raise ValueError(f"claim kind {kind!r}: level | difference")
+    if not (math.isfinite(paper_value) and paper_value != 0):
+        raise ValueError("a difference claim needs a non-zero paper value")
+    if lo <= 0 <= hi:
+        return NOT_RESOLVED if lo <= paper_value <= hi else ABSENT
+    side = 1 if lo > 0 else -1
+    if side != (1 if paper_value > 0 else -1):
+        return CONTRADICTED
+    # on the paper's side: does the interval reach the paper's value (contain it or go beyond)?
+    reaches = hi >= paper_value if side > 0 else lo <= paper_value
+    return REPRODUCED if reaches else SMALLER
+
+
+# ----------------------------------------------------------------------------- learning checks
+@dataclass(frozen=True)
+class Check:
+    """One learning check of one model: its name, whether it passed, and the numbers behind it."""
+    name: str
+    passed: bool
+    detail: str
+
+
+def nt_xent_chance(batch_size: int) -> float:
+    """NT-Xent of an encoder that knows nothing: each view's positive is one of 2N-1 candidates."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    return math.log(2 * batch_size - 1)
+
+
+def ssl_loss_check(losses: Sequence[float], chance: float, margin: float = 0.10) -> Check:
+    """Self-supervised loss clearly below its chance value: the last epoch's loss at most
+    ``(1 - margin) * chance`` (NT-Xent: ln(2N-1), :func:`nt_xent_chance`; DINO: ln K)."""
+    last = float(losses[-1]) if len(losses) else math.nan
+    ok = math.isfinite(last) and last <= (1 - margin) * chance
+    return Check("ssl loss below chance", ok,
+                 f"last loss {last:.3f} vs chance {chance:.3f} (needs <= {(1 - margin) * chance:.3f})")
+
+
+def auc_above_chance_check(ci_low: float, where: str = "validation") -> Check:
+    """The AUC interval lies above 0.5 (AUC as a fraction or in points: 50 is read as 0.5)."""
+    lo = ci_low / 100 if ci_low > 1 else ci_low
+    ok = math.isfinite(lo) and lo > 0.5
+    return Check(f"{where} AUC above 0.5", ok, f"{where} AUC interval starts at {lo:.3f}")
+
+
+def moved_check(losses: Sequence[float], rel: float = 0.05, name: str = "auxiliary loss") -> Check:
+    """A loss that moved: it fell by at least ``rel`` of its first value."""
+    first, last = (float(losses[0]), float(losses[-1])) if len(losses) else (math.nan, math.nan)
+    drop = (first - last) / abs(first) if first else math.nan
+    ok = math.isfinite(drop) and drop >= rel
+    return Check(f"{name} moved", ok, f"{first:.3f} -> {last:.3f} ({100 * drop:.1f} % drop, "
+                 f"needs {100 * rel:.0f} %)")
+
+
+def attention_check(weights: np.ndarray, min_tv: float = 0.05) -> Check:
+    """Attention weights away from uniform: mean total-variation distance of each row of
+    ``weights`` (samples x branches, rows summing to 1) from the uniform vector."""
+    w = np.atleast_2d(np.asarray(weights, dtype=float))
+    tv = float(0.5 * np.abs(w - 1.0 / w.shape[1]).sum(1).mean())
+    return Check("attention not uniform", tv >= min_tv,
+                 f"mean distance from uniform {tv:.3f} (needs {min_tv})")
+
+
+def spread_check(prob: np.ndarray, min_iqr: float = 0.10) -> Check:
+    """Output probabilities with real spread: interquartile range of at least ``min_iqr``."""
+    p = np.asarray(prob, dtype=float)
+    iqr = float(np.subtract(*np.percentile(p, [75, 25]))) if p.size else math.nan
+    return Check("outputs spread", math.isfinite(iqr) and iqr >= min_iqr,
+                 f"probability IQR {iqr:.3f} (needs {min_iqr})")
+
+
+def mechanism(checks: Sequence[Check]) -> str:
+    """The claims table's ``mechanism`` column: ``passed``, ``failed: <check>; ...`` or ``n/a``."""
+    if not checks:
+        return "n/a"
+    failed = [c.name for c in checks if not c.passed]
+    return "failed: " + "; ".join(failed) if failed else "passed"
+
+
+# ----------------------------------------------------------------------------- bootstrap
+Statistic = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def auc_points(y: np.ndarray, prob: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC in percentage points for ``weights`` of shape [B, n] (one row per replicate)."""
+    return 100 * np.asarray(weighted_auc(y, prob, weights))
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    lo: float
+    hi: float
+    n_images: int
+    n_clusters: int
+    n_runs: int
+    n_boot: int   # replicates where the statistic was defined
+
+
+def _as_runs(prob, n: int) -> np.ndarray:
+    p = np.atleast_2d(np.asarray(prob, dtype=float))
+    if p.shape[1] != n:
+        raise ValueError(f"{p.shape[1]} probabilities per run for {n} labels")
+    return p
+
+
+def two_level_bootstrap(y, prob_a, prob_b=None, clusters=None, *, statistic: Statistic = auc_points,
+                        n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
+                        paired_runs: bool = False) -> Interval:
+    """Percentile interval of ``statistic`` (or of its paired difference a - b) that resamples
+    runs, then clusters.
+
+    ``prob_a`` / ``prob_b``: [runs, n] probabilities (one row per seed or fold) on the same n
+    images with labels ``y``; ``clusters``: n cluster ids (None: every image its own cluster).
+    Each replicate draws runs with replacement (for a and b independently, or the same draw when
+    ``paired_runs``: seed k of a and of b share something, e.g. a split), draws clusters with
+    replacement (one draw for both sides: the comparison is paired on images), weights each image
+    by how often its cluster was drawn, and takes the mean of ``statistic`` over the drawn runs.
+    """
+    y = np.asarray(y).astype(int).ravel()
+    n = y.size
+    pa = _as_runs(prob_a, n)
+    pb = None if prob_b is None else _as_runs(prob_b, n)
+    if paired_runs and pb is not None and len(pb) != len(pa):
+        raise ValueError("paired runs need as many runs on both sides")
+    ids = np.arange(n) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
+    n_clusters = int(ids.max()) + 1 if n else 0
+    rng = np.random.default_rng(seed)
+    # cluster multiplicities -> image weights, all replicates at once: [B, n]
+    draws = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
+    counts = np.stack([np.bincount(d, minlength=n_clusters) for d in draws])
+    weights = counts[:, ids].astype(float)
+    runs_a = rng.integers(0, len(pa), size=(n_boot, len(pa)))
+    runs_b = (runs_a if paired_runs else rng.integers(0, len(pb), size=(n_boot, len(pb)))
+              ) if pb is not None else None
+
+    def side(p: np.ndarray, draws_r: np.ndarray) -> np.ndarray:
+        # statistic of every run under every replicate's weights, then the mean over drawn runs
+        per_run = np.stack([statistic(y, p[r], weights) for r in range(len(p))], axis=1)
+        return np.take_along_axis(per_run, draws_r, axis=1).mean(1)
+
+    def whole(p: np.ndarray) -> float:
+        return float(np.mean([statistic(y, r, np.ones((1, n)))[0] for r in p]))
+
+    values = side(pa, runs_a)
+    estimate = whole(pa)
+    if pb is not None:
+        values = values - side(pb, runs_b)
+        estimate -= whole(pb)
+    values = values[np.isfinite(values)]
+    q = 100 * np.array([alpha / 2, 1 - alpha / 2])
+    lo, hi = np.percentile(values, q) if values.size else (math.nan, math.nan)
+    return Interval(estimate, float(lo), float(hi), n, n_clusters, len(pa), int(values.size))

@@ -1,0 +1,135 @@
+"""The verdict legend (one case per word), the learning checks, and the two-level bootstrap
+against a literal loop and against scipy's bootstrap."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score
+
+from bus_paper.core import stats as S
+
+
+# ----------------------------------------------------------------------------- legend
+@pytest.mark.parametrize("kind, value, lo, hi, word", [
+    ("difference", -7.5, -9.0, -2.0, S.REPRODUCED),       # excludes 0 on the paper's side, reaches
+    ("difference", -7.5, -12.0, -9.0, S.REPRODUCED),      # beyond the paper's value still reaches
+    ("difference", 4.0, 0.5, 2.0, S.SMALLER),             # right side, short of the value
+    ("difference", -7.5, -3.6, 4.1, S.ABSENT),            # contains 0, excludes -7.5 (issue's case)
+    ("difference", 3.0, -1.0, 5.0, S.NOT_RESOLVED),       # contains both
+    ("difference", -2.0, 0.3, 1.0, S.CONTRADICTED),       # excludes 0 on the other side
+    ("level", 97.25, 90.0, 98.0, S.REPRODUCED),
+    ("level", 90.0, 92.0, 96.0, S.REPRODUCED),            # lies above the paper's value
+    ("level", 97.25, 75.0, 85.0, S.SMALLER),
+])
+def test_legend_one_case_per_word(kind, value, lo, hi, word):
+    assert S.verdict(kind, value, lo, hi) == word
+    assert word in S.LEGEND
+
+
+def test_mechanism_and_setting_override_the_interval():
+    assert S.verdict("difference", -7.5, -9.0, -2.0, learned=False) == S.NOT_TESTED
+    assert S.verdict("level", 97.0, None, None, testable=False) == S.NOT_TESTABLE
+    with pytest.raises(ValueError, match="no interval"):
+        S.verdict("level", 97.0, math.nan, 1.0)
+    with pytest.raises(ValueError, match="non-zero"):
+        S.Claim("000", "x", "difference", 0.0)
+
+
+def test_every_word_is_in_the_legend_and_nothing_else():
+    assert len(S.LEGEND) == 7
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        lo, hi = np.sort(rng.normal(0, 5, 2))
+        value = rng.normal(0, 5)
+        assert S.verdict("difference", value, lo, hi) in S.LEGEND
+        assert S.verdict("level", value, lo, hi) in (S.REPRODUCED, S.SMALLER)
+
+
+# ----------------------------------------------------------------------------- learning checks
+def test_learning_checks_on_the_issue_numbers():
+    # DINO at K = 65536: 10.920 -> 10.892, uniform output is ln K = 11.09: not learned
+    assert not S.ssl_loss_check([10.920, 10.892], math.log(65536)).passed
+    # the proposed model's NT-Xent at batch 64: 2.92 -> 0.75 against ln 127 = 4.84: learned
+    assert S.ssl_loss_check([2.92, 0.75], S.nt_xent_chance(64)).passed
+    assert not S.moved_check([12.135, 12.029]).passed          # paper 002's L_con
+    assert S.moved_check([12.1, 9.0]).passed
+    assert not S.attention_check([[0.335, 0.337, 0.328]]).passed  # paper 004's attention
+    assert S.attention_check([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]]).passed
+    assert not S.spread_check(np.linspace(0.45, 0.56, 50)).passed
+    assert S.spread_check(np.linspace(0.05, 0.95, 50)).passed
+    assert not S.auc_above_chance_check(48.7).passed and S.auc_above_chance_check(0.61).passed
+    checks = [S.auc_above_chance_check(0.6), S.moved_check([12.135, 12.029])]
+    assert S.mechanism(checks) == "failed: auxiliary loss moved"
+    assert S.mechanism(checks[:1]) == "passed" and S.mechanism([]) == "n/a"
+
+
+# ----------------------------------------------------------------------------- bootstrap
+def _data(n=120, runs=3, seed=1):
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n // 2, int), np.ones(n - n // 2, int)]
+    p = np.stack([np.clip(0.5 + 0.25 * (y - 0.5) + rng.normal(0, 0.2 + 0.1 * r, n), 0, 1)
+                  for r in range(runs)])
+    return y, p
+
+
+def test_two_level_bootstrap_equals_a_literal_loop():
+    y, pa = _data()
+    _, pb = _data(seed=7)
+    clusters = np.arange(y.size) // 3            # groups of three images
+    B, seed = 200, 3
+    got = S.two_level_bootstrap(y, pa, pb, clusters, n_boot=B, seed=seed)
+
+    # the same resampling, written out: draw clusters, then runs; expand the drawn clusters into
+    # images and score each drawn run with sklearn
+    rng = np.random.default_rng(seed)
+    ids = np.unique(clusters, return_inverse=True)[1]
+    C = ids.max() + 1
+    draws = rng.integers(0, C, size=(B, C))
+    ra = rng.integers(0, len(pa), size=(B, len(pa)))
+    rb = rng.integers(0, len(pb), size=(B, len(pb)))
+    members = [np.flatnonzero(ids == c) for c in range(C)]
+    ref = []
+    for b in range(B):
+        idx = np.concatenate([members[c] for c in draws[b]])
+        a = np.mean([roc_auc_score(y[idx], pa[r][idx]) for r in ra[b]])
+        bb = np.mean([roc_auc_score(y[idx], pb[r][idx]) for r in rb[b]])
+        ref.append(100 * (a - bb))
+    lo, hi = np.percentile(ref, [2.5, 97.5])
+    assert got.lo == pytest.approx(lo, abs=1e-9) and got.hi == pytest.approx(hi, abs=1e-9)
+    whole = 100 * (np.mean([roc_auc_score(y, p) for p in pa]) - np.mean([roc_auc_score(y, p) for p in pb]))
+    assert got.estimate == pytest.approx(whole, abs=1e-9)
+    assert (got.n_images, got.n_clusters, got.n_runs, got.n_boot) == (120, 40, 3, B)
+
+
+def test_one_run_no_clusters_matches_scipy_bootstrap():
+    y, p = _data(n=200, runs=1)
+    got = S.two_level_bootstrap(y, p, n_boot=4000, seed=0)
+    ref = sps.bootstrap((y, p[0]), lambda a, b: 100 * roc_auc_score(a, b), paired=True,
+                        vectorized=False, n_resamples=4000, method="percentile",
+                        random_state=np.random.default_rng(1)).confidence_interval
+    assert got.lo == pytest.approx(ref.low, abs=1.0)
+    assert got.hi == pytest.approx(ref.high, abs=1.0)
+
+
+def test_clusters_and_seeds_widen_the_interval():
+    y, p = _data(n=60, runs=1)
+    # every image four times: as independent images the interval is too narrow by about 2x
+    y4, p4 = np.repeat(y, 4), np.repeat(p, 4, axis=1)
+    naive = S.two_level_bootstrap(y4, p4, n_boot=1000)
+    clustered = S.two_level_bootstrap(y4, p4, clusters=np.repeat(np.arange(60), 4), n_boot=1000)
+    assert clustered.hi - clustered.lo > 1.5 * (naive.hi - naive.lo)
+    # three seeds that disagree (one below chance) must widen it too
+    bad = np.stack([p[0], p[0], 1 - p[0]])
+    seeds = S.two_level_bootstrap(y, bad, n_boot=1000)
+    fixed = S.two_level_bootstrap(y, bad[:1], n_boot=1000)
+    assert seeds.hi - seeds.lo > 3 * (fixed.hi - fixed.lo)
+
+
+def test_paired_runs_use_one_draw():
+    y, pa = _data()
+    same = S.two_level_bootstrap(y, pa, pa, paired_runs=True, n_boot=100)
+    assert same.lo == same.hi == same.estimate == 0.0
+    with pytest.raises(ValueError, match="as many runs"):
+        S.two_level_bootstrap(y, pa, pa[:2], paired_runs=True)
