@@ -19,11 +19,13 @@ def repo_root() -> Path | None:
 
 
 def data_root_candidates() -> list[Path]:
-    """Where the data root is looked for, in order: $BUS_PAPER_DATA, ./data, ../shared/data."""
-    out: list[Path] = []
+    """Where the data root is looked for: $BUS_PAPER_DATA alone when it is set (it must then
+    exist: no fallback), else ./data and ../shared/data beside the working directory and beside
+    the checkout."""
     env = os.environ.get("BUS_PAPER_DATA")
     if env:
-        out.append(Path(env).expanduser())
+        return [Path(env).expanduser()]
+    out: list[Path] = []
     bases = [Path.cwd()]
     root = repo_root()
     if root is not None and root != Path.cwd():
@@ -52,7 +54,10 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     if env:
         p = Path(env).expanduser()
         if not p.is_dir():
-            raise FileNotFoundError(f"BUS_PAPER_DATA={env} does not exist or is not a folder")
+            what = "is not a folder" if p.exists() else "does not exist"
+            raise FileNotFoundError(
+                f"BUS_PAPER_DATA points nowhere: {p} {what}; set it to the folder that holds "
+                "busi/, udiat/, busbra/, busuclm/ (or unset it)")
         return p.resolve()
     for p in data_root_candidates():
         if p.is_dir():

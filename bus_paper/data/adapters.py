@@ -6,15 +6,23 @@ the label) is recorded as a :class:`DataIssue` naming the file and the reason; i
 silently fixed. Images whose label is unknown or that cannot be decoded are left out of the
 manifest (``excluded=True``); everything else stays in, with the issue as information.
 
-The manifest only reads image headers (plus PIL's cheap chunk check, which catches truncated
-files); :mod:`bus_paper.data.check` decodes every pixel.
+A malformed metadata row (ragged, unknown label, naming a missing image) is reported with its
+file and line and skipped; a metadata file that cannot be read at all raises
+:class:`MetadataError` (one line: dataset, file, what is wrong, what to do), which
+:func:`bus_paper.data.manifest.build_manifest` can turn into a failure of that dataset only.
+
+Every image and mask is fully decoded once (verdicts cached by file size and mtime, see
+:class:`bus_paper.data.imageio.DecodeCache`), so the manifest never lists a file that a training
+run cannot read; :mod:`bus_paper.data.check` additionally looks at the mask pixels.
 """
 
 from __future__ import annotations
 
+import csv
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +30,8 @@ from typing import Any
 import openpyxl
 import pandas as pd
 
-from .imageio import ImageReadError, mask_colour_label, probe_image
-from .registry import DatasetNotFound
+from .imageio import DecodeCache, ImageReadError, mask_colour_label
+from .registry import DATASETS, DatasetNotFound
 
 LABELS = ("benign", "malignant", "normal")
 CORE_COLUMNS = ["dataset", "path", "label", "patient_id", "lesion_id", "view", "mask_paths",
@@ -48,7 +56,21 @@ ISSUE_KINDS: dict[str, str] = {
     "orphan_mask": "a mask file without its image",
     "converted_mode": "an image not stored as 8-bit grayscale; converted when read (information)",
     "empty_mask": "a lesion image whose mask is empty (found by the full check)",
+    "dataset_failed": "a dataset that cannot be read at all (a missing folder or an unreadable "
+                      "metadata file); all its images are left out",
 }
+
+
+class MetadataError(ValueError):
+    """A dataset's metadata file cannot be read at all; the message is one line naming the
+    dataset, the file (relative to the data root), what is wrong and what to do."""
+
+    def __init__(self, dataset: str, path: str, problem: str):
+        self.dataset, self.path, self.problem = dataset, path, problem
+        info = DATASETS.get(dataset)
+        source = f" ({info.url})" if info else ""
+        super().__init__(f"{dataset}: {path} {problem}. Replace it with the original file, "
+                         f"e.g. re-download the dataset{source}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +78,7 @@ class DataIssue:
     dataset: str
     path: str        # the file concerned, relative to the data root (POSIX)
     kind: str        # one of ISSUE_KINDS
-    message: str     # "<file name>: <reason>"
+    message: str     # "<file name>: <reason>" (dataset_failed: the error's one line)
     excluded: bool = False  # True: the image named by `path` is not in the manifest
 
 
@@ -67,6 +89,7 @@ class _Collector:
         self.root, self.dataset = root, dataset
         self.rows: list[dict[str, Any]] = []
         self.issues: list[DataIssue] = []
+        self.decoded = DecodeCache()
 
     def rel(self, p: Path) -> str:
         return p.relative_to(self.root).as_posix()
@@ -77,10 +100,10 @@ class _Collector:
         self.issues.append(DataIssue(self.dataset, rel, kind, f"{name}: {reason}", excluded))
 
     def add_image(self, img: Path, label: str, masks: list[Path], **fields: Any) -> dict | None:
-        """Probe ``img`` and its expected ``masks``; append a manifest row unless unreadable."""
+        """Decode ``img`` and its expected ``masks``; append a manifest row unless unreadable."""
         rel = self.rel(img)
         try:
-            w, h, mode = probe_image(img)
+            w, h, mode = self.decoded.probe(img)
         except ImageReadError as e:
             self.issue(rel, "unreadable", f"unreadable image ({e.reason}); excluded", excluded=True)
             return None
@@ -96,7 +119,7 @@ class _Collector:
                 self.issue(rel, "missing_mask", f"missing mask (expected {mrel})")
                 continue
             try:
-                mw, mh, _ = probe_image(m)
+                mw, mh, _ = self.decoded.probe(m)
             except ImageReadError as e:
                 self.issue(mrel, "mask_unreadable", f"unreadable mask ({e.reason}); not used")
                 continue
@@ -116,6 +139,7 @@ class _Collector:
             self.issue(self.rel(m), "orphan_mask", "mask without an image")
 
     def frame(self) -> pd.DataFrame:
+        self.decoded.save()
         extras = [c for c in EXTRA_COLUMNS if any(c in r for r in self.rows)]
         df = pd.DataFrame(self.rows, columns=CORE_COLUMNS + extras)
         for col in ["dataset", "path", "label", "patient_id", "lesion_id", "view", "mask_paths",
@@ -129,7 +153,60 @@ class _Collector:
 
 
 AdapterResult = tuple[pd.DataFrame, list[DataIssue]]
-Metadata = tuple[dict[str, tuple[str, dict]], set[str]]  # ({key: (label, fields)}, keys listed)
+# a metadata row: (image key, raw label or _BadRow, fields, line number or None)
+Entry = tuple[str, Any, dict, int | None]
+# ({key: (label, fields)}, {every key listed: where its first row is, e.g. "INFO.csv line 7"})
+Metadata = tuple[dict[str, tuple[str, dict]], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class _BadRow:
+    """Stands for the label of a malformed metadata row: the row is reported and skipped."""
+    reason: str
+
+
+@contextmanager
+def _reading(c: _Collector, path: Path) -> Iterator[None]:
+    """Any failure to read the metadata file ``path`` becomes a :class:`MetadataError`.
+
+    Broken files raise a zoo of types (BadZipFile, InvalidFileException, KeyError, XML and
+    Unicode errors, our own ValueErrors): all of them mean "this file cannot be used".
+    """
+    try:
+        yield
+    except MetadataError:
+        raise
+    except Exception as e:
+        why = str(e) if type(e) is ValueError else f"{type(e).__name__}: {e}"
+        raise MetadataError(c.dataset, c.rel(path), f"cannot be read ({why})") from e
+
+
+CsvRow = tuple[int, dict[str, str], str | None]  # (line, {column: value}, why malformed)
+
+
+def _read_csv(c: _Collector, path: Path, required: set[str], sep: str = ",",
+              encoding: str = "utf-8") -> list[CsvRow]:
+    """The rows of a CSV file with their line numbers. A row with another number of fields than
+    the header comes with the reason (its fields zipped to the columns as far as they go), for
+    the caller to report and skip. Values are the raw strings; blank lines are skipped."""
+    with _reading(c, path), open(path, encoding=encoding, newline="") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        header = [col.strip() for col in next(reader, [])]
+        if not header:
+            raise ValueError("the file is empty")
+        if missing := required - set(header):
+            raise ValueError(f"columns {sorted(missing)} missing (found {header})")
+        rows: list[CsvRow] = []
+        for fields in reader:
+            if not fields:
+                continue
+            while len(fields) > len(header) and not fields[-1].strip():
+                fields = fields[:-1]  # trailing separators carry nothing
+            bad = (None if len(fields) == len(header) else
+                   f"{len(fields)} fields, expected {len(header)}")
+            # line_num is the row's last physical line (the line itself for one-line rows)
+            rows.append((reader.line_num, dict(zip(header, fields)), bad))
+        return rows
 
 
 def _require(root: Path, dataset: str, *paths: Path) -> None:
@@ -156,22 +233,29 @@ def _text(value: Any) -> str | None:
 
 # ------------------------------------------------------------------ metadata rows <-> image files
 
-def _index_metadata(c: _Collector, entries: list[tuple[str, Any, dict]],
-                    image_rel: Callable[[str], str], source: str) -> Metadata:
-    """Index metadata rows ``(key, raw label, fields)`` by key.
+def _index_metadata(c: _Collector, entries: list[Entry], image_rel: Callable[[str], str],
+                    source: Path) -> Metadata:
+    """Index the metadata rows ``(key, raw label, fields, line)`` of the file ``source`` by key.
 
-    An unknown label, or two rows with different labels, leaves the key out (reported); a
-    repeated row with the same label is reported and its first occurrence used.
+    A malformed row (:class:`_BadRow`), an unknown label, or two rows with different labels
+    leaves the key out (reported with file and line); a repeated row with the same label is
+    reported and its first occurrence used; a row without image name is reported and skipped.
     """
     meta: dict[str, tuple[str, dict]] = {}
-    listed: set[str] = set()
+    listed: dict[str, str] = {}
     rejected: set[str] = set()
-    for key, raw, fields in entries:
-        listed.add(key)
+    for key, raw, fields, line in entries:
+        where = f"{source.name} line {line}" if line is not None else source.name
+        if not key:
+            why = raw.reason if isinstance(raw, _BadRow) else "no image name"
+            c.issue(c.rel(source), "bad_metadata", f"{where}: {why}; row skipped")
+            continue
+        listed.setdefault(key, where)
         rel = image_rel(key)
-        label = _label(raw)
+        label = None if isinstance(raw, _BadRow) else _label(raw)
         if label is None:
-            c.issue(rel, "bad_metadata", f"unknown label {raw!r} in {source}; excluded",
+            why = raw.reason if isinstance(raw, _BadRow) else f"unknown label {raw!r}"
+            c.issue(rel, "bad_metadata", f"{where}: {why}; row skipped, image excluded",
                     excluded=True)
             rejected.add(key)
             meta.pop(key, None)
@@ -180,9 +264,10 @@ def _index_metadata(c: _Collector, entries: list[tuple[str, Any, dict]],
         elif key not in meta:
             meta[key] = (label, fields)
         elif meta[key][0] == label:
-            c.issue(rel, "duplicate_metadata", f"listed twice in {source}; first row used")
+            c.issue(rel, "duplicate_metadata", f"listed again in {where}; first row "
+                    f"({listed[key]}) used")
         else:
-            c.issue(rel, "label_conflict", f"listed twice in {source} with labels "
+            c.issue(rel, "label_conflict", f"listed twice ({listed[key]}, {where}) with labels "
                     f"{meta[key][0]!r} and {label!r}; excluded", excluded=True)
             rejected.add(key)
             del meta[key]
@@ -191,17 +276,17 @@ def _index_metadata(c: _Collector, entries: list[tuple[str, Any, dict]],
 
 def _join(c: _Collector, metadata: Metadata, images: dict[str, Path],
           image_rel: Callable[[str], str], masks_of: Callable[[str], list[Path]],
-          source: str) -> list[dict]:
+          source: Path) -> list[dict]:
     """Match metadata keys with image files; every mismatch becomes an issue."""
     meta, listed = metadata
     rows = []
-    for key in sorted(listed | set(images)):
+    for key in sorted(set(listed) | set(images)):
         if key not in images:
-            c.issue(image_rel(key), "missing_image", f"listed in {source} but the image file is "
-                    "missing", excluded=True)
+            c.issue(image_rel(key), "missing_image", f"listed in {listed[key]} but the image "
+                    "file is missing; row skipped", excluded=True)
         elif key not in listed:
-            c.issue(image_rel(key), "no_metadata", f"no row in {source}; excluded (no label)",
-                    excluded=True)
+            c.issue(image_rel(key), "no_metadata", f"no row in {source.name}; excluded "
+                    "(no label)", excluded=True)
         elif key in meta:  # listed but not in meta: a bad or conflicting row, already reported
             label, fields = meta[key]
             row = c.add_image(images[key], label, masks_of(key), **fields)
@@ -250,8 +335,8 @@ def _udiat_id(value: Any) -> str | None:
     return v.zfill(6) if v.isdigit() and len(v) <= 6 else None
 
 
-def read_udiat_metadata(xlsx: Path) -> list[tuple[str, Any, dict]]:
-    """Data rows of ``DatasetB.xlsx`` as ``(image id, Type, {"histology": Diagnosis})``.
+def _udiat_rows(xlsx: Path) -> list[Entry]:
+    """Data rows of ``DatasetB.xlsx`` as ``(image id, Type, {"histology": Diagnosis}, row)``.
 
     The sheet also holds a legend (abbreviation, meaning) beside or below the table; only rows
     whose Image cell is an image id are data, so the legend is skipped wherever it sits.
@@ -259,29 +344,34 @@ def read_udiat_metadata(xlsx: Path) -> list[tuple[str, Any, dict]]:
     wb = openpyxl.load_workbook(xlsx, read_only=True, data_only=True)
     try:
         ws = wb["Hoja1"] if "Hoja1" in wb.sheetnames else wb.worksheets[0]
-        rows = ws.iter_rows(values_only=True)
+        rows = enumerate(ws.iter_rows(values_only=True), start=ws.min_row or 1)
         cols: dict[str, int] = {}
-        for row in rows:
+        for _, row in rows:
             names = {str(v).strip().lower(): i for i, v in enumerate(row) if v is not None}
             if "image" in names and "type" in names:
                 cols = names
                 break
         if not cols:
-            raise ValueError(f"{xlsx}: no header row with columns Image and Type "
-                             f"in sheet {ws.title}")
+            raise ValueError(f"no header row with columns Image and Type in sheet {ws.title}")
 
         def cell(row: tuple, name: str) -> Any:
             i = cols.get(name)
             return row[i] if i is not None and i < len(row) else None
 
-        out = []
-        for row in rows:
+        out: list[Entry] = []
+        for line, row in rows:
             key = _udiat_id(cell(row, "image"))
             if key is not None:
-                out.append((key, cell(row, "type"), {"histology": _text(cell(row, "diagnosis"))}))
+                out.append((key, cell(row, "type"),
+                            {"histology": _text(cell(row, "diagnosis"))}, line))
         return out
     finally:
         wb.close()
+
+
+def read_udiat_metadata(xlsx: Path) -> list[tuple[str, Any, dict]]:
+    """Data rows of ``DatasetB.xlsx`` as ``(image id, Type, {"histology": Diagnosis})``."""
+    return [(key, raw, fields) for key, raw, fields, _ in _udiat_rows(xlsx)]
 
 
 def read_udiat(root: Path) -> AdapterResult:
@@ -294,9 +384,11 @@ def read_udiat(root: Path) -> AdapterResult:
     def image_rel(key: str) -> str:
         return f"udiat/BUS/original/{key}.png"
 
-    meta = _index_metadata(c, read_udiat_metadata(xlsx), image_rel, "DatasetB.xlsx")
+    with _reading(c, xlsx):
+        entries = _udiat_rows(xlsx)
+    meta = _index_metadata(c, entries, image_rel, xlsx)
     images = _pngs(base / "original")
-    _join(c, meta, images, image_rel, lambda key: [base / "GT" / f"{key}.png"], "DatasetB.xlsx")
+    _join(c, meta, images, image_rel, lambda key: [base / "GT" / f"{key}.png"], xlsx)
     c.orphan_masks([p for stem, p in _pngs(base / "GT").items() if stem not in images])
     return c.frame(), c.issues
 
@@ -318,10 +410,6 @@ def read_busbra(root: Path) -> AdapterResult:
     base = root / "busbra" / "BUSBRA"
     csv = base / "bus_data.csv"
     _require(root, "busbra", base / "Images", base / "Masks", csv)
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    missing = {"ID", "Case", "Pathology"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{csv}: columns {sorted(missing)} missing (found {list(df.columns)})")
 
     def image_rel(key: str) -> str:
         return f"busbra/BUSBRA/Images/{key}.png"
@@ -329,9 +417,12 @@ def read_busbra(root: Path) -> AdapterResult:
     def mask_of(key: str) -> Path:
         return base / "Masks" / f"{key.replace('bus_', 'mask_', 1)}.png"
 
-    entries = []
-    for r in df.to_dict("records"):
-        key = r["ID"].strip()
+    entries: list[Entry] = []
+    for line, r, bad in _read_csv(c, csv, {"ID", "Case", "Pathology"}):
+        key = r.get("ID", "").strip()
+        if bad:
+            entries.append((key, _BadRow(bad), {}, line))
+            continue
         case = _text(r["Case"])
         view = re.search(r"-([lrs])$", key)
         raw_birads = r.get("BIRADS", "").strip()
@@ -342,10 +433,10 @@ def read_busbra(root: Path) -> AdapterResult:
         entries.append((key, r["Pathology"], {
             "patient_id": case, "lesion_id": case, "view": view[1] if view else None,
             "histology": _text(r.get("Histology")), "birads": birads,
-            "device": _text(r.get("Device"))}))
-    meta = _index_metadata(c, entries, image_rel, "bus_data.csv")
+            "device": _text(r.get("Device"))}, line))
+    meta = _index_metadata(c, entries, image_rel, csv)
     images = _pngs(base / "Images")
-    _join(c, meta, images, image_rel, lambda key: [mask_of(key)], "bus_data.csv")
+    _join(c, meta, images, image_rel, lambda key: [mask_of(key)], csv)
     used = {mask_of(key).name for key in images}
     c.orphan_masks([p for p in _pngs(base / "Masks").values() if p.name not in used])
     return c.frame(), c.issues
@@ -379,18 +470,16 @@ def read_busuclm(root: Path) -> AdapterResult:
     base = root / "busuclm" / "BUS-UCLM"
     csv = base / "INFO.csv"
     _require(root, "busuclm", base / "images", base / "masks", csv)
-    df = pd.read_csv(csv, sep=";", encoding="utf-8-sig", dtype=str, keep_default_na=False)
-    df.columns = [col.strip() for col in df.columns]
-    missing = {"Image", "Label"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{csv}: columns {sorted(missing)} missing (found {list(df.columns)})")
 
     def image_rel(key: str) -> str:
         return f"busuclm/BUS-UCLM/images/{key}.png"
 
-    entries = []
-    for r in df.to_dict("records"):
-        key = Path(r["Image"].strip()).stem
+    entries: list[Entry] = []
+    for line, r, bad in _read_csv(c, csv, {"Image", "Label"}, sep=";", encoding="utf-8-sig"):
+        key = Path(r.get("Image", "").strip()).stem
+        if bad:
+            entries.append((key, _BadRow(bad), {}, line))
+            continue
         fields: dict[str, Any] = {"patient_id": key.split("_")[0]}
         for col in ("Doppler", "Marks", "Combined"):
             raw = r.get(col, "").strip()
@@ -398,16 +487,15 @@ def read_busuclm(root: Path) -> AdapterResult:
             if raw and value is None:
                 c.issue(image_rel(key), "bad_metadata", f"{col} {raw!r} is not yes/no; left NA")
             fields[col.lower()] = value
-        entries.append((key, r["Label"], fields))
-    meta = _index_metadata(c, entries, image_rel, "INFO.csv")
+        entries.append((key, r["Label"], fields, line))
+    meta = _index_metadata(c, entries, image_rel, csv)
     images = _pngs(base / "images")
-    rows = _join(c, meta, images, image_rel, lambda key: [base / "masks" / f"{key}.png"],
-                 "INFO.csv")
+    rows = _join(c, meta, images, image_rel, lambda key: [base / "masks" / f"{key}.png"], csv)
     for row in rows:
         for m in filter(None, row["mask_paths"].split(";")):
             try:
                 colour = mask_colour_label(root / m)
-            except ImageReadError as e:  # passed the header check but does not decode
+            except ImageReadError as e:  # decoded in add_image; changed since?
                 c.issue(m, "mask_unreadable", f"unreadable mask ({e.reason}); not used")
                 row["mask_paths"] = ";".join(x for x in row["mask_paths"].split(";") if x != m)
                 continue

@@ -1,8 +1,10 @@
 """``bus-paper data check``: decode every image and mask and compare counts with the papers.
 
-The manifest trusts file headers; this check decodes every pixel, so it also finds files whose
-header is fine but whose data is not, masks that are empty for a lesion image or non-empty for
-a normal one, and a copy whose counts differ from the published ones.
+The manifest already leaves out files that do not decode (its verdicts are cached by file size
+and mtime); this check decodes every pixel again, so it also finds masks that are empty for a
+lesion image or non-empty for a normal one, and a copy whose counts differ from the published
+ones. A dataset that cannot be read at all (e.g. a damaged metadata file) fails alone, as a
+``dataset_failed`` issue; the others are still checked.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .registry import BUS_DATASETS, get_info
 
 TABLE_COLUMNS = ["dataset", "images", *LABELS, "patients", "masks", "unreadable", "issues",
                  "counts_match"]
+ISSUE_COLUMNS = ["dataset", "path", "kind", "reason", "excluded"]
 
 
 def _decode(root: Path, frame: pd.DataFrame) -> tuple[set[str], list[DataIssue]]:
@@ -63,7 +66,7 @@ def check_datasets(root: str | os.PathLike | None = None,
     paper gives them, equal the published numbers in the registry.
     """
     names = list(BUS_DATASETS if datasets is None else datasets)
-    res = build_manifest(root, names)
+    res = build_manifest(root, names, keep_going=True)
     bad, decode_issues = _decode(res.root, res.frame)
     issues = res.issues + decode_issues
     rows = []
@@ -77,8 +80,7 @@ def check_datasets(root: str | os.PathLike | None = None,
         row.update({label: int(counts.get(label, 0)) for label in LABELS})
         patients = ok["patient_id"].dropna().nunique() if ok["patient_id"].notna().any() else None
         row["patients"] = patients
-        row["masks"] = int(ok["mask_paths"].map(lambda s: len([m for m in s.split(";") if m]))
-                           .sum())
+        row["masks"] = sum(len([m for m in s.split(";") if m]) for s in ok["mask_paths"])
         row["unreadable"] = unreadable
         row["issues"] = sum(1 for i in issues if i.dataset == name)
         row["counts_match"] = (all(row[label] == info.counts.get(label, 0) for label in LABELS)
@@ -92,6 +94,29 @@ def check_datasets(root: str | os.PathLike | None = None,
 def format_table(df: pd.DataFrame) -> str:
     """The check table as fixed-width text, missing values shown as '-'."""
     return df.astype(object).where(df.notna(), "-").to_string(index=False)
+
+
+def issues_table(issues: Iterable[DataIssue]) -> pd.DataFrame:
+    """Every issue as a row of ``ISSUE_COLUMNS``, the most serious first (a failed dataset, then
+    the excluded images, then information), in order of discovery within each group."""
+    rows = []
+    for i in issues:
+        prefix = i.path.rsplit("/", 1)[-1] + ": "  # the message repeats the file name
+        reason = i.message[len(prefix):] if i.message.startswith(prefix) else i.message
+        rows.append((i.dataset, i.path, i.kind, reason, i.excluded))
+    df = pd.DataFrame(rows, columns=ISSUE_COLUMNS)
+    rank = (df["kind"] != "dataset_failed").astype(int) + (~df["excluded"].astype(bool)).astype(int)
+    return df.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
+
+
+def format_issues(issues: Iterable[DataIssue], limit: int = 20) -> str:
+    """The first ``limit`` issues of :func:`issues_table`, one line each, and how many more."""
+    df = issues_table(issues)
+    lines = [f"  {r.dataset} {r.kind}: {r.path}: {r.reason}"
+             for r in df.head(limit).itertuples(index=False)]
+    if len(df) > limit:
+        lines.append(f"  ... and {len(df) - limit} more")
+    return "\n".join(lines)
 
 
 def summarize_issues(issues: Iterable[DataIssue]) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -28,26 +29,46 @@ def _manifest(args: argparse.Namespace, datasets: list[str] | None = None):
     return build_manifest(args.root, datasets or args.datasets)
 
 
+def _report_failed(failed: dict[str, str]) -> None:
+    for line in failed.values():
+        print(f"bus-paper data: error: dataset left out: {line}", file=sys.stderr)
+
+
 def cmd_manifest(args: argparse.Namespace) -> int:
-    res = _manifest(args)
+    from .manifest import build_manifest
+    # a dataset that cannot be read is left out; the others are written, and the exit code says so
+    res = build_manifest(args.root, args.datasets, keep_going=True)
     out = res.to_csv(args.out)
-    print(pd.crosstab(res.frame["dataset"], res.frame["label"], margins=True).to_string())
+    if len(res.frame):
+        print(pd.crosstab(res.frame["dataset"], res.frame["label"], margins=True).to_string())
     excluded = sum(i.excluded for i in res.issues)
     print(f"wrote {out} ({len(res.frame)} images; {len(res.issues)} issues, {excluded} excluded; "
           f"issues in {out.with_name(out.stem + '_issues.csv')})")
-    return 0
+    _report_failed(res.failed)
+    return 1 if res.failed else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import check_datasets, format_table, summarize_issues
+    from .check import check_datasets, format_issues, format_table, issues_table, summarize_issues
     table, issues = check_datasets(args.root, args.datasets)
     print(format_table(table))
     if issues:
         print("\nissues:")
         print(summarize_issues(issues).to_string(index=False))
-    ok = bool(table["counts_match"].all()) and int(table["unreadable"].sum()) == 0
+        print(f"\n{len(issues)} problems (first {min(len(issues), 20)}; all of them with "
+              + (f"their reasons in {args.out}):" if args.out else "--out FILE):"))
+        print(format_issues(issues, limit=20))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        issues_table(issues).to_csv(args.out, index=False)
+        print(f"wrote {args.out} ({len(issues)} problems)")
+    failed = {i.dataset: i.message for i in issues if i.kind == "dataset_failed"}
+    _report_failed(failed)
+    ok = (bool(table["counts_match"].all()) and int(table["unreadable"].sum()) == 0
+          and not failed)
     print("\nOK: counts match the publications and every file decodes" if ok else
-          "\nFAILED: counts differ from the publications or files are unreadable (see above)")
+          "\nFAILED: a dataset cannot be read, counts differ from the publications or files are "
+          "unreadable (see above)")
     return 0 if ok else 1
 
 
@@ -115,6 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("check", help="decode everything, compare with the published counts")
     common(p)
+    p.add_argument("--out", help="CSV of every problem: dataset, path, kind, reason, excluded")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("duplicates", help="identical and near-duplicate pairs -> CSV")

@@ -21,10 +21,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..paths import data_root, data_root_candidates
-from .adapters import ADAPTERS, CORE_COLUMNS, DataIssue
+from .adapters import ADAPTERS, CORE_COLUMNS, DataIssue, MetadataError, _Collector
 from .registry import BUS_DATASETS, DatasetNotFound, get_info
 
-__all__ = ["DataIssue", "DatasetNotFound", "ManifestResult", "build_manifest", "resolve_root"]
+__all__ = ["DataIssue", "DatasetNotFound", "ManifestResult", "MetadataError", "build_manifest",
+           "resolve_root"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class ManifestResult:
     frame: pd.DataFrame
     issues: list[DataIssue]
     root: Path
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """{dataset: one-line reason} of the datasets that could not be read (keep_going)."""
+        return {i.dataset: i.message for i in self.issues if i.kind == "dataset_failed"}
 
     def issues_frame(self) -> pd.DataFrame:
         """The issues as a table (columns dataset, path, kind, message, excluded)."""
@@ -52,10 +58,12 @@ def resolve_root(root: str | os.PathLike | None, datasets: Iterable[str]) -> Pat
     names = list(datasets)
     try:
         return data_root(root)
-    except FileNotFoundError:
+    except FileNotFoundError as e:
         looked = [Path(root)] if root is not None else data_root_candidates()
+        # a set BUS_PAPER_DATA is the only candidate: say that it points nowhere
+        env = root is None and bool(os.environ.get("BUS_PAPER_DATA"))
         raise DatasetNotFound(names[0] if names else "busi", looked,
-                              "no data root found") from None
+                              str(e) if env else "no data root found") from None
 
 
 def root_for(data_cfg, root: str | os.PathLike | None = None) -> Path:
@@ -69,12 +77,17 @@ def root_for(data_cfg, root: str | os.PathLike | None = None) -> Path:
 
 
 def build_manifest(root: str | os.PathLike | None = None,
-                   datasets: Iterable[str] | None = None) -> ManifestResult:
+                   datasets: Iterable[str] | None = None,
+                   keep_going: bool = False) -> ManifestResult:
     """Read the datasets' original layouts under ``root`` (None: the default data root).
 
     ``datasets`` defaults to the four ultrasound datasets. A missing dataset raises
     :class:`DatasetNotFound` (a ``FileNotFoundError``) naming where it looked and the public
-    source of the data.
+    source of the data; an unreadable metadata file raises :class:`MetadataError` (a
+    ``ValueError``) naming the dataset, the file and what to do. With ``keep_going`` neither
+    raises: the dataset is left out, recorded as a ``dataset_failed`` issue (see
+    :attr:`ManifestResult.failed`), and the other datasets are read (the CLI and the check do
+    this; a training run asking for a dataset wants the error).
     """
     names = list(BUS_DATASETS if datasets is None else datasets)
     if not names:
@@ -86,14 +99,25 @@ def build_manifest(root: str | os.PathLike | None = None,
     if len(set(names)) != len(names):
         raise ValueError(f"datasets listed twice: {names}")
     base = resolve_root(root, names)
-    for name in names:
-        if not (base / get_info(name).layout).is_dir():
+    for name in names:  # fail before the slow part
+        if not keep_going and not (base / get_info(name).layout).is_dir():
             raise DatasetNotFound(name, [base])
     frames, issues = [], []
     for name in names:
-        df, found = ADAPTERS[name](base)
+        try:
+            if not (base / get_info(name).layout).is_dir():
+                raise DatasetNotFound(name, [base])
+            df, found = ADAPTERS[name](base)
+        except (DatasetNotFound, MetadataError) as e:
+            if not keep_going:
+                raise
+            path = e.path if isinstance(e, MetadataError) else get_info(name).layout
+            issues.append(DataIssue(name, path, "dataset_failed", str(e), excluded=True))
+            continue
         frames.append(df)
         issues.extend(found)
+    if not frames:  # every dataset failed: an empty manifest with the contract's columns
+        frames = [_Collector(base, names[0]).frame()]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     frame = frame[CORE_COLUMNS + [c for c in frame.columns if c not in CORE_COLUMNS]]
     assert frame["path"].is_unique, "manifest paths must be unique"

@@ -21,12 +21,14 @@ adapters' collector, so its rows and issues have the same columns and kinds.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .adapters import AdapterResult, _Collector, _index_metadata, _join, _pngs, _require
+from .adapters import (AdapterResult, Entry, _BadRow, _Collector, _index_metadata, _join, _pngs,
+                       _reading, _require)
 
 ORIGINAL_SIDE = 1024          # Info.txt coordinates refer to the 1024-px originals
 CLASSES = {"CALC": "calcification", "CIRC": "circumscribed mass", "SPIC": "spiculated mass",
@@ -61,24 +63,29 @@ def woman_of(ref: str) -> int:
     return (int(m.group(1)) + 1) // 2
 
 
-def parse_info(text: str) -> list[Lesion]:
+def parse_info(text: str, on_bad_line: Callable[[int, str, str], None] | None = None
+               ) -> list[Lesion]:
     """Every abnormality line of Info.txt (normal films: one line with CLASS NORM), in file order.
 
     Lines are split on whitespace (some have trailing spaces); the free-text header is skipped.
     A line whose coordinates are missing or not numbers (``*NOTE 3*``) gives a lesion without a
-    location.
+    location. A malformed line (unknown class, abnormal without severity) raises ValueError, or
+    with ``on_bad_line`` is passed to it as ``(line number, ref, reason)`` and skipped.
     """
     out = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if len(parts) < 3 or not _REF.match(parts[0]):
             continue
         ref, tissue, cls = parts[:3]
-        if cls not in CLASSES:
-            raise ValueError(f"Info.txt: unknown class {cls!r} in line {line.strip()!r}")
         severity = parts[3] if len(parts) > 3 and parts[3] in ("B", "M") else None
-        if cls != "NORM" and severity is None:
-            raise ValueError(f"Info.txt: abnormal film without severity: {line.strip()!r}")
+        bad = (f"unknown class {cls!r}" if cls not in CLASSES else
+               "abnormal film without severity" if cls != "NORM" and severity is None else None)
+        if bad and on_bad_line is None:
+            raise ValueError(f"Info.txt line {number}: {bad}: {line.strip()!r}")
+        if bad:
+            on_bad_line(number, ref, bad)
+            continue
         coords = parts[4:7] if severity else []
         try:
             x, y, r = (float(v) for v in coords) if len(coords) == 3 else (None, None, None)
@@ -118,10 +125,18 @@ def read_mias(root: Path) -> AdapterResult:
     def image_rel(key: str) -> str:
         return f"mias/all-mias/{key}.png"
 
+    entries: list[Entry] = []
+
+    def bad_line(number: int, ref: str, reason: str) -> None:
+        entries.append((ref, _BadRow(reason), {}, number))  # reported, the film excluded
+
+    with _reading(c, info):
+        parsed = parse_info(info.read_text(encoding="utf-8"), bad_line)
+        if not parsed and not entries:
+            raise ValueError("no line of the form 'mdbNNN BG CLASS ...'")
     by_film: dict[str, list[Lesion]] = {}
-    for le in parse_info(info.read_text()):
+    for le in parsed:
         by_film.setdefault(le.ref, []).append(le)
-    entries = []
     for ref, lesions in by_film.items():
         label = film_label(lesions)
         if {le.severity for le in lesions} == {"B", "M"}:
@@ -132,9 +147,9 @@ def read_mias(root: Path) -> AdapterResult:
                     "or *NOTE 3*: widely distributed calcifications); kept")
         n = int(ref[3:])
         entries.append((ref, label, {"patient_id": f"w{woman_of(ref):03d}",
-                                     "view": "right" if n % 2 else "left"}))
-    meta = _index_metadata(c, entries, image_rel, "Info.txt")
-    _join(c, meta, _pngs(base), image_rel, lambda key: [], "Info.txt")
+                                     "view": "right" if n % 2 else "left"}, None))
+    meta = _index_metadata(c, entries, image_rel, info)
+    _join(c, meta, _pngs(base), image_rel, lambda key: [], info)
     # mini-MIAS has no mask files (lesions are circles in Info.txt): not an issue here
     c.issues = [i for i in c.issues if i.kind != "missing_mask"]
     return c.frame(), c.issues
