@@ -39,6 +39,8 @@ from typing import Any
 
 import nbformat
 
+from .provenance import atomic_write_text
+
 RERUN_ID = "bus-paper-rerun"
 MAX_GENERIC_ROWS = 40
 # Parameters that `bus-paper run` sets itself; the others are passed with -p.
@@ -176,7 +178,9 @@ def rerun_markdown(meta: Mapping[str, Any], stem: str,
               for k, p in declared.items()}
     extra = [f" -p {k} {shlex.quote(_cli_text(v))}" for k, v in used.items()
              if k not in RUN_PARAMETERS]
-    run_cmd = f"bus-paper run --only {name} --profile {profile}" + "".join(extra)
+    # with -p, `bus-paper run` writes to runs/ unless told to replace the book's chapter
+    run_cmd = f"bus-paper run --only {name} --profile {profile}" + "".join(extra) + (
+        " --update-book" if extra else "")
     pm_lines = [f"papermill {source} {stem}.out.ipynb"]
     pm_lines += [f"  -p {k} {shlex.quote(_cli_text(v))}" for k, v in values.items()
                  if k != "results_dir"]
@@ -253,9 +257,7 @@ def refresh_chapter(path: Path, check: bool = False) -> bool:
     if new == text:
         return False
     if not check:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(new)
-        os.replace(tmp, path)
+        atomic_write_text(path, new)
     return True
 
 
@@ -642,7 +644,7 @@ def _write_if_changed(path: Path, new: str, check: bool) -> bool:
     if new == old:
         return False
     if not check:
-        path.write_text(new)
+        atomic_write_text(path, new)
     return True
 
 

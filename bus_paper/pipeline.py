@@ -5,6 +5,8 @@
 ``book/results/<name>/``. A chapter is re-executed only when its *content hash* changes: the hash of
 the notebook's cells, the parameters, every ``bus_paper/**/*.py`` and profile TOML, and the data
 checksums. The hash and the provenance are kept in the executed notebook (``metadata.bus_paper``).
+A run replaces a chapter and its results together, on success only (see :func:`execute`); with
+``-p`` overrides it writes to ``runs/chapters`` and ``runs/results`` unless ``--update-book``.
 ``bus-paper book`` then builds the HTML with jupyter-book, warnings as errors.
 
 Inside a notebook, :func:`chapter` turns the papermill parameters into a :class:`Chapter` (profile,
@@ -14,6 +16,7 @@ data root, results folder, provenance-stamped savers), so the notebooks stay thi
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import json
 import numbers
@@ -35,7 +38,8 @@ from .config import PROFILE_NAMES, Profile, load_profile
 from .pages import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
 from .paths import PACKAGE_DIR, repo_root, runs_dir
 from .paths import data_root as find_data_root
-from .provenance import data_checksums, provenance, save_result, save_table, stamp
+from .provenance import (atomic_write_text, data_checksums, provenance, save_result, save_table,
+                         stamp)
 
 KERNEL = "python3"
 MAX_TEXT_CHARS = 20_000          # per text output; a runaway print must not bloat the book
@@ -200,6 +204,12 @@ class Chapter:
                 "time": prov["timestamp"], "wall (s)": prov["wall_s"]}
         return pd.Series(rows, name="value").to_frame()
 
+    def sibling_results(self, name: str) -> Path:
+        """Another chapter's results folder: beside this chapter's own if there (a book run, or
+        one into runs/ or --out), else the book's (a run by hand or with -p reads the book)."""
+        own = self.results_dir.parent / name
+        return own if own.is_dir() else project_root() / "book" / "results" / name
+
     def save_result(self, name: str, payload: Mapping[str, Any]) -> Path:
         return save_result(self.results_dir, name, payload, self.provenance())
 
@@ -234,7 +244,8 @@ def chapter(name: str, profile: str = "cpu", data_root: str | None = None,
     """Set up a chapter: figure style, profile, data root and where its results go.
 
     ``results_dir`` None (the notebook run by hand, not by ``bus-paper run``) sends results to
-    ``runs/notebook-results/<name>`` so a manual run never overwrites the book's results.
+    ``runs/notebook-results/<name>`` so a manual run never overwrites the book's results; other
+    chapters' results are then read from the book (:meth:`Chapter.sibling_results`).
     """
     plotting.setup()
     prof = load_profile(profile)
@@ -276,13 +287,6 @@ def trim_outputs(nb: nbformat.NotebookNode, max_chars: int = MAX_TEXT_CHARS) -> 
     return trimmed
 
 
-def _write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, path)
-
-
 def stored_hash(executed: Path) -> str | None:
     """The content hash an executed chapter was made with, None if absent/unreadable."""
     if not executed.exists():
@@ -300,44 +304,113 @@ class Outcome:
     seconds: float = 0.0
     output: Path | None = None
     error: str = ""
+    note: str = ""              # why a chapter whose hash is unchanged was re-executed
+
+
+# ----------------------------------------------------------------------------- transactions
+# A chapter's executed notebook and its results folder change together, on success only. The
+# notebook writes into results/.<name>.staging; on success the record says "committing" (with the
+# new notebook's sha256), results -> .<name>.old, staging -> results, the executed notebook is
+# replaced (the commit point), .old deleted. The record failed/<stem>.json exists from the start
+# of a run until it has committed ("running", "committing"), or says why it failed ("failed",
+# "interrupted"): while it exists the chapter is re-run, and `recover` first resolves what a
+# killed run left behind.
+def record_path(out_dir: Path, stem: str) -> Path:
+    return out_dir.parent / "failed" / f"{stem}.json"
+
+
+def _write_record(path: Path, rec: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(rec, indent=1, default=str) + "\n")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # half-written by a killed run: it was running
+        return {"status": "running"}
+
+
+def _aside(results: Path, what: str) -> Path:
+    return results.with_name(f".{results.name}.{what}")   # results/.data.staging, .data.old
+
+
+def recover(results: Path, target: Path, record: Path) -> None:
+    """Bring a chapter killed mid-run back to a complete state: the old one (notebook and results
+    as before the run), or the new one if the run had already written its notebook."""
+    rec = read_record(record) or {}
+    committed = (rec.get("status") == "committing" and target.is_file()
+                 and _sha(target.read_bytes()) == rec.get("notebook"))
+    old = _aside(results, "old")
+    if old.exists():
+        if committed and results.exists():  # killed after the commit point: finish it
+            shutil.rmtree(old)
+        else:                               # killed between the two renames: roll back
+            if results.exists():
+                shutil.rmtree(results)
+            old.rename(results)
+    shutil.rmtree(_aside(results, "staging"), ignore_errors=True)  # never a complete result
+    if committed:
+        record.unlink()
 
 
 def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data: Mapping[str, str],
             profile: Profile, data_root: Path | None, code: str, force: bool = False,
             cwd: Path | None = None) -> Outcome:
-    """Execute one notebook into ``out_dir`` unless its content hash is unchanged.
+    """Execute one notebook into ``out_dir`` unless its content hash is unchanged (and no record
+    of a failed or interrupted run is there).
 
-    The run happens in a temporary copy: the chapter in ``out_dir`` is replaced only on success;
-    a failed copy goes to ``<out_dir>/../failed/`` (outside the book) for inspection.
+    Transactional (see above): a failure, an exception, Ctrl-C or a dead kernel leaves the
+    chapter and its results as they were; the failed notebook is kept in ``<out_dir>/../failed/``.
     """
     import papermill as pm
 
+    cwd = cwd or project_root()
     target = out_dir / f"{nb.stem}.ipynb"
+    record = record_path(out_dir, nb.stem)
+    results = cwd / parameters["results_dir"]
+    recover(results, target, record)
+    prev = read_record(record)
     digest, parts = content_hash(nb.path, parameters, data, code)
-    if not force and stored_hash(target) == digest:
+    if not force and prev is None and results.is_dir() and stored_hash(target) == digest:
         return Outcome(nb, "up to date", 0.0, target)
-    results = Path(parameters["results_dir"])
-    if results.exists():  # results are this run's, never a stale file of an older version
-        shutil.rmtree(results)
-    results.mkdir(parents=True)
+    note = "" if prev is None else (
+        f"re-run: the last run ({prev.get('started', '?')}) "
+        + ("did not finish (killed?)" if prev.get("status") in ("running", "committing") else
+           f"{prev.get('status')}: {prev.get('error', '')}".splitlines()[0]))
     started = time.time()
+    rec = {"status": "running", "hash": digest, "parameters": dict(parameters), "started": _now()}
+    _write_record(record, rec)
+    staging = _aside(results, "staging")
+    staging.mkdir(parents=True)
+    # what the notebook sees: the staging folder, beside its siblings (their parent is the same)
+    staged = {**parameters,
+              "results_dir": str(Path(parameters["results_dir"]).with_name(staging.name))}
     with tempfile.TemporaryDirectory(prefix="bus-paper-run-") as tmp:
         work = Path(tmp) / target.name
         try:
             executed = pm.execute_notebook(
-                nb.path, work, parameters=dict(parameters), kernel_name=KERNEL,
-                cwd=str(cwd or project_root()), progress_bar=False, log_output=False)
-        except Exception as err:  # noqa: BLE001 -- a cell raised, the kernel died or timed out
+                nb.path, work, parameters=staged, kernel_name=KERNEL,
+                cwd=str(cwd), progress_bar=False, log_output=False)
+        except BaseException as err:  # a cell raised, the kernel died or timed out, Ctrl-C
             if isinstance(err, pm.PapermillExecutionError):
                 msg = f"cell {err.exec_count}: {err.ename}: {err.evalue}"
             else:
                 msg = f"{type(err).__name__}: {err}"
-            failed = out_dir.parent / "failed" / target.name
+            shutil.rmtree(staging, ignore_errors=True)
+            _write_record(record, {**rec, "error": msg, "finished": _now(), "status":
+                                   "failed" if isinstance(err, Exception) else "interrupted"})
             if work.exists():
-                failed.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(work, failed)
-                msg += f"\n  failed copy: {failed}"
-            return Outcome(nb, "failed", time.time() - started, None, msg)
+                shutil.copy2(work, record.with_suffix(".ipynb"))
+                msg += f"\n  failed copy: {record.with_suffix('.ipynb')}"
+            if not isinstance(err, Exception):
+                raise
+            return Outcome(nb, "failed", time.time() - started, None, msg, note)
     trim_outputs(executed)
     executed.metadata["bus_paper"] = {
         "hash": digest,
@@ -350,9 +423,19 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
     # the "download or re-run" box under the title: written into the executed copy only, so the
     # content hash (of the source notebook) is unchanged
     pages.add_rerun_cell(executed, nb.stem, pages.declared_parameters(nb.path))
-    _write_atomic(executed, target)
-    (out_dir.parent / "failed" / target.name).unlink(missing_ok=True)  # an older failure is moot
-    return Outcome(nb, "executed", time.time() - started, target)
+    # readers see where the results are (injected parameters, printed paths), not the staging
+    text = (nbformat.writes(executed) + "\n").replace(f"/{staging.name}", f"/{results.name}")
+    # commit (see `recover` for a kill between any two steps)
+    _write_record(record, {**rec, "status": "committing", "notebook": _sha(text.encode())})
+    old = _aside(results, "old")
+    if results.exists():
+        results.rename(old)
+    staging.rename(results)
+    atomic_write_text(target, text)
+    shutil.rmtree(old, ignore_errors=True)
+    record.unlink(missing_ok=True)
+    record.with_suffix(".ipynb").unlink(missing_ok=True)  # an older failure is moot
+    return Outcome(nb, "executed", time.time() - started, target, note=note)
 
 
 def parse_value(text: str) -> Any:
@@ -369,20 +452,25 @@ def parse_value(text: str) -> Any:
 def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool = False,
         out: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
         overrides: Mapping[str, Any] | None = None, notebooks_dir: str | os.PathLike | None = None,
-        echo: bool = True) -> list[Outcome]:
+        update_book: bool = False, echo: bool = True) -> list[Outcome]:
     """Execute the selected chapters in order; stop at the first failure (later chapters may read
-    its results). Results go to ``<out>/../results/<name>/``."""
+    its results). Executed chapters go to ``out`` (default: ``book/chapters``; with ``-p``
+    overrides ``runs/chapters`` unless ``update_book``), results to ``<out>/../results/<name>/``."""
     root = project_root()
     prof = load_profile(profile)
     notebooks = select(discover(notebooks_dir or root / "notebooks"), only)
-    out_dir = Path(out).resolve() if out else root / "book" / "chapters"
     overrides = dict(overrides or {})
+    out_dir = chapters_dir(out, overrides, update_book)
     declared = {nb.stem: _declared_parameters(nb.path) for nb in notebooks}
     unused = sorted(k for k in overrides if not any(k in d for d in declared.values()))
     if unused:
         raise ValueError(f"-p {', '.join(unused)}: no selected notebook has such a parameter")
     root_for_nb, data = data_state(prof, data_root)
     code = code_digest()
+    if echo:
+        print(f"chapters -> {out_dir}, results -> {out_dir.parent / 'results'}"
+              + (" (-p: not the book; --update-book to replace it)"
+                 if overrides and out is None and not update_book else ""), flush=True)
     outcomes: list[Outcome] = []
     for nb in notebooks:
         if outcomes and outcomes[-1].status in ("failed", "skipped"):
@@ -399,6 +487,18 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
     return outcomes
 
 
+def chapters_dir(out: str | os.PathLike | None, overrides: Mapping[str, Any] | None,
+                 update_book: bool = False) -> Path:
+    """Where executed chapters go: ``out``, else the book's, but a run with ``-p`` overrides
+    (another seed, a subset) goes to ``runs/chapters``: it must not replace the published chapter
+    and results with ones the rest of the book was not made from."""
+    if out:
+        return Path(out).resolve()
+    if overrides and not update_book:
+        return runs_dir() / "chapters"
+    return project_root() / "book" / "chapters"
+
+
 def _declared_parameters(path: Path) -> set[str]:
     import papermill as pm
     return set(pm.inspect_notebook(str(path)))
@@ -411,6 +511,8 @@ def _report(o: Outcome) -> None:
         size = f"  {nbytes / 1e6:.1f} MB" + ("  (large: check figure sizes)"
                                             if nbytes > MAX_NOTEBOOK_BYTES else "")
     print(f"{o.notebook.stem:<24} {o.status:<11} {o.seconds:7.1f} s{size}", flush=True)
+    if o.note:
+        print(f"  {o.note}", flush=True)
     if o.error:
         print(f"  {o.error}", file=sys.stderr, flush=True)
 
@@ -455,18 +557,21 @@ def build_book(chapters: str | os.PathLike | None = None, out: str | os.PathLike
 # ----------------------------------------------------------------------------- CLI
 def write_times_page(chapters_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Write :func:`~bus_paper.pages.times_markdown` of ``chapters_dir`` to ``target``."""
-    target = Path(target)
-    target.write_text(times_markdown(chapters_dir))
-    return target
+    return atomic_write_text(target, times_markdown(chapters_dir))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     overrides = {k: parse_value(v) for k, v in (args.param or [])}
     t0 = time.time()
-    outcomes = run(args.profile, only=args.only, force=args.force, out=args.out,
-                   data_root=args.data_root, overrides=overrides, notebooks_dir=args.notebooks)
+    try:
+        outcomes = run(args.profile, only=args.only, force=args.force, out=args.out,
+                       data_root=args.data_root, overrides=overrides,
+                       notebooks_dir=args.notebooks, update_book=args.update_book)
+    except KeyboardInterrupt:  # the chapter was left as it was (see execute)
+        print("bus-paper run: interrupted", file=sys.stderr)
+        return 130
     bad = [o for o in outcomes if o.status == "failed"]
-    out = Path(args.out) if args.out else project_root() / "book" / "chapters"
+    out = chapters_dir(args.out, overrides, args.update_book)
     if any(o.status == "executed" for o in outcomes) and out.is_dir():
         # chapter times, model card, reproducibility page: from the results just written
         for path in pages.refresh(out.parent, out):
@@ -493,7 +598,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="data root (default: $BUS_PAPER_DATA, ./data, ...)")
     p.add_argument("--notebooks", help="source notebooks folder (default: notebooks/)")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                   help="extra notebook parameter (repeatable), as papermill -p")
+                   help="extra notebook parameter (repeatable), as papermill -p; the outputs "
+                   "then go to runs/chapters and runs/results (see --update-book)")
+    p.add_argument("--update-book", action="store_true",
+                   help="with -p: replace the book's chapters and results all the same")
     p.set_defaults(func=_cmd_run)
 
     b = subparsers.add_parser("book", help="build the HTML book from the executed chapters",

@@ -6,13 +6,14 @@ file too, with its provenance beside it (``<name>.json``) and inside the PNG's t
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .provenance import save_result
+from .provenance import atomic_write_bytes, save_result
 
 DPI = 100  # enough for a web page; at 300 dpi a chapter with a dozen figures is tens of MB
 
@@ -50,8 +51,8 @@ def save_figure(results_dir: str | os.PathLike, name: str, fig: Any,
         raise TypeError(f"fig must be a matplotlib Figure, not {type(fig).__name__}")
     meta = save_result(results_dir, name, {"figure": f"{name}.png", "data": dict(data or {})},
                        provenance)
-    png = meta.with_suffix(".png")
-    fig.savefig(png, format="png",
+    buf = io.BytesIO()  # rendered in memory, then written at once: no half-written PNG
+    fig.savefig(buf, format="png",
                 metadata={"Software": "bus-paper", "Comment": json.dumps(dict(provenance),
                                                                         default=str)})
-    return png
+    return atomic_write_bytes(meta.with_suffix(".png"), buf.getvalue())

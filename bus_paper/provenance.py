@@ -182,31 +182,37 @@ def _result_path(results_dir: str | os.PathLike, name: str) -> Path:
     return Path(results_dir) / f"{name}.json"
 
 
-def save_result(results_dir: str | os.PathLike, name: str, payload: Mapping[str, Any],
-                provenance: Mapping[str, Any]) -> Path:
-    """Write ``<results_dir>/<name>.json`` = payload + ``"provenance"``, atomically.
-
-    Atomic (temp file + rename) because a killed run must never leave a half-written result that a
-    later notebook would read back as if it were complete.
-    """
-    if not isinstance(payload, Mapping):
-        raise TypeError(f"payload must be a mapping, not {type(payload).__name__}")
-    if "provenance" in payload:
-        raise ValueError("payload must not have its own 'provenance' key")
-    path = _result_path(results_dir, name)
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``path`` all at once: a temp file in the same folder, then a rename. A killed run
+    leaves the old file or the new one, never half of one that a later reader takes as complete."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({**payload, "provenance": dict(provenance)}, indent=1,
-                      default=_jsonable, allow_nan=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a result file is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def save_result(results_dir: str | os.PathLike, name: str, payload: Mapping[str, Any],
+                provenance: Mapping[str, Any]) -> Path:
+    """Write ``<results_dir>/<name>.json`` = payload + ``"provenance"``, atomically."""
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"payload must be a mapping, not {type(payload).__name__}")
+    if "provenance" in payload:
+        raise ValueError("payload must not have its own 'provenance' key")
+    text = json.dumps({**payload, "provenance": dict(provenance)}, indent=1,
+                      default=_jsonable, allow_nan=True)
+    return atomic_write_text(_result_path(results_dir, name), text + "\n")
 
 
 def load_result(results_dir: str | os.PathLike, name: str) -> dict[str, Any]:
@@ -226,8 +232,7 @@ def save_table(results_dir: str | os.PathLike, name: str, table: Any,
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"table must be a pandas DataFrame, not {type(table).__name__}")
     path = _result_path(results_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path.with_suffix(".csv"), index=False)
+    atomic_write_text(path.with_suffix(".csv"), table.to_csv(index=False))
     # pandas NA / NaN are not JSON; None is. The row index is not data.
     clean = table.astype(object).where(table.notna(), None)
     return save_result(results_dir, name, {"columns": [str(c) for c in clean.columns],

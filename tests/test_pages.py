@@ -51,7 +51,7 @@ def test_rerun_box_has_the_notebooks_parameters_and_commands(tmp_path):
     box = nb.cells[1]
     assert box.cell_type == "markdown" and box.id == pages.RERUN_ID
     text = box.source
-    assert "bus-paper run --only table1 --profile cpu -p seeds '[3, 4]'" in text
+    assert "bus-paper run --only table1 --profile cpu -p seeds '[3, 4]' --update-book" in text
     assert "papermill notebooks/04_table1.ipynb 04_table1.out.ipynb" in text
     # every declared parameter, with the value this run used (else the notebook's default)
     assert "-p profile cpu" in text and "-p data_root ../shared/data" in text

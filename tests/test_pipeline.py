@@ -246,3 +246,199 @@ def test_times_page_lists_each_executed_chapter_and_the_total(tmp_path):
     text = write_times_page(tmp_path, tmp_path / "times.md").read_text()
     assert "| 01_a | cpu | 2026-01-01T00:00:00 | `abcdef123456` | 1.5 |" in text
     assert "**2.0**" in text and "03_never_run" not in text
+
+
+# ----------------------------------------------------------------------------- transactional runs
+# A chapter that fails where a parameter says so: seed "abc" raises after writing a partial file,
+# seed 9 kills its kernel, seed 7 kills the runner itself (kill -9 of `bus-paper run` mid-chapter).
+FRAGILE = ("import json, os, pathlib\n"
+           "out = pathlib.Path(results_dir)\n"
+           "(out / 'partial.json').write_text('{}')\n"
+           "if seed == 9:\n    os._exit(1)\n"
+           "if seed == 7:\n    os.kill(os.getppid(), 9)\n    os._exit(0)\n"
+           "assert isinstance(seed, int), f'bad seed {seed!r}'\n"
+           "(out / 'seen.json').write_text(json.dumps({'seed': seed}))\n"
+           "print('results in', results_dir)")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def fragile(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    make_notebook(tmp_path / "nb" / "01_tiny.ipynb", FRAGILE)
+    out = tmp_path / "book" / "chapters"
+    args = ["run", "--profile", "smoke", "--notebooks", str(tmp_path / "nb"), "--out", str(out)]
+    return args, out / "01_tiny.ipynb", tmp_path / "book" / "results" / "tiny", \
+        tmp_path / "book" / "failed" / "01_tiny.json"
+
+
+def test_a_failed_run_keeps_the_chapter_and_its_results_and_is_rerun(fragile, capsys):
+    args, chapter, results, record = fragile
+    assert main(args) == 0
+    before, nb_before = _snapshot(results), chapter.read_bytes()
+    assert json.loads(before["seen.json"]) == {"seed": 0}
+    # the reader sees the real results folder, not the staging one the notebook wrote into
+    assert "staging" not in chapter.read_text()
+    cells = nbformat.read(chapter, as_version=4).cells
+    injected = next(c for c in cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert f'results_dir = "{results}"' in injected.source
+    assert f"results in {results}" in cells[-1].outputs[0].text
+
+    capsys.readouterr()
+    assert main([*args, "-p", "seed", "abc"]) == 1
+    assert "bad seed 'abc'" in capsys.readouterr().err
+    assert _snapshot(results) == before and chapter.read_bytes() == nb_before
+    assert sorted(p.name for p in results.parent.iterdir()) == ["tiny"]  # no staging left
+    rec = json.loads(record.read_text())
+    assert rec["status"] == "failed" and "bad seed" in rec["error"]
+    assert rec["parameters"]["seed"] == "abc" and rec["started"]
+
+    # the next run re-executes (it is not "up to date") and says why; success clears the record
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "01_tiny" in out and "executed" in out and "re-run" in out and "bad seed" in out
+    assert not record.exists() and not record.with_suffix(".ipynb").exists()
+    assert json.loads((results / "seen.json").read_text()) == {"seed": 0}
+    assert main(args) == 0 and "up to date" in capsys.readouterr().out
+
+
+def test_a_dead_kernel_or_ctrl_c_leaves_the_chapter_as_it_was(fragile, monkeypatch, capsys):
+    import papermill
+    args, chapter, results, record = fragile
+    assert main(args) == 0
+    before, nb_before = _snapshot(results), chapter.read_bytes()
+
+    assert main([*args, "-p", "seed", "9"]) == 1                    # the kernel dies
+    assert _snapshot(results) == before and chapter.read_bytes() == nb_before
+    assert json.loads(record.read_text())["status"] == "failed"
+
+    def interrupted(nb, out, parameters, **kw):                     # Ctrl-C mid-chapter
+        Path(kw["cwd"], parameters["results_dir"], "partial.json").write_text("{}")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    assert main([*args, "--force"]) == 130
+    assert _snapshot(results) == before and chapter.read_bytes() == nb_before
+    assert sorted(p.name for p in results.parent.iterdir()) == ["tiny"]
+    assert json.loads(record.read_text())["status"] == "interrupted"
+
+
+def test_a_killed_runner_is_repaired_and_rerun(fragile, capsys):
+    import subprocess
+    import sys
+    args, chapter, results, record = fragile
+    assert main(args) == 0
+    before, nb_before = _snapshot(results), chapter.read_bytes()
+    # kill -9 of `bus-paper run` itself while the chapter runs: nothing can clean up
+    proc = subprocess.run([sys.executable, "-m", "bus_paper.cli", *args, "-p", "seed", "7"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert (results.parent / ".tiny.staging" / "partial.json").exists()
+    assert json.loads(record.read_text())["status"] == "running"
+    assert _snapshot(results) == before and chapter.read_bytes() == nb_before
+
+    capsys.readouterr()
+    assert main(args) == 0                       # repaired, and re-run although "up to date"
+    assert "did not finish" in capsys.readouterr().out
+    assert sorted(p.name for p in results.parent.iterdir()) == ["tiny"]
+    assert not record.exists() and "partial.json" in _snapshot(results)
+
+
+@pytest.mark.parametrize("killed_after", ["running", "first rename", "second rename",
+                                          "notebook"])
+def test_recover_resolves_a_run_killed_between_two_steps(tmp_path, killed_after):
+    """The commit is: record "committing", results -> .x.old, .x.staging -> results, write the
+    notebook, delete .old, delete the record. A kill anywhere leaves the old state or the new."""
+    import hashlib
+    results, old = tmp_path / "results" / "x", tmp_path / "results" / ".x.old"
+    staging = tmp_path / "results" / ".x.staging"
+    target, record = tmp_path / "chapters" / "01_x.ipynb", tmp_path / "failed" / "01_x.json"
+    new_nb = b'{"new": 1}\n'
+    target.parent.mkdir()
+    target.write_bytes(new_nb if killed_after == "notebook" else b'{"old": 1}\n')
+    record.parent.mkdir()
+    record.write_text(json.dumps({"status": "running" if killed_after == "running" else
+                                  "committing", "notebook": hashlib.sha256(new_nb).hexdigest()}))
+    where = {"running": [results, staging], "first rename": [old, staging],
+             "second rename": [old, results], "notebook": [old, results]}[killed_after]
+    for folder, text in zip(where, ["old", "new"]):
+        folder.mkdir(parents=True)
+        (folder / "r.json").write_text(text)
+    pipeline.recover(results, target, record)
+    assert sorted(p.name for p in results.parent.iterdir()) == ["x"]
+    if killed_after == "notebook":              # committed: finish it
+        assert (results / "r.json").read_text() == "new" and not record.exists()
+    else:                                       # not committed: roll back, and re-run next time
+        assert (results / "r.json").read_text() == "old" and record.exists()
+
+
+# ----------------------------------------------------------------------------- where -p goes
+def test_parameter_overrides_do_not_replace_the_book(tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    (repo / "book").mkdir(parents=True)
+    monkeypatch.setattr(pipeline, "project_root", lambda: repo)
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
+    make_notebook(tmp_path / "nb" / "01_tiny.ipynb", WRITE_RESULT)
+    args = ["run", "--profile", "smoke", "--notebooks", str(tmp_path / "nb")]
+
+    assert main([*args, "-p", "seed", "1"]) == 0
+    assert f"chapters -> {tmp_path / 'runs' / 'chapters'}" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "chapters" / "01_tiny.ipynb").exists()
+    assert json.loads((tmp_path / "runs" / "results" / "tiny" / "seen.json").read_text()) == {
+        "seed": 1}
+    assert not (repo / "book" / "chapters").exists() and not (repo / "book" / "results").exists()
+
+    assert main([*args, "-p", "seed", "2", "--update-book"]) == 0   # asked for: the book
+    assert json.loads((repo / "book" / "results" / "tiny" / "seen.json").read_text()) == {
+        "seed": 2}
+    assert main(args) == 0                                          # no -p: the book
+    assert json.loads((repo / "book" / "results" / "tiny" / "seen.json").read_text()) == {
+        "seed": 0}
+
+
+def test_a_chapter_reads_its_siblings_beside_it_else_from_the_book(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path / "repo")
+    mine = tmp_path / "runs" / "notebook-results" / "claims"
+    ch = pipeline.Chapter("claims", pipeline.load_profile("smoke"), tmp_path, mine, 0, ())
+    assert ch.sibling_results("table1") == tmp_path / "repo" / "book" / "results" / "table1"
+    (mine.parent / "table1").mkdir(parents=True)
+    assert ch.sibling_results("table1") == mine.parent / "table1"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def test_result_files_and_pages_are_replaced_atomically(tmp_path, monkeypatch):
+    """A writer killed mid-way leaves the previous file whole (and no temp file behind)."""
+    import os
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from bus_paper import pages, plotting, provenance
+    path = provenance.atomic_write_text(tmp_path / "a.txt", "one")
+    assert path.read_text() == "one" and provenance.atomic_write_bytes(path, b"two") == path
+    assert path.read_bytes() == b"two"
+
+    table = pd.DataFrame({"x": [1]})
+    fig = plt.figure()
+    provenance.save_table(tmp_path, "t", table, {})
+    plotting.save_figure(tmp_path, "f", fig, {})
+    (tmp_path / "chapter_times.md").write_text("old\n")
+    before = _snapshot(tmp_path)
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", killed)
+    for write in (lambda: provenance.save_table(tmp_path, "t", table.assign(x=2), {}),
+                  lambda: plotting.save_figure(tmp_path, "f", fig, {"changed": 1}),
+                  lambda: pipeline.write_times_page(tmp_path, tmp_path / "chapter_times.md"),
+                  lambda: pages._write_if_changed(tmp_path / "chapter_times.md", "new", False)):
+        with pytest.raises(KeyboardInterrupt):
+            write()
+    plt.close(fig)
+    assert _snapshot(tmp_path) == before
