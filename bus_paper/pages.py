@@ -246,13 +246,28 @@ def add_rerun_cell(nb: nbformat.NotebookNode, stem: str,
     nb.cells = cells
 
 
+HIDE_INPUT = "hide-input"   # jupyter-book: the code sits behind a "show" toggle, outputs stay
+
+
+def hide_code(nb: nbformat.NotebookNode) -> None:
+    """Readers see a chapter's tables, figures and prose; its code is one click away. Tagged in
+    the executed copy only, so the source notebook (and its content hash) stays as it is."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+            if HIDE_INPUT not in tags:
+                tags.append(HIDE_INPUT)
+
+
 def refresh_chapter(path: Path, check: bool = False) -> bool:
-    """Add/refresh the rerun box of one executed chapter in place; True if it changed."""
+    """Add/refresh the rerun box of one executed chapter in place, with its code cells hidden;
+    True if it changed."""
     text = path.read_text()
     nb = nbformat.reads(text, as_version=4)
     if not nb.metadata.get("bus_paper"):
         return False
     add_rerun_cell(nb, path.stem, declared_parameters(path))
+    hide_code(nb)
     new = nbformat.writes(nb) + "\n"
     if new == text:
         return False

@@ -65,6 +65,9 @@ def test_rerun_box_has_the_notebooks_parameters_and_commands(tmp_path):
     assert [c.source for c in nb.cells[2:]] == [c.source for c in before.cells[1:]]
     assert nb.cells[-1].outputs == before.cells[-1].outputs
     assert nb.metadata == before.metadata
+    # readers see outputs; every code cell sits behind a toggle (in the executed copy only)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(pages.HIDE_INPUT in c.metadata["tags"] for c in code)
     # idempotent, and refreshed in place rather than added twice
     assert pages.refresh_chapter(path) is False
     nb.metadata["bus_paper"]["provenance"]["git"]["commit"] = "0123456789abcdef"
@@ -132,6 +135,7 @@ def test_executed_chapters_get_the_box_at_write_time(tmp_path, monkeypatch):
     assert cells[1].get("id") == pages.RERUN_ID
     assert "bus-paper run --only tiny --profile smoke" in cells[1].source
     assert "-p seed 0" in cells[1].source and "| `seed` | `0` | a seed |" in cells[1].source
+    assert all(pages.HIDE_INPUT in c.metadata["tags"] for c in cells if c.cell_type == "code")
     assert pages.refresh_chapter(chapter) is False  # what run wrote is what refresh writes
     # the box is not part of the content hash: the chapter stays up to date
     assert [o.status for o in pipeline.run("smoke", **kw)] == ["up to date"]
