@@ -383,6 +383,19 @@ class _LinkChecker:
         return None
 
 
+# Equations: the page's math elements, and whether MathJax typeset them (it runs asynchronously,
+# so wait up to 15 s). The book serves MathJax itself; a CDN copy would fail offline.
+MATH_SCRIPT = """(async () => {
+  const math = document.querySelectorAll('span.math, div.math').length;
+  for (let i = 0; math && i < 150; i++) {
+    const done = document.querySelectorAll('.MathJax, .MathJax_Display, mjx-container').length;
+    if (done) return [math, done];
+    await new Promise(r => setTimeout(r, 100));
+  }
+  return [math, 0];
+})()"""
+
+
 def check_book(html_dir: str | os.PathLike, pages: list[str], *,
                screenshots: str | os.PathLike | None = None, results_page: str | None = None,
                binary: str | None = None) -> Report:
@@ -434,6 +447,9 @@ def check_book(html_dir: str | os.PathLike, pages: list[str], *,
             for what, why in failed.items():
                 if what.startswith("http"):
                     rep.problems.append(f"request failed: {what} ({why})")
+            typeset = browser.evaluate(MATH_SCRIPT, timeout=30)
+            if typeset[0] and not typeset[1]:
+                rep.problems.append(f"{typeset[0]} equations left as raw TeX (MathJax did not run)")
             rep.title = info["title"]
             rep.images = len(info["images"])
             if not info["title"].strip() or not info["h1"]:

@@ -114,3 +114,16 @@ def test_the_checker_fails_on_broken_links(built_book, pages, browser_binary, tm
                      r"\(HTTP 404\)", problems)
     assert re.search(r"book/intro.html: broken link \S+methods.html#no-such-section "
                      r"\(no #no-such-section", problems)
+
+
+def test_equations_render_offline_and_the_checker_sees_raw_tex(built_book, pages, browser_binary,
+                                                                 tmp_path):
+    # the book serves its own MathJax (no CDN: these machines have no internet)
+    methods = (built_book / "book" / "methods.html").read_text()
+    assert '_static/mathjax/MathJax.js' in methods and "cdn" not in methods.lower()
+    page = ["book/methods.html"]
+    assert chromium.check_book(built_book, page, binary=browser_binary).problems == []
+    site = _copy(built_book, tmp_path)
+    (site / "_static" / "mathjax" / "MathJax.js").unlink()
+    problems = "\n".join(chromium.check_book(site, page, binary=browser_binary).problems)
+    assert re.search(r"book/methods.html: \d+ equations left as raw TeX", problems)

@@ -6,11 +6,39 @@ from the builder with filename ``""``, so Sphinx's own de-duplication misses it)
 the second copy throws ``SyntaxError: Identifier 'THEBE_JS_URL' has already been declared`` on
 every page (the browser test, tests/test_browser.py, reports uncaught JavaScript errors).
 Identical scripts are dropped here, keeping the first.
+
+MathJax is served with the book (from the ``jupyter-server-mathjax`` package, MathJax 2.7, copied
+into ``_static/mathjax``) rather than from a CDN, so equations render offline and in a browser
+that cannot reach the internet (the browser test checks it).
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
+
+MATHJAX_DIR = "mathjax"   # under _static
+# MyST marks each page's top section "tex2jax_ignore mathjax_ignore" and the math it parsed
+# "math": MathJax typesets exactly those (what myst-parser asks of MathJax 3, in 2.7's words)
+MATHJAX2_CONFIG = {"tex2jax": {"processClass": "math|output_area|tex2jax_process|mathjax_process",
+                               "ignoreClass": "tex2jax_ignore|mathjax_ignore"},
+                   "messageStyle": "none"}
+
+
+def _serve_mathjax(app: Any) -> None:
+    """Point Sphinx's MathJax at a local copy (after myst-parser set its MathJax 3 options)."""
+    import jupyter_server_mathjax  # a pip-installed copy of MathJax 2.7 (the Jupyter project's)
+    if getattr(app.builder, "format", None) != "html":
+        return
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    dst = Path(app.outdir) / "_static" / MATHJAX_DIR
+    if not (dst / "MathJax.js").is_file():
+        shutil.copytree(src, dst, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.md"))
+    app.config.mathjax_path = f"{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
+    app.config.mathjax2_config = MATHJAX2_CONFIG
+    app.config.mathjax3_config = None   # a MathJax 3 "window.MathJax" object would confuse 2.7
 
 
 def _drop_duplicate_scripts(app: Any, pagename: str, templatename: str, context: dict,
@@ -31,4 +59,5 @@ def _drop_duplicate_scripts(app: Any, pagename: str, templatename: str, context:
 
 def setup(app: Any) -> dict[str, Any]:
     app.connect("html-page-context", _drop_duplicate_scripts)
+    app.connect("builder-inited", _serve_mathjax, priority=900)   # after myst-parser's (500)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
