@@ -635,6 +635,82 @@ def _reproduce(results: Path) -> str:
     ])
 
 
+# ----------------------------------------------------------------------------- findings
+MODEL_NAMES = {"proposed": "the proposed model", "simclr_resnet50": "SimCLR ResNet-50"}
+PAPER_NAMES = {"000": "000 (Wang et al., the book's paper)", "001": "001 (Asif et al.)",
+               "002": "002 (Guo et al.)", "004": "004 (Bashir & Bhosle)",
+               "beyond": "beyond the papers (generalisation)"}
+
+
+def cross_site_sentence(results: Path) -> str:
+    """How each model fares on another site, counted from the generalisation chapter's paired
+    transfer differences (tested site: a model fine-tuned elsewhere minus the site's own)."""
+    drops = table(results, "generalisation", "transfer_drop")
+    out = []
+    for model in dict.fromkeys(r["model"] for r in drops):
+        d = [r for r in drops if r["model"] == model]
+        worse = sum(r["95% CI high"] < 0 for r in d)
+        better = sum(r["95% CI low"] > 0 for r in d)
+        out.append(f"{MODEL_NAMES.get(model, model)} scores below the tested site's own model "
+                   f"beyond the noise in {worse} of {len(d)} transfers, above it in {better}, "
+                   f"and {len(d) - worse - better} are not resolved")
+    return ("Fine-tuned on one site (BUSI, UDIAT, BUS-BRA, BUS-UCLM) and tested on another, "
+            + "; ".join(out) + " (paired test AUC, 95 % CI; the generalisation chapter).")
+
+
+def _budget(results: Path) -> str:
+    from .config import load_profile
+    prof = load(results, "claims", "claims").get("provenance", {}).get("profile", "cpu")
+    p, gpu = load_profile(prof), load_profile("gpu")
+    return (f"All of it was measured at the `{p.name}` profile: {p.data.image_size} px images, "
+            f"{p.model.variant}, {p.pretrain.epochs} self-supervised epochs at batch "
+            f"{p.pretrain.batch_size}, {p.finetune.epochs} fine-tuning epochs, "
+            f"{len(p.finetune.seeds)} seeds. The papers' budget (the `gpu` profile: "
+            f"{gpu.data.image_size} px, {gpu.pretrain.epochs} and {gpu.finetune.epochs} epochs) "
+            "has not been run, so every verdict above is a statement about this budget.")
+
+
+def _findings(results: Path) -> str:
+    import pandas as pd
+    from .core.stats import LEGEND
+    path = results / "claims" / "claims.csv"
+    if not path.is_file():
+        raise MissingResult("`book/results/claims/claims.csv` is missing "
+                            "(run `bus-paper run --only claims`)")
+    t = pd.read_csv(path, dtype={"paper": str})
+    head = t[(t["paper"] == "000") & t["claim"].str.startswith("AUC of the proposed model")]
+    lines = [f"- **{r['claim'].replace('AUC of the proposed model on ', 'AUC on ')}**: "
+             f"{ci(r['measured'], r['ci_low'], r['ci_high'])} % against the paper's "
+             f"{r['paper_value']:g}: *{r['verdict']}*." for _, r in head.iterrows()]
+    words = [w for w in LEGEND if (t["verdict"] == w).any()]
+    counts = md_table(["paper", *words, "claims"],
+                      [(PAPER_NAMES.get(p, p), *(int((g["verdict"] == w).sum()) for w in words),
+                        len(g)) for p, g in t.groupby("paper", sort=False)])
+    try:
+        cross = cross_site_sentence(results)
+    except MissingResult:
+        cross = "Cross-site performance has not been measured yet."
+    untested = t["verdict"].eq("not tested at this budget").sum()
+    # the checks that failed, without the model names: "ssl loss below chance (DINO-ViT)"
+    failed = sorted({c.rsplit(" (", 1)[0] for m in t["mechanism"].dropna()
+                     if m.startswith("failed: ") for c in m.removeprefix("failed: ").split("; ")})
+    return "\n".join([
+        "**The proposed model (paper 000)**, test AUC with its 95 % interval, against the "
+        "paper's Table 1:", "", *lines, "",
+        f"**Every claim of the four papers and of our own chapter**, by verdict ({len(t)} claims; "
+        "the legend and each claim are in the {doc}`claims chapter <chapters/09_claims>`):", "",
+        counts, "",
+        f"{untested} claims rest on a model that failed a learning check "
+        f"({'; '.join(failed) or 'none'}): they are *not tested at this budget*, which means "
+        "untested, not refuted.", "",
+        f"**Across sites.** {cross}", "",
+        f"**Budget.** {_budget(results)}"])
+
+
+def intro_blocks(book: Path, chapters: Path) -> dict[str, str]:
+    return {"findings": _guarded(lambda: _findings(book / "results"))}
+
+
 def model_card_blocks(book: Path, chapters: Path) -> dict[str, str]:
     results = book / "results"
     return {"sources": _guarded(lambda: _sources(results)),
@@ -644,10 +720,21 @@ def model_card_blocks(book: Path, chapters: Path) -> dict[str, str]:
             "cross_site": _guarded(lambda: _generalisation(results, calibration=False)),
             "calibration": _guarded(lambda: _generalisation(results, calibration=True)),
             "failure_modes": _guarded(lambda: _failure_modes(results)),
-            "reproduce": _guarded(lambda: _reproduce(results))}
+            "reproduce": _guarded(lambda: _reproduce(results)),
+            "robustness": _guarded(lambda: _robustness(results))}
+
+
+def _robustness(results: Path) -> str:
+    """The card's sentence on other sites and populations, from the same data as the findings."""
+    if not (results / "generalisation" / "transfer_drop.json").is_file():
+        return "Other sites, devices and populations have not been tested yet."
+    return ("Other sites were tested (see *Across sites*). " + cross_site_sentence(results)
+            + " The four sites differ in device, hospital and country, so this is the book's "
+            "evidence on other populations; nothing was tested prospectively.")
 
 
 PAGES: dict[str, Callable[[Path, Path], dict[str, str]]] = {
+    "intro.md": intro_blocks,
     "model_card.md": model_card_blocks,
     "reproducibility.md": reproducibility_blocks,
 }

@@ -3,8 +3,9 @@
 ``bus-paper run`` executes ``notebooks/NN_name.ipynb`` (sources, no outputs) into
 ``book/chapters/NN_name.ipynb`` (what the book renders); each chapter writes its result files into
 ``book/results/<name>/``. A chapter is re-executed only when its *content hash* changes: the hash of
-the notebook's cells, the parameters, every ``bus_paper/**/*.py`` and profile TOML, and the data
-checksums. The hash and the provenance are kept in the executed notebook (``metadata.bus_paper``).
+the notebook's cells, the parameters, every ``bus_paper/**/*.py`` and profile TOML, the data
+checksums, and the result tables of the chapters it reads (:data:`READS`; such a chapter also runs
+after them). The hash and the provenance are kept in the executed notebook (``metadata.bus_paper``).
 A run replaces a chapter and its results together, on success only (see :func:`execute`); with
 ``-p`` overrides it writes to ``runs/chapters`` and ``runs/results`` unless ``--update-book``.
 ``bus-paper book`` then builds the HTML with jupyter-book, warnings as errors.
@@ -46,6 +47,12 @@ MAX_TEXT_CHARS = 20_000          # per text output; a runaway print must not blo
 MAX_NOTEBOOK_BYTES = 5_000_000   # warn above this: figures are meant to be ~100 dpi PNGs
 BOOK_SOURCES = ("_config.yml", "_toc.yml")  # + the book/ folder, minus generated parts
 GENERATED = ("_build", "chapters", "results", "failed")  # under book/: outputs, not sources
+# Which chapters read which other chapters' result files: a reader's content hash includes those
+# files (it re-runs when one changes) and `run` executes it after them.
+READS: dict[str, tuple[str, ...]] = {
+    "claims": ("finetuning", "pretraining", "table1", "ablations", "label_efficiency", "heatmaps",
+               "literature", "paper001", "paper002", "paper004", "generalisation"),
+}
 
 
 def project_root() -> Path:
@@ -75,6 +82,23 @@ def discover(notebooks_dir: str | os.PathLike) -> list[Notebook]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"two notebooks share the name(s) {dupes} in {folder}")
+    return out
+
+
+def in_read_order(notebooks: Sequence[Notebook]) -> list[Notebook]:
+    """Book order, except that a chapter comes after the chapters it :data:`READS` among
+    ``notebooks`` (the claims chapter, 09, after 10-13)."""
+    names = {nb.name for nb in notebooks}
+    out: list[Notebook] = []
+    pending = list(notebooks)
+    while pending:
+        done = {nb.name for nb in out}
+        ready = next((nb for nb in pending
+                      if all(r in done or r not in names for r in READS.get(nb.name, ()))), None)
+        if ready is None:
+            raise ValueError(f"chapters that read each other: {[nb.name for nb in pending]}")
+        pending.remove(ready)
+        out.append(ready)
     return out
 
 
@@ -119,18 +143,34 @@ def notebook_digest(path: str | os.PathLike) -> str:
     return _sha(json.dumps(cells, sort_keys=True).encode())
 
 
+def results_digest(folder: Path) -> str:
+    """sha256 over a chapter's result tables (``*.csv``, ``*.json``: name + content); "absent"
+    when it has not run."""
+    if not folder.is_dir():
+        return "absent"
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.iterdir() if q.suffix in (".csv", ".json") and q.is_file()):
+        h.update(p.name.encode() + b"\0" + _sha(p.read_bytes()).encode() + b"\n")
+    return h.hexdigest()
+
+
 def content_hash(notebook: str | os.PathLike, parameters: Mapping[str, Any],
-                 data: Mapping[str, str], code: str | None = None) -> tuple[str, dict[str, Any]]:
+                 data: Mapping[str, str], code: str | None = None,
+                 reads: Mapping[str, str] | None = None) -> tuple[str, dict[str, Any]]:
     """The hash that decides whether a chapter is re-executed, and the parts it was made of.
 
     ``data_root`` and ``results_dir`` are not hashed: *where* things live changes nothing that
-    ``data`` (the checksums) and the output location do not already capture.
+    ``data`` (the checksums) and the output location do not already capture. ``reads``: the
+    :func:`results_digest` of each chapter this one :data:`READS` (only chapters that read others
+    have the part, so the others' hashes are as before).
     """
     params = {k: v for k, v in parameters.items() if k not in ("data_root", "results_dir")}
     parts = {"notebook": notebook_digest(notebook),
              "parameters": params,
              "code": code if code is not None else code_digest(),
              "data": dict(sorted(data.items()))}
+    if reads:
+        parts["reads"] = dict(sorted(reads.items()))
     return _sha(json.dumps(parts, sort_keys=True, default=str).encode()), parts
 
 
@@ -376,7 +416,11 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
     results = cwd / parameters["results_dir"]
     recover(results, target, record)
     prev = read_record(record)
-    digest, parts = content_hash(nb.path, parameters, data, code)
+    # the siblings it reads, where the notebook will find them (Chapter.sibling_results)
+    reads = {name: results_digest(results.parent / name if (results.parent / name).is_dir()
+                                  else cwd / "book" / "results" / name)
+             for name in READS.get(nb.name, ())}
+    digest, parts = content_hash(nb.path, parameters, data, code, reads)
     if not force and prev is None and results.is_dir() and stored_hash(target) == digest:
         return Outcome(nb, "up to date", 0.0, target)
     note = "" if prev is None else (
@@ -459,7 +503,7 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
     overrides ``runs/chapters`` unless ``update_book``), results to ``<out>/../results/<name>/``."""
     root = project_root()
     prof = load_profile(profile)
-    notebooks = select(discover(notebooks_dir or root / "notebooks"), only)
+    notebooks = in_read_order(select(discover(notebooks_dir or root / "notebooks"), only))
     overrides = dict(overrides or {})
     out_dir = chapters_dir(out, overrides, update_book)
     declared = {nb.stem: _declared_parameters(nb.path) for nb in notebooks}

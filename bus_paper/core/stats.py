@@ -57,18 +57,28 @@ class Claim:
     kind: Kind
     paper_value: float
     measure: str = ""
+    sign: int = 0   # a difference stated without a size ("beats", "helps"): paper_value NaN, +1/-1
 
     def __post_init__(self) -> None:
         if self.kind not in ("level", "difference"):
             raise ValueError(f"claim kind {self.kind!r}: level | difference")
-        if self.kind == "difference" and not (math.isfinite(self.paper_value)
-                                              and self.paper_value != 0):
-            raise ValueError(f"a difference claim needs a non-zero paper value ({self.claim!r})")
+        if self.kind == "difference" and not _direction_only(self.paper_value, self.sign) and not (
+                math.isfinite(self.paper_value) and self.paper_value != 0):
+            raise ValueError(f"a difference claim needs a non-zero paper value, or NaN and a "
+                             f"sign ({self.claim!r})")
+
+
+def _direction_only(paper_value: float, sign: int) -> bool:
+    return math.isnan(paper_value) and sign in (1, -1)
 
 
 def verdict(kind: Kind, paper_value: float, lo: float | None, hi: float | None, *,
-            learned: bool = True, testable: bool = True) -> str:
+            learned: bool = True, testable: bool = True, sign: int = 0) -> str:
     """The one word of :data:`LEGEND` for a paper's value against our 95% interval ``[lo, hi]``.
+
+    A difference the paper states without a size (``paper_value`` NaN, ``sign`` +1 or -1) is
+    reached by any value on its side: ``reproduced`` when the interval excludes 0 there,
+    ``not resolved`` when it contains 0, ``contradicted`` when it excludes 0 on the other side.
 
     >>> verdict("difference", -7.5, -9.0, -2.0), verdict("difference", -7.5, -3.6, 4.1)
     ('reproduced', 'not resolved')
@@ -86,6 +96,10 @@ def verdict(kind: Kind, paper_value: float, lo: float | None, hi: float | None, 
         return REPRODUCED if hi >= paper_value else SMALLER
     if kind != "difference":
         raise ValueError(f"claim kind {kind!r}: level | difference")
+    if _direction_only(paper_value, sign):
+        if lo <= 0 <= hi:
+            return NOT_RESOLVED
+        return REPRODUCED if (lo > 0) == (sign > 0) else CONTRADICTED
     if not (math.isfinite(paper_value) and paper_value != 0):
         raise ValueError("a difference claim needs a non-zero paper value")
     if lo <= 0 <= hi:
@@ -128,6 +142,16 @@ def auc_above_chance_check(ci_low: float, where: str = "validation") -> Check:
     lo = ci_low / 100 if ci_low > 1 else ci_low
     ok = math.isfinite(lo) and lo > 0.5
     return Check(f"{where} AUC above 0.5", ok, f"{where} AUC interval starts at {lo:.3f}")
+
+
+def seed_auc_check(aucs: Sequence[float], where: str = "test", unit: str = "seed") -> Check:
+    """Every run's AUC above 0.5 (fractions or points): the per-run record the result files keep
+    when no validation interval is stored. One run at or below chance fails it."""
+    a = np.asarray(aucs, dtype=float)
+    a = np.where(a > 1, a / 100, a)
+    ok = a.size > 0 and bool(np.all(a > 0.5))
+    return Check(f"{unit} AUCs above 0.5 ({where})", ok,
+                 f"{where} AUC per {unit}: " + ", ".join(f"{x:.3f}" for x in a))
 
 
 def moved_check(losses: Sequence[float], rel: float = 0.05, name: str = "auxiliary loss") -> Check:
