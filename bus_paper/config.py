@@ -11,7 +11,12 @@ An ablation is a config change, never a code copy:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import numbers
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,60 @@ from .paths import PACKAGE_DIR
 
 PROFILES_DIR = PACKAGE_DIR / "profiles"
 PROFILE_NAMES = ("smoke", "cpu", "gpu")
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as a field of type ``hint``, or a one-line ValueError naming ``where``.
+
+    Takes what TOML and ``--set`` (JSON) give: lists for tuples, ints for floats, 3.0 for 3.
+    A number given for a float field is kept as given (the run keys hash it as written)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None and type(None) in args:
+            return None
+        return _typed(value, next(a for a in args if a is not type(None)), where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}={_show(value)}: expected a list, e.g. {where}=[...]")
+        kinds = [args[0]] * len(value) if args[1:] == (Ellipsis,) else list(args)
+        if len(kinds) != len(value):
+            raise ValueError(f"{where}={_show(value)}: expected a list of {len(kinds)} values")
+        return tuple(_typed(v, k, f"{where}[{i}]") for i, (v, k) in enumerate(zip(value, kinds)))
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, numbers.Integral) and not isinstance(value, bool)
+          or isinstance(value, float) and value.is_integer(),
+          float: isinstance(value, numbers.Real) and not isinstance(value, bool),
+          str: isinstance(value, str)}.get(hint, True)
+    if not ok:
+        what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+        raise ValueError(f"{where}={_show(value)}: expected {what[hint]}")
+    return int(value) if hint is int else value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_fields(cfg: Any, section: str) -> None:
+    """Type-check (and normalise) every field of a frozen config dataclass in place."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = _typed(getattr(cfg, f.name), hints[f.name], f"{section}.{f.name}")
+        object.__setattr__(cfg, f.name, value)
+
+
+def _require(cfg: Any, section: str, rule: str, test, *names: str) -> None:
+    """ValueError ``section.name=value: rule`` for the first of ``names`` (None skipped) whose
+    value fails ``test``."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not test(value):
+            raise ValueError(f"{section}.{name}={_show(value)}: {rule}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +94,19 @@ class DataConfig:
     test_fraction: float = 0.20
     max_images_per_dataset: int | None = None  # smoke profile: a small deterministic subset
     synthetic: bool = False          # smoke profile: phantom data instead of the real datasets
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "data")
+        _require(self, "data", "must be >= 1", lambda v: v >= 1, "image_size",
+                 "max_images_per_dataset")
+        _require(self, "data", "must be >= 0", lambda v: v >= 0, "phash_max_distance")
+        _require(self, "data", "must be in (0, 1]", lambda v: 0 < v <= 1, "min_correlation")
+        _require(self, "data", "must be in [0, 1)", lambda v: 0 <= v < 1, "val_fraction",
+                 "test_fraction")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"data.val_fraction + data.test_fraction = "
+                             f"{self.val_fraction + self.test_fraction:g}: must be < 1 "
+                             "(nothing would be left to train on)")
 
 
 @dataclass(frozen=True)
@@ -53,10 +125,9 @@ class ModelConfig:
     drop_path_rate: float = 0.0      # stochastic depth in the timm blocks
 
     def __post_init__(self) -> None:
-        # Checkpoints store asdict(cfg) as JSON, which turns tuples into lists: coerce back so a
-        # config rebuilt from a checkpoint equals (and hashes like) the original.
-        for name in ("scales", "fusion_stages"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        # Checkpoints store asdict(cfg) as JSON, which turns tuples into lists: the field check
+        # coerces back so a config rebuilt from a checkpoint equals (and hashes like) the original.
+        _check_fields(self, "model")
         if not self.scales:
             raise ValueError("model.scales is empty; give at least one input side, e.g. [128]")
         bad = [s for s in self.scales if not isinstance(s, int) or s < 32 or s % 32]
@@ -90,6 +161,13 @@ class PretrainConfig:
     augment: str = "ssl"             # ssl | reduced
     max_steps: int | None = None     # cap on optimizer steps per epoch (smoke)
 
+    def __post_init__(self) -> None:
+        _check_fields(self, "pretrain")
+        _require(self, "pretrain", "must be >= 1", lambda v: v >= 1, "epochs", "batch_size",
+                 "max_steps")
+        _require(self, "pretrain", "must be > 0", lambda v: v > 0, "lr", "temperature")
+        _require(self, "pretrain", "must be >= 0", lambda v: v >= 0, "weight_decay")
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -104,6 +182,14 @@ class FinetuneConfig:
     split_seed: int = 0
     patience: int | None = None      # early stopping on validation AUC (None: never)
     max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "finetune")
+        _require(self, "finetune", "must be >= 1", lambda v: v >= 1, "epochs", "batch_size",
+                 "patience", "max_steps")
+        _require(self, "finetune", "must be > 0", lambda v: v > 0, "lr")
+        _require(self, "finetune", "must be >= 0", lambda v: v >= 0, "weight_decay")
+        _require(self, "finetune", "must be in (0, 1]", lambda v: 0 < v <= 1, "label_fraction")
 
 
 @dataclass(frozen=True)
@@ -125,8 +211,7 @@ class DinoConfig:
     local_size: int | None = None     # None: 96/224 of the image side (DINO's ratio), see local_side
 
     def __post_init__(self) -> None:
-        for name in ("global_crop_scale", "local_crop_scale"):  # JSON turns tuples into lists
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        _check_fields(self, "dino")  # also turns JSON's lists back into tuples
         if self.out_dim < 1 or self.hidden_dim < 1 or self.bottleneck_dim < 1:
             raise ValueError("dino out_dim, hidden_dim and bottleneck_dim must be >= 1")
         if not (self.teacher_temp > 0 and self.warmup_teacher_temp > 0 and self.student_temp > 0):
@@ -153,6 +238,13 @@ class RunConfig:
     num_workers: int = 0
     threads: int | None = None       # torch.set_num_threads; None: leave as is
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "run")
+        _require(self, "run", "must be 'bf16' or 'fp32'", lambda v: v in ("bf16", "fp32"),
+                 "precision")
+        _require(self, "run", "must be >= 0", lambda v: v >= 0, "num_workers")
+        _require(self, "run", "must be >= 1", lambda v: v >= 1, "threads")
 
 
 @dataclass(frozen=True)
@@ -188,20 +280,13 @@ class Profile:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, default: Any) -> Any:
-    # TOML has arrays, not tuples: keep the dataclass's tuple fields tuples (hashable, printable).
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    return value
-
-
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(names)
     if unknown:
         raise KeyError(f"unknown key(s) in [{where}]: {sorted(unknown)}; known: {sorted(names)}")
-    defaults = cls()
-    return cls(**{k: _coerce(v, getattr(defaults, k)) for k, v in values.items()})
+    # each dataclass's __post_init__ checks types and ranges (and turns TOML's lists into tuples)
+    return cls(**values)
 
 
 def profile_from_dict(d: dict[str, Any], name: str = "custom") -> Profile:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from .analysis import aligned_test_predictions, seed_mean_ci
 from .config import Profile
 from .metrics import METRICS, binary_metrics, choose_threshold
+from .train.engine import releases_run_locks
 
 EPS = 1e-6
 
@@ -159,6 +159,7 @@ def pooled_key(profile: Profile, datasets: Sequence[str], seed: int, encoder_key
                       pool_code_hash())
 
 
+@releases_run_locks
 def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequence[str],
                     seed: int = 0, row: str = "proposed", progress: bool = False
                     ) -> dict[str, Any]:
@@ -172,7 +173,13 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
     from .experiments import ROWS, encoder_for
     from .paths import runs_dir
     from .train.data import resolve_root
-    from .train.engine import load_checkpoint, save_checkpoint
+    from .train.engine import (
+        hold_run_lock,
+        load_checkpoint,
+        read_cached_run,
+        save_checkpoint,
+        write_json,
+    )
     from .train.finetuning import (
         FinetuneStage,
         _canonical,
@@ -192,9 +199,9 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
     run_dir = runs_dir() / "finetune-pooled" / key
     meta = {"train": "+".join(datasets), "datasets": datasets, "row": row, "seed": seed,
             "checkpoint": str(run_dir / "model.pt"), "run_dir": str(run_dir)}
-    if (run_dir / "result.json").exists():
-        result = json.loads((run_dir / "result.json").read_text())
-        return result | meta | {"predictions": read_predictions(run_dir / "predictions.csv")}
+    hold_run_lock(run_dir)
+    if (result := read_cached_run(run_dir, read_predictions)) is not None:
+        return result | meta
     t0 = time.perf_counter()
     data = pooled_labelled(profile, root, datasets)
     stage = FinetuneStage(profile, data, seed, run_dir, key, encoder["encoder"], progress=progress,
@@ -214,7 +221,7 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
     save_checkpoint(run_dir / "model.pt", deployable_state(stage.model, profile, data, threshold,
                                                            data.dataset, model_config))
     write_predictions(preds, run_dir / "predictions.csv")
-    (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=float))
+    write_json(run_dir / "result.json", result)
     for stale in ("best.pt", "last.pt"):
         (run_dir / stale).unlink(missing_ok=True)
     return result | meta | {"predictions": preds}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,13 +78,23 @@ def _from_cache(prefix: str, paths: list[str], stamps: np.ndarray, with_masks: b
     """The rows for ``paths`` from any cache file of this dataset and size that holds all of
     them with unchanged stamps (so a split or a label subset reuses the whole dataset's file)."""
     for file in sorted((cache_dir() / "images").glob(f"{prefix}-*.npz")):
-        with np.load(file) as z:
-            if with_masks and "masks" not in z.files:
-                continue
-            where = pd.Index(z["paths"]).get_indexer(paths)
-            if (where < 0).any() or not np.array_equal(z["stamps"][where], stamps):
-                continue
-            return z["images"][where], (z["masks"][where] if with_masks else None)
+        try:
+            with np.load(file) as z:
+                if with_masks and "masks" not in z.files:
+                    continue
+                where = pd.Index(z["paths"]).get_indexer(paths)
+                if (where < 0).any() or not np.array_equal(z["stamps"][where], stamps):
+                    continue
+                return z["images"][where], (z["masks"][where] if with_masks else None)
+        except FileNotFoundError:
+            continue  # deleted meanwhile by another process
+        except (ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+            # written atomically, so only a crash of the machine or a cut copy truncates one:
+            # delete it, and the caller decodes the images again
+            print(f"bus-paper: image cache {file} is corrupt or truncated "
+                  f"({type(err).__name__}: {err}); deleted, rebuilding it", file=sys.stderr,
+                  flush=True)
+            file.unlink(missing_ok=True)
     return None
 
 

@@ -34,6 +34,7 @@ import torch
 
 from ..config import Profile
 from ..paths import runs_dir
+from ..train.engine import releases_run_locks
 from .prep import ImageZ, Prep, RoiSet, augmented_copies, tissue_pool
 
 _CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
@@ -80,6 +81,7 @@ def ultrasound_encoder(profile: Profile, root, backbone: str, init: str = "ssl",
     return Encoder(backbone, "ssl", "ultrasound", path)
 
 
+@releases_run_locks
 def mias_encoder(profile: Profile, root, backbone: str, films: list[str], prep: Prep,
                  per_film: int = 2, init: str = "ssl", progress: bool = False) -> Encoder:
     """SimCLR on mini-MIAS tissue crops of ``films`` (see the module docstring), cached."""
@@ -87,7 +89,7 @@ def mias_encoder(profile: Profile, root, backbone: str, films: list[str], prep: 
         return Encoder(backbone, "random", "mammography")
     from ..data.checksum import dataset_checksum
     from ..train.data import config_key, to_tensor
-    from ..train.engine import save_checkpoint
+    from ..train.engine import checkpoint_intact, hold_run_lock, read_or_heal, save_checkpoint
     from ..train.pretraining import PretrainStage, baseline_config, network_code_hash
     prof = _pretrain_profile(profile, backbone)
     net = baseline_config(prof, backbone)
@@ -96,7 +98,8 @@ def mias_encoder(profile: Profile, root, backbone: str, films: list[str], prep: 
                      dataset_checksum(root, "mias"), network_code_hash(net), _prep_code())
     run_dir = runs_dir() / "paper004" / "pretrain-mias" / key
     out = run_dir / "encoder.pt"
-    if not out.exists():
+    hold_run_lock(run_dir)
+    if not read_or_heal(out, checkpoint_intact):  # absent, or truncated (moved aside)
         images = to_tensor(tissue_pool(root, sorted(films), prep, prof.data.image_size, per_film))
         stage = PretrainStage(prof, images, run_dir, key, progress=progress, baseline=backbone)
         t0 = time.perf_counter()
@@ -151,16 +154,15 @@ def features(profile: Profile, enc: Encoder, roi: RoiSet, prep: Prep, copies: in
     """Features of every ROI and of ``copies`` augmented versions: float32 ``[1 + copies, N, D]``,
     each copy cached on disk (``runs/paper004/features``)."""
     from ..train.data import config_key
+    from ..train.engine import read_or_heal
     out, todo = [], []
     folder = runs_dir() / "paper004" / "features"
     files = [folder / (config_key("paper004-feat", enc.key, roi.key, prep.zscore, c, _CODE)
                        + f"-{roi.dataset}-{enc.backbone}-{enc.init}-c{c}.npy")
              for c in range(copies + 1)]
     for c, f in enumerate(files):
-        if f.exists():
-            out.append(np.load(f))
-        else:
-            out.append(None)
+        out.append(read_or_heal(f, np.load, delete=True))  # a truncated cache file is rebuilt
+        if out[c] is None:
             todo.append(c)
     if todo:
         net = model if model is not None else load_encoder(profile, enc)

@@ -9,14 +9,22 @@ on CPU the same code runs several processes on the gloo backend (that is how it 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import json
 import math
 import os
+import pickle
+import re
+import shutil
+import socket
+import sys
 import time
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -170,6 +178,230 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
+# ----------------------------------------------------------------------------- files that heal
+# A run folder's files are rewritten atomically, but a full disk, a copy cut short or a crash of
+# the machine can still leave a truncated one. Such a file is named on stderr and moved aside
+# (kept for a post-mortem, never read again), and what it held is recomputed: a rerun never
+# dies on it.
+_T = TypeVar("_T")
+# what reading a truncated or garbled file raises (torch: RuntimeError from the zip reader,
+# EOFError when empty, UnpicklingError when not a zip at all; json/pandas/numpy: ValueError)
+UNREADABLE = (ValueError, EOFError, RuntimeError, KeyError, pickle.UnpicklingError,
+              zipfile.BadZipFile)
+
+
+class CorruptFile(ValueError):
+    """A file that reads but does not hold what it should (e.g. a checkpoint without its keys)."""
+
+
+def set_aside(path: Path, why: str, delete: bool = False, then: str = "recomputing it") -> None:
+    """Rename an unreadable ``path`` to ``<name>.corrupt-<time>`` (a cache file: ``delete``) and
+    say so, and what happens ``then``, in one line on stderr."""
+    path = Path(path)
+    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    with contextlib.suppress(FileNotFoundError):  # another process was first
+        path.unlink() if delete else os.replace(path, dest)
+    print(f"bus-paper: {path} is corrupt or truncated ({why}); "
+          f"{'deleted' if delete else f'moved aside to {dest.name}'}; {then}",
+          file=sys.stderr, flush=True)
+
+
+def read_or_heal(path: Path, read: Callable[[Path], _T], heal: bool = True,
+                 delete: bool = False, then: str = "recomputing it") -> _T | None:
+    """``read(path)``, or None when the file is absent or unreadable (then, with ``heal``, it is
+    :func:`set_aside`). Under DDP only rank 0 heals: the other ranks read the same bytes, so
+    they come to the same answer (or find the file gone: None as well)."""
+    try:
+        return read(Path(path))
+    except FileNotFoundError:
+        return None
+    except UNREADABLE as err:
+        if heal:
+            first = (str(err).splitlines() or [""])[0][:120]
+            set_aside(path, f"{type(err).__name__}: {first}" if first else type(err).__name__,
+                      delete, then)
+        return None
+
+
+def load_checkpoint_or_heal(path: Path, map_location: str | torch.device = "cpu",
+                            needs: tuple[str, ...] = ("model",), heal: bool = True,
+                            then: str = "recomputing it") -> dict[str, Any] | None:
+    """:func:`load_checkpoint`, or None when ``path`` is absent, unreadable or lacks ``needs``
+    (an unreadable one is moved aside, see :func:`read_or_heal`)."""
+    def read(p: Path) -> dict[str, Any]:
+        state = load_checkpoint(p, map_location)
+        missing = [k for k in needs if k not in state] if isinstance(state, dict) else needs
+        if missing:
+            raise CorruptFile(f"a checkpoint without {list(missing)}")
+        return state
+    return read_or_heal(path, read, heal, then=then)
+
+
+def read_json_or_heal(path: Path, heal: bool = True) -> Any | None:
+    return read_or_heal(path, lambda p: json.loads(p.read_text()), heal)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically (temporary file, then rename): a killed write never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def checkpoint_intact(path: Path) -> bool:
+    """Cheap check of a ``torch.save`` file (a zip archive) for reuse: its index at the end is
+    there, which a truncated file's is not (the tensors are not read). Raises when it is not."""
+    with zipfile.ZipFile(path) as z:
+        if not z.namelist():
+            raise CorruptFile("an empty archive")
+    return True
+
+
+def read_cached_run(run_dir: Path, read_predictions: Callable[[Path], Any],
+                    heal: bool = True) -> dict[str, Any] | None:
+    """``result.json`` of a finished run with its predictions (``result["predictions"]``), or
+    None: not finished, or a file is unreadable (moved aside) or incomplete, so rerun it."""
+    def read_result(p: Path) -> dict[str, Any]:
+        obj = json.loads(p.read_text())
+        if not isinstance(obj, dict):
+            raise CorruptFile("not a JSON object")
+        return obj
+    result = read_or_heal(run_dir / "result.json", read_result, heal)
+    if result is None:
+        return None
+
+    def read(p: Path) -> Any:
+        preds = read_predictions(p)
+        n = result.get("n", {})
+        want = n.get("val", 0) + n.get("test", 0) if {"val", "test"} <= set(n) else len(preds)
+        if len(preds) != want or preds["prob"].isna().any():  # cut at a line or mid-line
+            raise CorruptFile(f"{len(preds)} rows of {want}, or a missing probability")
+        return preds
+    preds = read_or_heal(run_dir / "predictions.csv", read, heal)
+    if preds is None:
+        return None
+    return result | {"predictions": preds}
+
+
+# ----------------------------------------------------------------------------- run-folder locks
+# Two processes on one run folder would both train, write the same files and delete them under
+# each other ("No such file: best.pt"). The first takes an advisory flock on <run_dir>/.lock;
+# the kernel releases it when the process dies (kill -9 included), so a lock is never stale.
+# The lock file itself is never deleted: another process may be waiting on its inode.
+LOCK_NAME = ".lock"
+_HELD: dict[Path, int | None] = {}        # run folders this process holds (its fd on rank 0)
+_SCOPES: list[contextlib.ExitStack] = []  # see releases_run_locks
+_TMP = re.compile(r"\.tmp\d*$")           # last.pt.tmp<pid>, log.jsonl.tmp, ...
+
+
+class RunInUse(ValueError):
+    """Another live process holds the run folder (a ValueError: the CLI prints it as one line)."""
+
+
+def _holder(lock: Path) -> str:
+    try:
+        pid, host = lock.read_text().split()[:2]
+        return f"pid {pid} on host {host}"
+    except (OSError, ValueError):  # the holder has not written its name yet
+        return "another process"
+
+
+def _acquire(lock: Path, d: Dist) -> int:
+    """The locked fd of ``lock``. A single process waits for the holder (printing who it is)
+    up to $BUS_PAPER_LOCK_WAIT seconds (default: as long as it takes); under DDP rank 0 fails at
+    once, since the other ranks wait for it in a barrier with a timeout."""
+    wait = 0.0 if d.enabled else (float(os.environ["BUS_PAPER_LOCK_WAIT"])
+                                  if os.environ.get("BUS_PAPER_LOCK_WAIT") else math.inf)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    t0, told = time.monotonic(), False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            who = _holder(lock)
+            if time.monotonic() - t0 >= wait:
+                os.close(fd)
+                raise RunInUse(f"{lock.parent} is in use by {who} (a run of the same "
+                               f"configuration); rerun once it has finished: its result is "
+                               f"then reused") from None
+            if not told:
+                print(f"bus-paper: {lock.parent} is in use by {who}; waiting for it to finish "
+                      "(BUS_PAPER_LOCK_WAIT=<seconds> to give up sooner)", file=sys.stderr,
+                      flush=True)
+                told = True
+            time.sleep(0.5)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def remove_stale_tmp(run_dir: Path) -> None:
+    """Delete the temporary files of writes that were killed (``last.pt.tmp<pid>``, ...); called
+    with the run's lock held, so no live process is writing any of them."""
+    stale = sorted(p.name for p in Path(run_dir).iterdir() if _TMP.search(p.name) and p.is_file())
+    for name in stale:
+        (Path(run_dir) / name).unlink(missing_ok=True)
+    if stale:
+        print(f"bus-paper: removed temporary files of killed writes in {run_dir}: "
+              f"{', '.join(stale)}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, d: Dist = Dist()) -> Iterator[None]:
+    """Hold ``run_dir`` (created if needed) against other processes; nests within a process.
+    Under DDP rank 0 holds it for all ranks; every rank must enter (it ends in a barrier)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = (run_dir / LOCK_NAME).resolve()
+    if lock in _HELD:  # e.g. finetune() holds it while its Stage fits: the same on every rank
+        yield
+        return
+    fd = _acquire(lock, d) if d.main else None
+    _HELD[lock] = fd
+    try:
+        if d.main:
+            remove_stale_tmp(run_dir)
+        barrier(d)
+        yield
+    finally:
+        del _HELD[lock]
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
+
+def releases_run_locks(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """Decorator: the run locks ``fn`` takes with :func:`hold_run_lock` are released when it
+    returns or raises. A cached-run function holds its folder from the cache check to the last
+    write, which it only knows after computing the key half-way through its body."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        with contextlib.ExitStack() as stack:
+            _SCOPES.append(stack)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _SCOPES.pop()
+    return wrapper
+
+
+def hold_run_lock(run_dir: Path, d: Dist = Dist()) -> None:
+    """:func:`run_lock` of ``run_dir`` until the enclosing :func:`releases_run_locks` returns."""
+    if not _SCOPES:
+        raise RuntimeError("hold_run_lock() outside a function decorated with releases_run_locks")
+    _SCOPES[-1].enter_context(run_lock(run_dir, d))
+
+
+def clear_run_dir(run_dir: Path, d: Dist = Dist()) -> None:
+    """Empty ``run_dir`` for a forced rerun, keeping its (held) lock file."""
+    if d.main and Path(run_dir).is_dir():
+        for p in Path(run_dir).iterdir():
+            if p.name != LOCK_NAME:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    barrier(d)
+
+
 # ----------------------------------------------------------------------------- the stage loop
 @dataclass
 class History:
@@ -232,30 +464,57 @@ class Stage:
         return self.run_dir / "done.json"
 
     def is_done(self) -> bool:
-        return self.done_file.exists()
+        return read_json_or_heal(self.done_file, heal=self.dist.main) is not None
 
     def _state(self, epoch: int) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": epoch, "best_score": self.best_score, "key": self.key,
                 "history": json.dumps(self.history.epochs), **self.extra_state()}
 
+    def _say(self, message: str) -> None:
+        if self.dist.main:
+            print(f"[{self.name}] {self.run_dir.name}: {message}", file=sys.stderr, flush=True)
+
     def _try_resume(self) -> None:
         last = self.run_dir / "last.pt"
         if not last.exists():
             return
-        state = load_checkpoint(last, self.device)
+        state = load_checkpoint_or_heal(
+            last, self.device, ("model", "optimizer", "epoch", "best_score", "history"),
+            heal=self.dist.main,  # best.pt cannot stand in for it: it has no optimizer state
+            then=f"training {self.name} from scratch")
+        if state is None:
+            return
         if state.get("key") != self.key:
             raise ValueError(f"{last} belongs to another configuration; delete {self.run_dir} to restart")
+        # the best epoch's weights must survive too (read after fit); they cannot be rebuilt
+        finished = int(state["epoch"]) + 1 >= self.epochs
+        then = (f"{self.name} had finished: training it again from scratch" if finished
+                else "the best of the remaining epochs will be selected")
+        best = self.run_dir / "best.pt"
+        missing = not best.exists()
+        best_ok = float(state["best_score"]) == -math.inf or load_checkpoint_or_heal(
+            best, "cpu", heal=self.dist.main, then=then) is not None
+        if not best_ok and missing:
+            self._say(f"best.pt is missing; {then}")
+        if not best_ok and finished:
+            if self.dist.main:
+                last.unlink()
+            return  # the model still holds its initial weights
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch = int(state["epoch"]) + 1
-        self.best_score = float(state["best_score"])
+        self.best_score = float(state["best_score"]) if best_ok else -math.inf
         self.history.epochs = json.loads(state["history"])
         if self.dist.main:
             print(f"[{self.name}] resuming {self.run_dir.name} at epoch {self.start_epoch}/{self.epochs}")
 
     def fit(self) -> History:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Train the remaining epochs, holding the run folder against other processes."""
+        with run_lock(self.run_dir, self.dist):
+            return self._fit()
+
+    def _fit(self) -> History:
         self._try_resume()
         for epoch in range(self.start_epoch, self.epochs):
             self.ddp_model.train()
@@ -302,7 +561,7 @@ class Stage:
                     print(f"[{self.name}] epoch {epoch + 1}/{self.epochs} {shown}", flush=True)
             barrier(self.dist)
         if self.dist.main:
-            self.done_file.write_text(json.dumps({"epochs": self.epochs, "best_score": self.best_score,
-                                                  "key": self.key}))
+            write_json(self.done_file, {"epochs": self.epochs, "best_score": self.best_score,
+                                        "key": self.key})
         barrier(self.dist)
         return self.history

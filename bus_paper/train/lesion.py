@@ -29,8 +29,6 @@ Under DDP each rank contrasts its own shard of the batch only (the paper trained
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +47,21 @@ from ..lesion_loss import VARIANTS, LesionContrastiveLoss
 from ..metrics import binary_metrics, choose_threshold
 from ..paths import runs_dir
 from .data import LABELS, TRAINING_CODE, code_hash, config_key, resolve_root, to_tensor
-from .engine import Stage, autocast, infer, load_checkpoint, prepare_input, seed_everything
+from .engine import (
+    Stage,
+    autocast,
+    clear_run_dir,
+    hold_run_lock,
+    infer,
+    init_distributed,
+    load_checkpoint,
+    prepare_input,
+    read_cached_run,
+    releases_run_locks,
+    seed_everything,
+    select_device,
+    write_json,
+)
 
 #: every variant of Tables 1-2, in the order the chapter shows them
 VARIANT_NAMES: tuple[str, ...] = ("baseline", "ir", "lr", "lr_minus_all", "lr_minus_sc",
@@ -343,6 +355,7 @@ def run_key(profile: Profile, variant: str, fold: int, seed: int, settings: Sett
                       dataclasses.asdict(profile.run), code_hash(LESION_CODE))
 
 
+@releases_run_locks
 def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int, *,
              alpha: float = 1.0, temperature: float = 1.0, init: str = "ssl", seed: int = 0,
              settings: Settings | None = None, progress: bool = False, force: bool = False,
@@ -373,13 +386,14 @@ def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int,
     key = run_key(profile, variant, fold, seed, settings, alpha, temperature,
                   encoder["key"] if encoder else None, dataset_checksum(root, "busbra"))
     run_dir = runs_dir() / "paper002" / key
-    if (run_dir / "result.json").exists() and not force:
-        result = json.loads((run_dir / "result.json").read_text())
-        result["predictions"] = pd.read_csv(run_dir / "predictions.csv",
-                                            dtype={"prob": np.float32, "lesion": str})
+    d = init_distributed(select_device(profile.run).type)
+    hold_run_lock(run_dir, d)
+    result = None if force else read_cached_run(
+        run_dir, lambda p: pd.read_csv(p, dtype={"prob": np.float32, "lesion": str}), d.main)
+    if result is not None:
         return result
-    if run_dir.exists() and force:
-        shutil.rmtree(run_dir)
+    if force:
+        clear_run_dir(run_dir, d)
     t0 = time.perf_counter()
     data = load_fold(root, fold, settings, seed, table)
     seed_everything(seed)   # the head's (and, at random init, the backbone's) initial weights
@@ -408,7 +422,7 @@ def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int,
               "seconds": time.perf_counter() - t0, "run_dir": str(run_dir), "key": key}
     if stage.dist.main:
         preds.to_csv(run_dir / "predictions.csv", index=False, float_format="%.9g")
-        (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=float))
+        write_json(run_dir / "result.json", result)
         for stale in ("best.pt", "last.pt"):
             (run_dir / stale).unlink(missing_ok=True)
     result["predictions"] = preds

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from collections.abc import Mapping
@@ -29,10 +28,15 @@ from .engine import (
     Stage,
     autocast,
     barrier,
+    checkpoint_intact,
+    clear_run_dir,
+    hold_run_lock,
     init_distributed,
     load_checkpoint,
     main_first,
     prepare_input,
+    read_or_heal,
+    releases_run_locks,
     save_checkpoint,
     seed_everything,
     select_device,
@@ -144,6 +148,7 @@ def pretrain_key(profile: Profile, checksums: dict[str, str], baseline: str | No
                       network_code_hash(model))
 
 
+@releases_run_locks
 def run_pretraining(profile: Profile, root: str | Path | None, kind: str, key_of, make_stage,
                     export, progress: bool = True, force: bool = False) -> Path:
     """Cache-or-run one self-supervised pretraining; returns ``runs/<kind>/<key>/encoder.pt``.
@@ -151,7 +156,8 @@ def run_pretraining(profile: Profile, root: str | Path | None, kind: str, key_of
     Shared by every objective (SimCLR here, DINO in :mod:`.dino`): ``key_of(checksums)`` names the
     run, ``make_stage(images, run_dir, key)`` builds its :class:`Stage`, ``export(stage)`` gives
     the objective's own entries of ``encoder.pt`` (at least ``encoder`` and ``model_config``).
-    A finished run is reused, a killed one resumes from ``last.pt``.
+    A finished run is reused (a truncated ``encoder.pt`` is moved aside and recomputed), a
+    killed one resumes from ``last.pt``; a second process of the same key waits for the first.
     """
     from ..data.checksum import data_checksum
     d = init_distributed(select_device(profile.run).type)
@@ -160,10 +166,11 @@ def run_pretraining(profile: Profile, root: str | Path | None, kind: str, key_of
     key = key_of(data_checksum(root, pool_and_eval))
     run_dir = runs_dir() / kind / key
     out = run_dir / "encoder.pt"
-    if out.exists() and not force:
+    hold_run_lock(run_dir, d)
+    if not force and read_or_heal(out, checkpoint_intact, heal=d.main):
         return out
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if force:
+        clear_run_dir(run_dir, d)
     images, pool = main_first(d, load_pool, profile, root)
     stage = make_stage(images, run_dir, key)
     t0 = time.perf_counter()
