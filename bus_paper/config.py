@@ -279,6 +279,15 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def summary(self) -> str:
+        """The budget in words, from the values themselves (a description written by hand drifted:
+        it said 8 fine-tuning epochs for a profile that sets 5)."""
+        m, pt, ft = self.model, self.pretrain, self.finetune
+        scales = f" (scales {'/'.join(map(str, m.scales))})" if m.multiscale_input else ""
+        return (f"{self.description.rstrip('.')}: {self.data.image_size} px{scales}, {m.variant}, "
+                f"{pt.epochs} SSL epochs at batch {pt.batch_size}, {ft.epochs} fine-tuning epochs "
+                f"at batch {ft.batch_size}, seeds {', '.join(map(str, ft.seeds))}")
+
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
