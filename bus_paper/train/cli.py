@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+from pathlib import Path
 
 
 def _profile(args):
@@ -20,7 +20,10 @@ def _profile(args):
             overrides[k] = json.loads(v)
         except json.JSONDecodeError:
             overrides[k] = v
-    return p.replace(**overrides) if overrides else p
+    try:
+        return p.replace(**overrides) if overrides else p
+    except (ValueError, KeyError) as err:  # one line that names the option, before any work
+        raise ValueError(f"--set {err.args[0] if err.args else err}") from None
 
 
 def _cmd_pretrain(args) -> int:
@@ -36,24 +39,72 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from ..config import load_profile
     from ..paths import runs_dir
-    from .finetuning import finetune
+    from .engine import load_checkpoint, save_checkpoint
+    from .finetuning import finetune, model_recipe
     profile = _profile(args)
     if args.no_pretrain:
         profile = profile.replace(**{"pretrain.enabled": False})
-    for dataset in args.dataset or profile.finetune.datasets:
-        for seed in args.seed if args.seed is not None else profile.finetune.seeds:
-            r = finetune(profile, dataset, seed, args.data_root, force=args.force)
-            if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
-                continue
-            m = r["metrics"]
-            print(f"{dataset} seed {seed}: AUC {m['auc']:.3f} acc {m['accuracy']:.3f} "
-                  f"F1 {m['f1']:.3f} (threshold {r['threshold']:.3f}, n_test {r['n']['test']})")
-            stable = runs_dir() / "models" / f"{profile.name}_{dataset}_seed{seed}.pt"
-            stable.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(r["checkpoint"], stable)  # a documented, stable place for `predict`
-            print(f"  checkpoint: {stable}")
+    runs = [(d, s) for d in args.dataset or profile.finetune.datasets
+            for s in (args.seed if args.seed is not None else profile.finetune.seeds)]
+    if args.model_out and len(runs) > 1:
+        raise ValueError(f"--model-out names one file, but this trains {len(runs)} models "
+                         "(give one --dataset and one --seed)")
+    base = load_profile(args.profile)  # the recipe's overrides are the differences from it
+    # where each model goes, checked before any training: never replace another recipe's model
+    targets = {run: _model_file(profile, base, *run, runs_dir(), args.model_out) for run in runs}
+    if not args.force:
+        for target, recipe in targets.values():
+            _refuse_other_recipe(target, recipe)
+    for dataset, seed in runs:
+        r = finetune(profile, dataset, seed, args.data_root, force=args.force)
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+            continue
+        m = r["metrics"]
+        print(f"{dataset} seed {seed}: AUC {m['auc']:.3f} acc {m['accuracy']:.3f} "
+              f"F1 {m['f1']:.3f} (threshold {r['threshold']:.3f}, n_test {r['n']['test']})")
+        target = targets[dataset, seed][0]
+        state = load_checkpoint(r["checkpoint"])
+        state["recipe"] = model_recipe(profile, dataset, seed, Path(r["run_dir"]).name,
+                                       r["pretrained"], base)
+        save_checkpoint(target, state)  # atomic: a killed copy leaves the old file or the new one
+        print(f"  model: {target}  ({state['recipe']['summary']})")
     return 0
+
+
+def _model_file(profile, base, dataset: str, seed: int, models_root: Path,
+                model_out: str | None) -> tuple[Path, dict]:
+    """(file, recipe) of the deployable model `train` writes. The shipped recipe gets the
+    documented name ``<profile>_<dataset>_seed<k>.pt``; any other (``--set``, ``--no-pretrain``)
+    that name plus a short hash of its overrides, so it never takes the default model's place."""
+    import hashlib
+
+    from .finetuning import model_recipe
+    recipe = model_recipe(profile, dataset, seed, "", profile.pretrain.enabled, base)
+    if model_out:
+        return Path(model_out), recipe
+    name = f"{profile.name}_{dataset}_seed{seed}"
+    if recipe["overrides"]:
+        name += "_" + hashlib.sha1(" ".join(recipe["overrides"]).encode()).hexdigest()[:8]
+    return models_root / "models" / f"{name}.pt", recipe
+
+
+def _refuse_other_recipe(target: Path, recipe: dict) -> None:
+    """ValueError (one line) if ``target`` holds anything but a model of the same recipe."""
+    from .finetuning import ModelFileError, read_deployable, same_recipe
+    if not target.exists() or (target.is_file() and target.stat().st_size == 0):
+        return  # nothing, or the 0-byte leftover of a killed plain copy: nothing to keep
+    try:
+        old = read_deployable(target).get("recipe")
+        held = old["summary"] if old else "a model whose recipe is not recorded (older bus-paper)"
+    except ModelFileError as err:
+        old, held = None, str(err).split(": ", 1)[-1]
+    if not same_recipe(old, recipe):
+        raise ValueError(f"{target} holds another model ({held}); not replacing it with this "
+                         f"one ({recipe['summary']}): "
+                         "pass --force to retrain and replace it, or --model-out PATH to write "
+                         "this model elsewhere")
 
 
 def _cmd_experiment(args) -> int:
@@ -87,10 +138,28 @@ def _cmd_experiment(args) -> int:
 
 
 def _cmd_predict(args) -> int:
+    import sys
+
+    import pandas as pd
+
     from .predict import predict_paths
+    out = Path(args.out)
+    # checked before any work: a missing folder must not cost the whole run
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a CSV file name")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise ValueError(f"--out {out}: folder {out.parent} does not exist or is not writable")
+    skipped_csv = out.with_name(f"{out.stem}_skipped.csv")
     df, skipped = predict_paths(args.checkpoint, args.paths, args.heatmaps)
-    df.to_csv(args.out, index=False)
-    print(f"{len(df)} images -> {args.out}; {len(skipped)} skipped (unreadable)")
+    df.to_csv(out, index=False)
+    pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(skipped_csv, index=False)
+    flagged = int((df["flag"].fillna("") != "").sum()) if len(df) else 0
+    print(f"{len(df)} images -> {out} ({flagged} flagged as far from the training images); "
+          f"{len(skipped)} skipped -> {skipped_csv}", file=sys.stderr)
+    if df.empty:
+        why = f"all {len(skipped)} input files skipped" if skipped else "no image file found"
+        print(f"bus-paper predict: error: nothing was predicted ({why})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -123,12 +192,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="retrain even if a cached encoder exists")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("train", help="fine-tune + evaluate; writes runs/finetune/<key>/model.pt")
+    p = sub.add_parser("train", help="fine-tune + evaluate; writes the model to runs/models/")
     common(p)
     p.add_argument("--dataset", action="append", help="busi | udiat (default: the profile's)")
     p.add_argument("--seed", type=int, action="append", help="fine-tuning seed(s)")
     p.add_argument("--no-pretrain", action="store_true", help="random init (No-SSL ablation)")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="retrain even if cached, and replace the model file whatever it holds")
+    p.add_argument("--model-out", default=None, metavar="PATH",
+                   help="write the deployable model here (default: runs/models/<profile>_<dataset>"
+                        "_seed<k>[_<recipe hash>].pt; the hash for --set / --no-pretrain recipes)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("experiment", help="the training runs behind a results chapter (cached; "
@@ -148,7 +221,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="malignancy probability per image from a trained checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, help="CSV: path, prob_malignant, prediction, threshold")
+    p.add_argument("--out", required=True, help="CSV: path, prob_malignant, prediction, threshold, "
+                   "flag; files not predicted go to <out>_skipped.csv with the reason")
     p.add_argument("--heatmaps", default=None, help="folder for Grad-CAM overlays (optional)")
     p.set_defaults(func=_cmd_predict)
 

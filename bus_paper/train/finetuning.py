@@ -35,14 +35,19 @@ from .engine import (
     Stage,
     autocast,
     barrier,
+    clear_run_dir,
+    hold_run_lock,
     infer,
     init_distributed,
     load_checkpoint,
     main_first,
     prepare_input,
+    read_cached_run,
+    releases_run_locks,
     save_checkpoint,
     seed_everything,
     select_device,
+    write_json,
 )
 from .pretraining import network_code_hash
 
@@ -107,6 +112,7 @@ def finetune_key(profile: Profile, dataset: str, seed: int, encoder_key: str | N
                       network_code_hash(model))
 
 
+@releases_run_locks
 def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | None = None,
              encoder_path: Path | None | str = "auto", progress: bool = True,
              force: bool = False, baseline: str | None = None,
@@ -139,13 +145,12 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     key = finetune_key(profile, dataset, seed, encoder["key"] if encoder else None,
                        dataset_checksum(root, dataset), model_config)
     run_dir = runs_dir() / "finetune" / key
-    result_file = run_dir / "result.json"
-    if result_file.exists() and not force:
-        result = json.loads(result_file.read_text())
-        result["predictions"] = read_predictions(run_dir / "predictions.csv")
+    hold_run_lock(run_dir, d)  # a second process of this key waits here, then finds the result
+    result = None if force else read_cached_run(run_dir, read_predictions, heal=d.main)
+    if result is not None:
         return result
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if force:
+        clear_run_dir(run_dir, d)
     t0 = time.perf_counter()
     data = main_first(d, load_labelled, profile, root, dataset, profile.finetune.label_fraction,
                       label_seed=seed)
@@ -174,10 +179,11 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
               "seconds": time.perf_counter() - t0, "run_dir": str(run_dir),
               "checkpoint": str(run_dir / "model.pt")}
     if stage.dist.main:
-        save_checkpoint(run_dir / "model.pt", deployable_state(stage.model, profile, data, threshold,
-                                                               dataset, model_config))
+        save_checkpoint(run_dir / "model.pt", deployable_state(
+            stage.model, profile, data, threshold, dataset, model_config,
+            recipe=model_recipe(profile, dataset, seed, key, encoder is not None)))
         write_predictions(preds, run_dir / "predictions.csv")
-        (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=float))
+        write_json(run_dir / "result.json", result)  # atomic: the mark of a finished run
         for stale in ("best.pt", "last.pt"):  # ~2 x model + optimizer; model.pt has what is kept
             (run_dir / stale).unlink(missing_ok=True)
     barrier(d)  # other ranks return only once model.pt exists
@@ -201,20 +207,118 @@ def _canonical(cfg: dict[str, Any]) -> str:
     return json.dumps(cfg, sort_keys=True)  # tuples and lists (from JSON) compare equal
 
 
+# profile fields that list what to run, not how: they do not change the trained model
+_NOT_RECIPE = {"finetune.datasets", "finetune.seeds"}
+
+
+def model_recipe(profile: Profile, dataset: str, seed: int, key: str, pretrained: bool,
+                 base: Profile | None = None) -> dict[str, Any]:
+    """What a deployable model is: its fine-tuning run key and a readable summary.
+
+    ``overrides`` are the fields that differ from ``base`` (default: the shipped profile of the
+    same name), i.e. the ``--set`` options (``--no-pretrain`` is ``pretrain.enabled=false``).
+    Only the sections in the run key count (``run`` settings reuse the same cached run).
+    ``None`` where there is no base to compare with (a custom profile file).
+    """
+    from ..config import PROFILE_NAMES, load_profile
+    if base is None and profile.name in PROFILE_NAMES:
+        base = load_profile(profile.name)
+    overrides: list[str] | None = None
+    if base is not None:
+        overrides = []
+        for sec in ("data", "model", "pretrain", "finetune"):
+            new = dataclasses.asdict(getattr(profile, sec))
+            old = dataclasses.asdict(getattr(base, sec))
+            overrides += [f"{sec}.{k}={json.dumps(v)}" for k, v in sorted(new.items())
+                          if f"{sec}.{k}" not in _NOT_RECIPE
+                          and json.dumps(v) != json.dumps(old.get(k))]
+    summary = (f"{profile.name} {dataset} seed {seed}, "
+               f"{'SSL-pretrained' if pretrained else 'random init (no SSL)'}, "
+               + ("overrides: " + " ".join(overrides) if overrides
+                  else "no overrides" if overrides is not None else "custom profile"))
+    return {"key": key, "profile": profile.name, "dataset": dataset, "seed": int(seed),
+            "pretrained": bool(pretrained), "overrides": overrides, "summary": summary}
+
+
+def same_recipe(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Same training recipe; the run key may differ (newer code or data, same options)."""
+    fields = ("profile", "dataset", "seed", "pretrained", "overrides")
+    return a is not None and b is not None and all(a.get(f) == b.get(f) for f in fields)
+
+
 def deployable_state(model, profile: Profile, data: LabelledSplits, threshold: float,
-                     dataset: str, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything `bus-paper predict` needs: weights, architecture, preprocessing, threshold."""
-    return {"model": model.state_dict(),
-            "model_config": model_config or dataclasses.asdict(profile.model),
-            "image_size": profile.data.image_size, "normalizer": data.normalizer.to_dict(),
-            "threshold": float(threshold), "classes": list(LABELS), "dataset": dataset,
-            "profile": profile.name, "run": dataclasses.asdict(profile.run)}
+                     dataset: str, model_config: dict[str, Any] | None = None,
+                     recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything `bus-paper predict` needs: weights, architecture, preprocessing, threshold,
+    and (``recipe``, see :func:`model_recipe`) which training run it is."""
+    state = {"model": model.state_dict(),
+             "model_config": model_config or dataclasses.asdict(profile.model),
+             "image_size": profile.data.image_size, "normalizer": data.normalizer.to_dict(),
+             "threshold": float(threshold), "classes": list(LABELS), "dataset": dataset,
+             "profile": profile.name, "run": dataclasses.asdict(profile.run)}
+    return state | ({"recipe": recipe} if recipe is not None else {})
+
+
+class ModelFileError(ValueError):
+    """A file that is not a usable bus-paper deployable model; the message is one line."""
+
+
+DEPLOYABLE_KEYS = ("model", "model_config", "image_size", "normalizer", "threshold", "run")
+
+
+def read_deployable(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """The checkpoint dict of a deployable model, or :class:`ModelFileError` saying what it is.
+
+    Loaded with ``weights_only=True`` only: a file that needs more (arbitrary pickled objects)
+    is refused, never loaded unsafely.
+    """
+    import pickle
+    import zipfile
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file {path}: no such file")
+    if not path.is_file():
+        raise ModelFileError(f"model file {path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"model file {path}: empty file (0 bytes), not a bus-paper model")
+    try:
+        state = load_checkpoint(path, device)
+    except pickle.UnpicklingError:  # torch's text here suggests weights_only=False: never do that
+        raise ModelFileError(f"model file {path}: holds Python objects other than tensors and "
+                             f"plain containers; refused (not a bus-paper model)") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError,
+            AttributeError, TypeError) as err:
+        raise ModelFileError(f"model file {path}: not a readable PyTorch checkpoint "
+                             f"({type(err).__name__}); not a bus-paper model") from None
+    if not isinstance(state, dict):
+        raise ModelFileError(f"model file {path}: a torch file of a {type(state).__name__}, "
+                             f"not a bus-paper model")
+    missing = [k for k in DEPLOYABLE_KEYS if k not in state]
+    if missing:
+        kind = ("a training checkpoint (resume/best-epoch state)" if "epoch" in state
+                else "an SSL encoder checkpoint" if "encoder" in state
+                else f"a dict without {', '.join(missing)}")
+        raise ModelFileError(f"model file {path}: {kind}, not a bus-paper deployable model "
+                             f"(use runs/models/*.pt or runs/finetune/<key>/model.pt)")
+    try:
+        threshold = float(state["threshold"])
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:  # also false for NaN
+        raise ModelFileError(f"model file {path}: threshold {state['threshold']!r} is not a "
+                             f"probability in [0, 1]; refused")
+    return state
 
 
 def load_deployable(path: str | Path, device: str = "cpu"):
-    """(model in eval mode, checkpoint dict) from a `model.pt` written by :func:`finetune`."""
+    """(model in eval mode, checkpoint dict) from a `model.pt` written by :func:`finetune`;
+    :class:`ModelFileError` (one line) for anything else."""
     from ..config import RunConfig
-    state = load_checkpoint(Path(path), device)
-    model = build_network(state["model_config"])  # validates the stored config
-    model.load_state_dict(state["model"])
+    state = read_deployable(path, device)
+    try:
+        model = build_network(state["model_config"])  # validates the stored config
+        model.load_state_dict(state["model"])
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as err:
+        raise ModelFileError(f"model file {path}: its weights do not match its model_config "
+                             f"({type(err).__name__}); not a usable bus-paper model") from None
     return model.to(select_device(RunConfig(device=device))).eval(), state
