@@ -95,6 +95,25 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _cpu_bf16_used() -> bool:
+    forced = os.environ.get("BUS_PAPER_CPU_BF16")
+    return forced == "1" if forced in ("0", "1") else hardware_bf16()
+
+
+def hardware_bf16() -> bool:
+    """Does this CPU have bf16 in hardware (AMX or AVX512-BF16)? Read from /proc/cpuinfo, else from
+    torch's dispatch level where /proc is missing."""
+    flags = _cpu_flags()
+    if flags:
+        return bool({"amx_bf16", "avx512_bf16"} & flags)
+    try:
+        import torch
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:       # noqa: BLE001 - no torch: no bf16 either
+        return False
+    return "BF16" in cap or "AMX" in cap
+
+
 def hardware() -> dict[str, Any]:
     """CPU model and cores, bf16 support (AMX / AVX512-BF16), torch version and CUDA device."""
     flags = _cpu_flags()
@@ -105,6 +124,8 @@ def hardware() -> dict[str, Any]:
         "cores_usable": usable,
         "amx_bf16": "amx_bf16" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
+        # what a profile's precision = "bf16" becomes on this CPU (emulated bf16 is far slower)
+        "cpu_bf16": _cpu_bf16_used(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
     }

@@ -20,14 +20,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Profile
 from .data import load_pool, resolve_root
-from .engine import autocast, prepare_input, select_device
+from .engine import autocast, effective_precision, prepare_input, select_device
 from .pretraining import PretrainStage
 
 
-def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 12) -> float:
-    """Best-of bf16 square-matmul throughput: the ceiling our training step is compared with."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 12,
+                       precision: str = "bf16") -> float:
+    """Best-of square-matmul throughput in the precision the training step really uses (bf16, or
+    fp32 where this CPU would only emulate bf16): the ceiling our step is compared with."""
+    dtype = torch.bfloat16 if effective_precision(device, precision) == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(3):
         a @ b
@@ -191,11 +194,12 @@ def run_bench(profile: Profile, root: str | Path | None = None, steps: int = 8,
     tries = [bench_reference(profile, files, max(3, steps // 2), w)
              for w in ((0, 1, 2) if ref_workers is None else (ref_workers,))]
     ref = max(tries, key=lambda r: r["img_s"])
-    peak = matmul_peak_gflops(device)
+    peak = matmul_peak_gflops(device, precision=profile.run.precision)
     stages = ours.pop("stages")   # reported at the top level, beside the speedup it bounds
     s0_s1 = sum(sum(stages[n].values()) for n in ("S0", "S1"))
     return {
         "profile": profile.name, "device": str(device), "threads": torch.get_num_threads(),
+        "precision": effective_precision(device, profile.run.precision),
         "cpu": platform.processor() or platform.machine(),
         "model": profile.model.variant, "scales": list(profile.model.scales),
         "image_size": profile.data.image_size, "batch_size": profile.pretrain.batch_size,
