@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 CAM_TARGETS = ("label", "malignant", "predicted")  # which class each image's heatmap explains
 
@@ -159,19 +158,6 @@ def overlay(gray_u8: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.nda
     from pytorch_grad_cam.utils.image import show_cam_on_image
     rgb = np.repeat(gray_u8[..., None], 3, axis=2).astype(np.float32) / 255.0
     return show_cam_on_image(rgb, cam, use_rgb=True, image_weight=1 - alpha)
-
-
-def save_gradcam_overlays(model: torch.nn.Module, x_u8: torch.Tensor, normalizer, paths: list[Path],
-                          out_dir: Path, batch_size: int = 16) -> list[str]:
-    """Write one PNG overlay per image to ``out_dir``; returns the written paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cams = heatmaps(model, x_u8, normalizer, targets=1, batch_size=batch_size).cams  # malignant
-    written = []
-    for i, (cam, src) in enumerate(zip(cams, paths)):
-        dest = out_dir / f"{i:05d}_{Path(src).stem}_gradcam.png"  # index: same stems never clash
-        Image.fromarray(overlay(np.asarray(x_u8[i, 0]), cam)).save(dest)
-        written.append(str(dest))
-    return written
 
 
 # ----------------------------------------------------------------------------- test images + masks

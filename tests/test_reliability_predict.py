@@ -138,7 +138,7 @@ def test_every_input_file_is_predicted_or_listed(trained, tmp_path, capsys, monk
         _img(d / name)
     for name in ("a_mask.png", "a_MASK_1.png"):  # BUSI's mask names
         _img(d / name)
-    (d / "scan.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    (d / "scan.dcm").write_bytes(b"\0" * 128 + b"DICM")  # a DICOM header without an image
     (d / "notes.txt").write_text("ignored: not an image suffix\n")
     os.symlink("loop.png", d / "loop.png")
     os.symlink(".", d / "again")  # a folder loop
@@ -159,7 +159,8 @@ def test_every_input_file_is_predicted_or_listed(trained, tmp_path, capsys, monk
     skipped = pd.read_csv(tmp_path / "p_skipped.csv")
     reasons = dict(zip((Path(p).name for p in skipped.path), skipped.reason))
     assert reasons.pop("a_mask.png") == reasons.pop("a_MASK_1.png") == "lesion mask"
-    assert "DICOM" in reasons.pop("scan.dcm")
+    dicom = reasons.pop("scan.dcm")  # DICOM is read now; this one is only a header, no image
+    assert "DICOM" in dicom and "pixel data" in dicom and "not supported" not in dicom
     assert reasons.pop("pipe.png") == "not a regular file"
     assert "symbolic links" in reasons.pop("loop.png")
     assert "loop" in reasons.pop("again")

@@ -149,13 +149,18 @@ def _cmd_predict(args) -> int:
         raise ValueError(f"--out {out} is a folder; give a CSV file name")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise ValueError(f"--out {out}: folder {out.parent} does not exist or is not writable")
+    heat = Path(args.heatmaps) if args.heatmaps is not None else None
+    if heat is not None and heat.exists() and not heat.is_dir():
+        raise ValueError(f"--heatmaps {heat} is a file; give a folder")
     skipped_csv = out.with_name(f"{out.stem}_skipped.csv")
-    df, skipped = predict_paths(args.checkpoint, args.paths, args.heatmaps)
+    df, skipped = predict_paths(args.checkpoint, args.paths, heat)
     df.to_csv(out, index=False)
     pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(skipped_csv, index=False)
     flagged = int((df["flag"].fillna("") != "").sum()) if len(df) else 0
     print(f"{len(df)} images -> {out} ({flagged} flagged as far from the training images); "
           f"{len(skipped)} skipped -> {skipped_csv}", file=sys.stderr)
+    if heat is not None and len(df):
+        print(f"heatmaps: {heat / 'index.html'} (open it in a browser)", file=sys.stderr)
     if df.empty:
         why = f"all {len(skipped)} input files skipped" if skipped else "no image file found"
         print(f"bus-paper predict: error: nothing was predicted ({why})", file=sys.stderr)
@@ -220,10 +225,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="malignancy probability per image from a trained checkpoint")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("paths", nargs="+", help="image files or folders: PNG, JPEG, BMP, TIFF (8/16-"
+                   "bit, float), GIF, PGM, WebP, DICOM (single frame; found by content in folders)")
     p.add_argument("--out", required=True, help="CSV: path, prob_malignant, prediction, threshold, "
                    "flag; files not predicted go to <out>_skipped.csv with the reason")
-    p.add_argument("--heatmaps", default=None, help="folder for Grad-CAM overlays (optional)")
+    p.add_argument("--heatmaps", default=None, metavar="DIR",
+                   help="write per image a PNG (image | Grad-CAM overlay, titled with the "
+                   "probability and decision) and DIR/index.html, a gallery page of them all")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("bench", help="time our pretraining step vs lightly's SimCLR recipe")
