@@ -160,14 +160,14 @@ def fusion_encoder(profile: Profile, root, cfg: Mapping[str, Any], progress: boo
     from .models import build_network
     from .models.fusion import compose_encoder_state
     from .paths import runs_dir
-    from .train.data import config_key
+    from .core.runs import recipe_key
     from .train.engine import save_checkpoint, seed_everything
-    from .train.pretraining import load_pretrained, network_code_hash
+    from .train.pretraining import load_pretrained
     cfg = dict(cfg)
     states = {b: load_pretrained(baseline_encoder(profile, root, b, progress))
               for b in cfg["backbones"]}
     sources = {b: s["key"] for b, s in states.items()}
-    key = config_key("compose", cfg, sources, network_code_hash(cfg))
+    key = recipe_key("compose", network=cfg, sources=sources, seed=0)
     out = runs_dir() / "compose" / key / "encoder.pt"
     if out.exists():
         return out

@@ -149,15 +149,25 @@ def test_pooled_training_unions_splits_and_is_cached(smoke_runs):
     assert loo[2]["threshold"] == run["threshold"]                    # the cached pooled model
 
 
-def test_pooled_key_follows_the_pool_code(monkeypatch):
-    """Editing the code that builds or trains the pool changes the pooled runs' key (so a cached
-    run never outlives it); the key is stable otherwise."""
+def test_pooled_key_follows_the_recipe_not_the_code(monkeypatch):
+    """The pooled runs' key is their recipe (bus_paper.core.runs): stable, the same for the
+    datasets in any order, changed by what decides the model (data, encoder, seed, config, the
+    recipe version) and by no source file."""
     import inspect
+
+    from bus_paper.core import runs
     args = (SMOKE, ["busi", "udiat"], 0, "enc", {"variant": "coatnet_nano"}, {"busi": "x"})
     key = gen.pooled_key(*args)
     assert gen.pooled_key(*args) == key
-    real = inspect.getsource
-    for fn in (gen.labelled, gen.pooled_labelled, gen.pooled_finetune):
-        monkeypatch.setattr(inspect, "getsource",
-                            lambda f, fn=fn: real(f) + ("# edited" if f is fn else ""))
-        assert gen.pooled_key(*args) != key, fn.__name__
+    assert gen.pooled_key(SMOKE, ["udiat", "busi"], *args[2:]) == key
+    monkeypatch.setattr(inspect, "getsource", lambda f: "# edited")
+    assert gen.pooled_key(*args) == key                      # editing the code retrains nothing
+    other = [gen.pooled_key(SMOKE, ["busi"], *args[2:]),
+             gen.pooled_key(*args[:2], 1, *args[3:]),
+             gen.pooled_key(*args[:3], "enc2", *args[4:]),
+             gen.pooled_key(*args[:5], {"busi": "y"}),
+             gen.pooled_key(SMOKE.replace(**{"finetune.lr": 1e-3}), *args[1:])]
+    assert key not in other and len(set(other)) == len(other)
+    assert gen.pooled_key(SMOKE.replace(**{"finetune.seeds": [5, 6]}), *args[1:]) == key
+    monkeypatch.setitem(runs.RECIPE_VERSIONS, "pooled", runs.RECIPE_VERSIONS["pooled"] + 1)
+    assert gen.pooled_key(*args) != key

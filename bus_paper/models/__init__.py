@@ -3,8 +3,8 @@ baselines (:mod:`.baselines`). :func:`build_network` builds any of them from a s
 
 A later chapter adds its own architecture as a *family*: a module ``bus_paper/models/<family>.py``
 with ``build_from_config(cfg)``, and configs carrying ``"family": "<family>"``. The engine then
-pretrains and fine-tunes it unchanged (``pretrain(network=cfg)``, ``finetune(network=cfg)``), and
-only that module's hash joins the cache key, so adding a family never invalidates other runs.
+pretrains and fine-tunes it unchanged (``pretrain(network=cfg)``, ``finetune(network=cfg)``); its
+config is in the run key (:mod:`bus_paper.core.runs`): adding a family invalidates no other run.
 """
 
 import importlib

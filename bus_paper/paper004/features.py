@@ -22,8 +22,6 @@ autocast and cached per encoder, ROI set, z-score switch and augmentation copy.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -37,7 +35,6 @@ from ..paths import runs_dir
 from ..train.engine import releases_run_locks
 from .prep import ImageZ, Prep, RoiSet, augmented_copies, tissue_pool
 
-_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 LABELS = {"resnet50": "ResNet-50", "vgg16": "VGG16", "efficientnet_b0": "EfficientNet-B0",
           "vit_small": "ViT-S/16"}
 
@@ -88,14 +85,16 @@ def mias_encoder(profile: Profile, root, backbone: str, films: list[str], prep: 
     if init == "random":
         return Encoder(backbone, "random", "mammography")
     from ..data.checksum import dataset_checksum
-    from ..train.data import config_key, to_tensor
+    from ..core.runs import SELECT_LAST_EPOCH, config_part, recipe_key
+    from ..train.data import to_tensor
     from ..train.engine import checkpoint_intact, hold_run_lock, read_or_heal, save_checkpoint
-    from ..train.pretraining import PretrainStage, baseline_config, network_code_hash
+    from ..train.pretraining import PretrainStage, baseline_config
     prof = _pretrain_profile(profile, backbone)
     net = baseline_config(prof, backbone)
-    key = config_key("paper004-mias-simclr", net, dataclasses.asdict(prof.pretrain),
-                     prep.image_part(), sorted(films), per_film,
-                     dataset_checksum(root, "mias"), network_code_hash(net), _prep_code())
+    key = recipe_key("paper004-mias-simclr", network=net, pretrain=config_part(prof.pretrain),
+                     prep=prep.image_part(), size=prof.data.image_size, films=sorted(films),
+                     per_film=per_film, checksum=dataset_checksum(root, "mias"),
+                     selection=SELECT_LAST_EPOCH)
     run_dir = runs_dir() / "paper004" / "pretrain-mias" / key
     out = run_dir / "encoder.pt"
     hold_run_lock(run_dir)
@@ -111,11 +110,6 @@ def mias_encoder(profile: Profile, root, backbone: str, films: list[str], prep: 
                               "seconds": time.perf_counter() - t0})
         (run_dir / "last.pt").unlink(missing_ok=True)
     return Encoder(backbone, "ssl", "mammography", out)
-
-
-def _prep_code() -> str:
-    from . import prep
-    return prep._CODE
 
 
 def load_encoder(profile: Profile, enc: Encoder, device: str = "cpu") -> torch.nn.Module:
@@ -153,11 +147,12 @@ def features(profile: Profile, enc: Encoder, roi: RoiSet, prep: Prep, copies: in
              model: torch.nn.Module | None = None) -> np.ndarray:
     """Features of every ROI and of ``copies`` augmented versions: float32 ``[1 + copies, N, D]``,
     each copy cached on disk (``runs/paper004/features``)."""
-    from ..train.data import config_key
-    from ..train.engine import read_or_heal
+    from ..core.runs import recipe_key
+    from ..train.engine import read_or_heal, select_device
     out, todo = [], []
     folder = runs_dir() / "paper004" / "features"
-    files = [folder / (config_key("paper004-feat", enc.key, roi.key, prep.zscore, c, _CODE)
+    files = [folder / (recipe_key("paper004-features", encoder=enc.key, roi=roi.key,
+                                  zscore=prep.zscore, copy=c)
                        + f"-{roi.dataset}-{enc.backbone}-{enc.init}-c{c}.npy")
              for c in range(copies + 1)]
     for c, f in enumerate(files):
@@ -165,7 +160,7 @@ def features(profile: Profile, enc: Encoder, roi: RoiSet, prep: Prep, copies: in
         if out[c] is None:
             todo.append(c)
     if todo:
-        net = model if model is not None else load_encoder(profile, enc)
+        net = model if model is not None else load_encoder(profile, enc, select_device(profile.run))
         augmented = augmented_copies(roi.images, max(todo)) if max(todo) > 0 else None
         for c in todo:
             images = roi.images if c == 0 else augmented[c - 1]

@@ -25,7 +25,6 @@ Cached per dataset and switch setting under ``runs/paper004/rois``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,6 @@ import torch
 
 from ..paths import runs_dir
 
-_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -318,11 +316,11 @@ def roi_set(dataset: str, root: str | Path, prep: Prep, size: int,
             frame: pd.DataFrame | None = None) -> RoiSet:
     """The preprocessed ROIs of every image of ``dataset`` (or of ``frame``'s rows), cached."""
     from ..data.checksum import dataset_checksum
-    from ..train.data import config_key
+    from ..core.runs import recipe_key
     root = Path(root)
     frame = (dataset_frame(dataset, root) if frame is None else frame).reset_index(drop=True)
-    key = config_key("paper004-roi", dataset, dataset_checksum(root, dataset), prep.image_part(),
-                     size, list(frame["path"]), _CODE)
+    key = recipe_key("paper004-roi", dataset=dataset, checksum=dataset_checksum(root, dataset),
+                     prep=prep.image_part(), size=size, paths=list(frame["path"]))
     file = runs_dir() / "paper004" / "rois" / f"{dataset}-{key}.npz"
     if file.exists():
         with np.load(file, allow_pickle=False) as z:

@@ -6,8 +6,6 @@ Images come from the preprocessing cache (decoded, padded, resized once) as uint
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import torch
 
 from ..config import Profile
 from ..data.preprocess import Normalizer
-from ..paths import PACKAGE_DIR
 
 LABELS = ("benign", "malignant")  # index = class id; malignant is the positive class
 
@@ -97,25 +94,3 @@ def load_labelled(profile: Profile, root: Path, dataset: str, label_fraction: fl
         x[part], y[part] = x_all[torch.from_numpy(m)], y_all[torch.from_numpy(m)]
         paths[part] = splits.path[m].tolist()
     return LabelledSplits(dataset, x, y, paths, Normalizer.fit(x["train"].numpy()), splits)
-
-
-# The code that shapes a trained proposed model. A fixed list, not "everything": a new baseline or
-# a plotting helper must not throw away an hour of cached pretraining.
-TRAINING_CODE = ("models/__init__.py", "models/coatnet.py", "models/busnet.py", "models/heads.py",
-                 "losses.py", "augment.py", "data/preprocess.py", "train/engine.py", "train/data.py",
-                 "train/pretraining.py", "train/finetuning.py")
-
-
-def code_hash(files: tuple[str, ...] = TRAINING_CODE) -> str:
-    """Hash of the training code, so caches never outlive the code behind them."""
-    h = hashlib.sha256()
-    for name in files:
-        h.update(name.encode())
-        h.update((PACKAGE_DIR / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def config_key(*parts) -> str:
-    """Short stable key of JSON-able parts (configs, checksums, seeds)."""
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DinoConfig, Profile
+from ..core.runs import SELECT_LAST_EPOCH, config_part, recipe_key, recipe_version
 from ..models.baselines import BASELINES, BaselineNet, build_baseline_from_config
-from .data import Normalizer, code_hash, config_key
+from .data import Normalizer
 from .engine import (
     Stage,
     autocast,
@@ -49,12 +50,7 @@ from .engine import (
     seed_everything,
     shard_batches,
 )
-from .pretraining import baseline_config, run_pretraining
-
-# The code that shapes a DINO encoder (as train.data.TRAINING_CODE for the proposed model): the
-# BusNet and SimCLR files are not in it, so changing them keeps the cached DINO runs.
-DINO_CODE = ("models/heads.py", "models/baselines.py", "data/preprocess.py", "train/engine.py",
-             "train/data.py", "train/pretraining.py", "train/dino.py")
+from .pretraining import baseline_config, pool_split, run_pretraining
 
 
 # ----------------------------------------------------------------------------- head and loss
@@ -300,9 +296,11 @@ class DinoPretrainStage(Stage):
 
 
 def dino_key(profile: Profile, baseline: str, dino: DinoConfig, checksums: dict[str, str]) -> str:
-    return config_key("pretrain-dino", baseline_config(profile, baseline), dataclasses.asdict(dino),
-                      dataclasses.asdict(profile.pretrain),
-                      dataclasses.asdict(profile.data), checksums, code_hash(DINO_CODE))
+    """The run key of a DINO pretraining: its recipe (:mod:`bus_paper.core.runs`)."""
+    return recipe_key("dino", network=baseline_config(profile, baseline), dino=config_part(dino),
+                      pretrain=config_part(profile.pretrain), data=config_part(profile.data),
+                      split=pool_split(profile), checksums=dict(checksums),
+                      selection=SELECT_LAST_EPOCH)
 
 
 def dino_pretrain(profile: Profile, root: str | Path | None = None, name: str = "vit_small",
@@ -326,5 +324,6 @@ def dino_pretrain(profile: Profile, root: str | Path | None = None, name: str = 
                                                        progress=progress),
         lambda stage: {"encoder": stage.model.teacher["net"].encoder_state_dict(),
                        "model_config": baseline_config(profile, name),
-                       "dino": dataclasses.asdict(dino)},
+                       "dino": dataclasses.asdict(dino),
+                       "recipe_version": recipe_version("dino")},
         progress, force)

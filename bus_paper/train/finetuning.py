@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..augment import build_augment
 from ..config import Profile
+from ..core.runs import SELECT_VAL_AUC_YOUDEN, config_part, recipe_key, recipe_version
 from ..metrics import binary_metrics, bootstrap_ci, choose_threshold
 from ..models import build_network
 from ..paths import runs_dir
@@ -26,7 +27,6 @@ from .data import (
     LABELS,
     LabelledSplits,
     Normalizer,
-    config_key,
     load_labelled,
     resolve_root,
 )
@@ -48,7 +48,6 @@ from .engine import (
     select_device,
     write_json,
 )
-from .pretraining import network_code_hash
 
 
 def predict_proba(model: torch.nn.Module, x_u8: torch.Tensor, normalizer: Normalizer,
@@ -103,12 +102,24 @@ class FinetuneStage(Stage):
         return {"normalizer": self.data.normalizer.to_dict()}
 
 
+def holdout_split(profile: Profile, dataset: str, seed: int) -> dict[str, Any]:
+    """What carves a fine-tuning run's data (:func:`~bus_paper.train.data.load_labelled`): the
+    dataset's leak-free holdout split (fractions and duplicate rules are in ``profile.data``) and
+    the run seed's subset of training labels."""
+    return {"dataset": dataset, "scheme": "holdout", "split_seed": profile.finetune.split_seed,
+            "label_fraction": profile.finetune.label_fraction, "label_seed": seed}
+
+
 def finetune_key(profile: Profile, dataset: str, seed: int, encoder_key: str | None,
                  checksum: str, model_config: dict[str, Any] | None = None) -> str:
+    """The run key of a fine-tuning: its recipe (:mod:`bus_paper.core.runs`). The fields that
+    list what to run (``finetune.datasets``, ``finetune.seeds``) are not in it."""
     model = model_config or dataclasses.asdict(profile.model)
-    return config_key("finetune", dataset, seed, model, dataclasses.asdict(profile.finetune),
-                      dataclasses.asdict(profile.data), encoder_key, checksum,
-                      network_code_hash(model))
+    return recipe_key("finetune", network=model,
+                      finetune=config_part(profile.finetune, without=("datasets", "seeds")),
+                      data=config_part(profile.data), split=holdout_split(profile, dataset, seed),
+                      seed=seed, encoder=encoder_key, checksum=checksum,
+                      selection=SELECT_VAL_AUC_YOUDEN)
 
 
 @releases_run_locks
@@ -170,6 +181,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
                                      "label": data.y[s].numpy(), "prob": probs[s]})
                        for s in ("val", "test")], ignore_index=True)
     result = {"dataset": dataset, "seed": seed, "profile": profile.name, "threshold": threshold,
+              "recipe_version": recipe_version("finetune"),
               "metrics": metrics, "ci": ci, "history": history.epochs,
               "pretrained": encoder is not None, "encoder_key": encoder["key"] if encoder else None,
               "model": name, "label_fraction": profile.finetune.label_fraction,

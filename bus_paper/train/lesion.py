@@ -42,11 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Profile
+from ..core.runs import SELECT_VAL_AUC_YOUDEN, config_part, recipe_key, recipe_version
 from ..data.preprocess import Normalizer
 from ..lesion_loss import VARIANTS, LesionContrastiveLoss
 from ..metrics import binary_metrics, choose_threshold
 from ..paths import runs_dir
-from .data import LABELS, TRAINING_CODE, code_hash, config_key, resolve_root, to_tensor
+from .data import LABELS, resolve_root, to_tensor
 from .engine import (
     Stage,
     autocast,
@@ -69,8 +70,6 @@ VARIANT_NAMES: tuple[str, ...] = ("baseline", "ir", "lr", "lr_minus_all", "lr_mi
 assert set(VARIANT_NAMES) == {"baseline", *VARIANTS}, "every loss variant has a name, and back"
 INITS = ("ssl", "random")
 N_FOLDS = 5
-#: the code behind a trained paper-002 model (the cache key of a run)
-LESION_CODE = TRAINING_CODE + ("models/baselines.py", "lesion_loss.py", "train/lesion.py")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -348,11 +347,16 @@ def model_config(profile: Profile, settings: Settings) -> dict[str, Any]:
 
 def run_key(profile: Profile, variant: str, fold: int, seed: int, settings: Settings,
             alpha: float, temperature: float, encoder_key: str | None, checksum: str) -> str:
+    """The run key of a paper-002 run: its recipe (:mod:`bus_paper.core.runs`)."""
     contrastive = variant != "baseline"   # alpha and tau change nothing for the baseline
-    return config_key("paper002", variant, fold, seed, dataclasses.asdict(settings),
-                      model_config(profile, settings), alpha if contrastive else None,
-                      temperature if contrastive else None, encoder_key, checksum,
-                      dataclasses.asdict(profile.run), code_hash(LESION_CODE))
+    split = {"dataset": "busbra", "scheme": f"official {N_FOLDS}-fold, patient-wise",
+             "fold": fold, "val_fraction": settings.val_fraction, "val_seed": seed}
+    return recipe_key("lesion", variant=variant, settings=config_part(settings),
+                      network=model_config(profile, settings),
+                      alpha=alpha if contrastive else None,
+                      temperature=temperature if contrastive else None, seed=seed,
+                      encoder=encoder_key, checksum=checksum, run=config_part(profile.run),
+                      split=split, selection=SELECT_VAL_AUC_YOUDEN)
 
 
 @releases_run_locks
@@ -415,6 +419,7 @@ def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int,
     result = {"variant": variant, "fold": fold, "seed": seed, "profile": profile.name,
               "settings": dataclasses.asdict(settings), "alpha": alpha,
               "temperature": temperature, "init": init,
+              "recipe_version": recipe_version("lesion"),
               "encoder_key": encoder["key"] if encoder else None, "threshold": threshold,
               "metrics": metrics, "history": history.epochs,
               "n": {s: len(data.y[s]) for s in ("train", "val", "test")},

@@ -23,7 +23,8 @@ from ..config import Profile
 from ..losses import NTXentLoss
 from ..models import build_network
 from ..paths import runs_dir
-from .data import TRAINING_CODE, Normalizer, code_hash, config_key, load_pool, resolve_root
+from ..core.runs import SELECT_LAST_EPOCH, config_part, recipe_key, recipe_version
+from .data import Normalizer, load_pool, resolve_root
 from .engine import (
     Stage,
     autocast,
@@ -129,23 +130,20 @@ def network_name(model_config: Mapping[str, Any]) -> str:
     return "proposed"
 
 
-def network_code_hash(model_config: Mapping[str, Any]) -> str:
-    """:func:`code_hash` of the files behind ``model_config``: a baseline or a family adds its own
-    module (so editing one never throws away the proposed model's cached runs)."""
-    extra = ()
-    if "family" in model_config:
-        extra = (f"models/{model_config['family']}.py",)
-    if "baseline" in model_config or "family" in model_config:
-        extra += ("models/baselines.py",)  # families may wrap the baselines' timm backbones
-    return code_hash(TRAINING_CODE + extra)
+def pool_split(profile: Profile) -> dict[str, Any]:
+    """What carves the pretraining pool: its datasets, minus the images that duplicate an image of
+    the evaluation datasets (see :func:`~bus_paper.train.data.load_pool`)."""
+    return {"pool": list(profile.pretrain.pool),
+            "without_duplicates_of": sorted(profile.finetune.datasets)}
 
 
 def pretrain_key(profile: Profile, checksums: dict[str, str], baseline: str | None = None,
                  network: Mapping[str, Any] | None = None) -> str:
-    model = network_config(profile, baseline, network)
-    return config_key("pretrain", model, dataclasses.asdict(profile.pretrain),
-                      profile.data.image_size, dataclasses.asdict(profile.data), checksums,
-                      network_code_hash(model))
+    """The run key of a SimCLR pretraining: its recipe (:mod:`bus_paper.core.runs`)."""
+    return recipe_key("pretrain", network=network_config(profile, baseline, network),
+                      pretrain=config_part(profile.pretrain), data=config_part(profile.data),
+                      split=pool_split(profile), checksums=dict(checksums),
+                      selection=SELECT_LAST_EPOCH)
 
 
 @releases_run_locks
@@ -194,8 +192,9 @@ def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = 
     objective, pool, epochs and optimiser instead of the proposed model; ``network`` any network
     config (e.g. a family of a later chapter, see :func:`~bus_paper.models.build_network`).
 
-    The result is cached under ``runs/pretrain/<key>/`` where the key covers the model and
-    pretraining configs, the data checksums of the pool and the training code: every fine-tuning
+    The result is cached under ``runs/pretrain/<key>/`` where the key is the recipe (model,
+    pretraining and data configs, the pool, its data checksums and the ``pretrain`` recipe
+    version of :mod:`bus_paper.core.runs`): every fine-tuning
     (any seed, any dataset) of the same profile shares it. A killed run resumes from ``last.pt``.
     """
     return run_pretraining(
@@ -204,7 +203,8 @@ def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = 
                                                    progress=progress, baseline=baseline,
                                                    network=network),
         lambda stage: {"encoder": stage.model.m.encoder_state_dict(),
-                       "model_config": network_config(profile, baseline, network)},
+                       "model_config": network_config(profile, baseline, network),
+                       "recipe_version": recipe_version("pretrain")},
         progress, force)
 
 

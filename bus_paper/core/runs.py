@@ -1,0 +1,119 @@
+"""Run keys: a cached run is named by its recipe, never by the bytes of source files.
+
+A run's key (the folder ``runs/<kind>/<key>/``) is a hash of what the run *is*: its kind, the
+resolved configuration sections that shape it (``dataclasses.asdict``), the checksums of its
+data, the split that carves them, the rule that selects its epoch and threshold, the keys of the
+runs it starts from, and an integer recipe version per kind (:data:`RECIPE_VERSIONS`).
+
+Why not hash the code, as the keys once did? Because moving, renaming, reformatting or commenting
+a file must not retrain anything (the book is ~3 h of training), and a list of "the files that
+shape a model" is wrong both ways: it re-trained everything for a docstring, and it missed files
+that do decide a model (``metrics.py`` chooses the threshold, ``data/splits.py`` carves the
+splits). So:
+
+* a change that is *meant* to change numbers (a new loss, a fixed augmentation, another
+  threshold rule) bumps its kind's version below, which retires exactly those cached runs;
+* a change that changes numbers *by accident* is not the cache's business: the golden test
+  (``tests/test_golden.py``) trains a few seeded smoke steps and compares losses, probabilities
+  and the threshold with a committed record, and tells the developer which version to bump.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import PurePath
+from typing import Any
+
+#: One integer per kind of cached run. Bump a kind's number when its numbers are *meant* to
+#: change (and regenerate the golden record: ``BUS_PAPER_REGEN_GOLDEN=1 pytest
+#: tests/test_golden.py``); a run that starts from another (fine-tuning from an encoder) has that
+#: run's key in its own, so bumping ``pretrain`` retires the fine-tunings built on it too.
+RECIPE_VERSIONS: dict[str, int] = {
+    "pretrain": 1,              # SimCLR: the proposed model, Table 1 baselines, model families
+    "dino": 1,                  # DINO pretraining of a baseline (Table 1's DINO-ViT)
+    "finetune": 1,              # supervised fine-tuning on one dataset's leak-free split
+    "pooled": 1,                # fine-tuning on the pooled splits of several datasets
+    "lesion": 1,                # paper 002: CE + lesion-contrastive loss, BUS-BRA folds
+    "compose": 1,               # paper 001: a fusion encoder assembled from SimCLR encoders
+    "paper004-roi": 1,          # paper 004: cached regions of interest
+    "paper004-mias-simclr": 1,  # paper 004: SimCLR on mini-MIAS tissue crops
+    "paper004-features": 1,     # paper 004: frozen-encoder features of the ROIs
+}
+
+#: The selection rule of a supervised run: which epoch is kept, which threshold it gets.
+SELECT_VAL_AUC_YOUDEN = ("epoch: best validation AUC (minus validation loss if validation has "
+                         "one class); threshold: max Youden J on validation")
+#: A self-supervised run keeps its last epoch (there is no validation to select on).
+SELECT_LAST_EPOCH = "last epoch"
+
+_RESERVED = ("kind", "version")
+
+
+def recipe_version(kind: str) -> int:
+    """The recipe version of ``kind`` (what result files record next to the key)."""
+    try:
+        return RECIPE_VERSIONS[kind]
+    except KeyError:
+        raise KeyError(f"no recipe version for run kind {kind!r}; add it to RECIPE_VERSIONS in "
+                       f"bus_paper/core/runs.py (known: {', '.join(RECIPE_VERSIONS)})") from None
+
+
+def _plain(obj: Any) -> Any:
+    """JSON for the few non-JSON types a recipe holds; anything else is refused (a ``repr``
+    with a memory address in it would make a key that never matches again)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, PurePath):
+        return obj.as_posix()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays, torch tensors
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} {obj!r} cannot be part of a run recipe; "
+                    "pass plain values (numbers, strings, lists, dicts, dataclasses)")
+
+
+def canonical_json(obj: Any) -> str:
+    """Stable JSON: sorted keys, no whitespace, tuples as lists (a profile's tuples and the
+    lists read back from a checkpoint's JSON give the same text)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      default=_plain)
+
+
+def recipe(kind: str, **parts: Any) -> dict[str, Any]:
+    """The recipe of a run of ``kind``: ``parts`` plus ``kind`` and its recipe version."""
+    if clash := [k for k in _RESERVED if k in parts]:
+        raise ValueError(f"recipe parts may not be named {clash}")
+    return {"kind": kind, "version": recipe_version(kind), **parts}
+
+
+def recipe_key(kind: str, **parts: Any) -> str:
+    """The run key of a run of ``kind``: sha256 of the canonical JSON of :func:`recipe`, 16 hex.
+
+    ``parts`` are what decides the run's numbers: configuration sections, data checksums, the
+    split, the selection rule, seeds, the keys of the runs it starts from. Only their values
+    count (never a file's bytes), so the same recipe gives the same key on any checkout.
+
+    >>> recipe_key("finetune", seed=0, lr=1e-4) == recipe_key("finetune", lr=0.0001, seed=0)
+    True
+    >>> recipe_key("finetune", scales=(64, 32)) == recipe_key("finetune", scales=[64, 32])
+    True
+    """
+    blob = canonical_json(recipe(kind, **parts))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_part(cfg: Any, without: Iterable[str] = ()) -> dict[str, Any]:
+    """``dataclasses.asdict(cfg)`` (or a copy of a mapping) without the fields ``without``:
+    fields that list *what* to run rather than *how* (e.g. ``finetune.seeds``)."""
+    d = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    for name in without:
+        if name not in d:
+            raise KeyError(f"{name!r} is not a field of {type(cfg).__name__}")
+        d.pop(name)
+    return d
