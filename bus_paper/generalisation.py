@@ -24,8 +24,6 @@ of the matrix), so a row of the matrix compares one model on several sites' test
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,11 +34,11 @@ import pandas as pd
 import torch
 
 from .analysis import aligned_test_predictions, seed_mean_ci
+from .core.calibration import expected_calibration_error, fit_temperature, scale  # noqa: F401 (re-exported)
 from .config import Profile
 from .metrics import METRICS, binary_metrics, choose_threshold
 from .train.engine import releases_run_locks
 
-EPS = 1e-6
 
 
 # ----------------------------------------------------------------------------- single-site runs
@@ -139,24 +137,19 @@ def pooled_labelled(profile: Profile, root: str | Path | None, datasets: Sequenc
                           splits)
 
 
-def pool_code_hash() -> str:
-    """Hash of the code that builds and trains a pooled run (:func:`labelled`,
-    :func:`pooled_labelled`, :func:`pooled_finetune`), not of the whole module: editing this
-    chapter's tables or figures must not re-train its pooled models. The training code itself is
-    in the key through ``network_code_hash``."""
-    import inspect
-    src = "".join(inspect.getsource(f) for f in (labelled, pooled_labelled, pooled_finetune))
-    return hashlib.sha256(src.encode()).hexdigest()[:16]
-
-
 def pooled_key(profile: Profile, datasets: Sequence[str], seed: int, encoder_key: str | None,
                model_config: Mapping[str, Any], checksums: Mapping[str, str]) -> str:
-    from .train.data import config_key
-    from .train.pretraining import network_code_hash
-    return config_key("finetune-pooled", sorted(datasets), seed, dict(model_config),
-                      dataclasses.asdict(profile.finetune), dataclasses.asdict(profile.data),
-                      encoder_key, dict(checksums), network_code_hash(model_config),
-                      pool_code_hash())
+    """The run key of a pooled fine-tuning: its recipe (:mod:`bus_paper.core.runs`): each
+    dataset split on its own (:func:`labelled`: all labels, the profile's split seed), the parts
+    pooled, one normaliser on the pooled training images."""
+    from .core.runs import SELECT_VAL_AUC_YOUDEN, config_part, recipe_key
+    split = {"datasets": sorted(datasets), "scheme": "holdout per dataset, parts pooled",
+             "split_seed": profile.finetune.split_seed}
+    return recipe_key("pooled", network=dict(model_config),
+                      finetune=config_part(profile.finetune, without=("datasets", "seeds")),
+                      data=config_part(profile.data), split=split, seed=seed,
+                      encoder=encoder_key, checksums=dict(checksums),
+                      selection=SELECT_VAL_AUC_YOUDEN)
 
 
 @releases_run_locks
@@ -169,6 +162,7 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
     The same stage, selection rule and deployable file as :func:`~bus_paper.train.finetune`; only
     the data differ. Single process (no torchrun): these runs are small.
     """
+    from .core.runs import recipe_version
     from .data.checksum import dataset_checksum
     from .experiments import ROWS, encoder_for
     from .paths import runs_dir
@@ -217,7 +211,8 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
                        for s in ("val", "test")], ignore_index=True)
     result = {"dataset": data.dataset, "threshold": threshold, "history": history.epochs,
               "n": {s: len(data.y[s]) for s in ("train", "val", "test")},
-              "seconds": time.perf_counter() - t0, "encoder_key": encoder["key"]}
+              "seconds": time.perf_counter() - t0, "encoder_key": encoder["key"],
+              "recipe_version": recipe_version("pooled")}
     save_checkpoint(run_dir / "model.pt", deployable_state(stage.model, profile, data, threshold,
                                                            data.dataset, model_config))
     write_predictions(preds, run_dir / "predictions.csv")
@@ -258,43 +253,6 @@ def reliability(y, p, bins: int = 10) -> pd.DataFrame:
              "observed": float(y[idx == b].mean()) if (idx == b).any() else np.nan}
             for b in range(bins)]
     return pd.DataFrame(rows)
-
-
-def expected_calibration_error(y, p, bins: int = 10) -> float:
-    """ECE: the count-weighted mean |observed frequency - mean prediction| over the equal-width
-    bins of :func:`reliability` (numpy only: the chapter bootstraps it thousands of times)."""
-    y, p = np.asarray(y, float), np.asarray(p, float)
-    if y.shape != p.shape or y.size == 0:
-        raise ValueError(f"y and p must be non-empty and of one shape, got {y.shape}, {p.shape}")
-    idx = np.clip((p * bins).astype(int), 0, bins - 1)
-    gap = np.bincount(idx, weights=y - p, minlength=bins)   # per bin: count * (observed - mean_p)
-    return float(np.abs(gap).sum() / y.size)
-
-
-def _logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, float), EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def scale(p, temperature: float) -> np.ndarray:
-    """Temperature-scaled probabilities. The models' P(malignant) is a two-class softmax, i.e.
-    sigmoid(z1 - z0), so dividing that logit by T is exactly temperature scaling of the logits."""
-    return 1.0 / (1.0 + np.exp(-_logit(p) / float(temperature)))
-
-
-def fit_temperature(y, p, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """The temperature minimising the negative log-likelihood of ``y`` (fit on validation)."""
-    from scipy.optimize import minimize_scalar
-    y, z = np.asarray(y, float), _logit(p)
-    if y.size == 0 or len(np.unique(y)) < 2:
-        raise ValueError("fitting a temperature needs validation labels of both classes")
-
-    def nll(log_t: float) -> float:
-        q = np.clip(1.0 / (1.0 + np.exp(-z / np.exp(log_t))), EPS, 1 - EPS)
-        return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
-
-    res = minimize_scalar(nll, bounds=tuple(np.log(bounds)), method="bounded")
-    return float(np.exp(res.x))
 
 
 def temperatures(sources: Mapping[tuple[Any, str, int], Mapping[str, Any]]

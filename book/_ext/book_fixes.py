@@ -23,7 +23,11 @@ MATHJAX_DIR = "mathjax"   # under _static
 # "math": MathJax typesets exactly those (what myst-parser asks of MathJax 3, in 2.7's words)
 MATHJAX2_CONFIG = {"tex2jax": {"processClass": "math|output_area|tex2jax_process|mathjax_process",
                                "ignoreClass": "tex2jax_ignore|mathjax_ignore"},
-                   "messageStyle": "none"}
+                   "messageStyle": "none",
+                   # the package ships only the STIX-Web fonts (the way Jupyter's classic notebook
+                   # configures it); MathJax's default TeX font was a 404 for fontdata.js
+                   "HTML-CSS": {"availableFonts": ["STIX-Web"], "preferredFont": "STIX-Web",
+                                "webFont": "STIX-Web", "imageFont": None}}
 
 
 def _serve_mathjax(app: Any) -> None:

@@ -48,6 +48,9 @@ def _cmd_train(args) -> int:
         profile = profile.replace(**{"pretrain.enabled": False})
     runs = [(d, s) for d in args.dataset or profile.finetune.datasets
             for s in (args.seed if args.seed is not None else profile.finetune.seeds)]
+    if args.no_pretrain and any(d == ALL for d, _ in runs):
+        raise ValueError("--dataset all trains the SSL-pretrained proposed model; "
+                         "--no-pretrain is not available for it")
     if args.model_out and len(runs) > 1:
         raise ValueError(f"--model-out names one file, but this trains {len(runs)} models "
                          "(give one --dataset and one --seed)")
@@ -58,19 +61,54 @@ def _cmd_train(args) -> int:
         for target, recipe in targets.values():
             _refuse_other_recipe(target, recipe)
     for dataset, seed in runs:
-        r = finetune(profile, dataset, seed, args.data_root, force=args.force)
+        if dataset == ALL:
+            r = _train_all_sites(profile, args.data_root, seed)
+        else:
+            r = finetune(profile, dataset, seed, args.data_root, force=args.force)
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
             continue
         m = r["metrics"]
         print(f"{dataset} seed {seed}: AUC {m['auc']:.3f} acc {m['accuracy']:.3f} "
               f"F1 {m['f1']:.3f} (threshold {r['threshold']:.3f}, n_test {r['n']['test']})")
         target = targets[dataset, seed][0]
-        state = load_checkpoint(r["checkpoint"])
+        state = load_checkpoint(r["checkpoint"]) | r.get("calibration", {})
         state["recipe"] = model_recipe(profile, dataset, seed, Path(r["run_dir"]).name,
                                        r["pretrained"], base)
         save_checkpoint(target, state)  # atomic: a killed copy leaves the old file or the new one
         print(f"  model: {target}  ({state['recipe']['summary']})")
     return 0
+
+
+#: ``--dataset all``: one deployable model on every labelled ultrasound site (issue 19)
+ALL = "all"
+SITES = ("busi", "udiat", "busbra", "busuclm")
+
+
+def _train_all_sites(profile, root, seed: int) -> dict:
+    """The proposed model fine-tuned on the pooled leak-free splits of all four sites (epoch and
+    threshold chosen on the pooled validation parts; the same cached run the generalisation
+    chapter's pooling uses), then calibrated: a temperature fitted on the pooled validation
+    predictions. ``calibration`` holds what the model file gains: the temperature, and the
+    threshold moved to the calibrated scale (temperature scaling is monotonic, so the decisions
+    are those of the uncalibrated threshold)."""
+    from ..core.calibration import expected_calibration_error, fit_temperature, scale
+    from ..generalisation import pooled_finetune
+    from ..metrics import binary_metrics
+    r = pooled_finetune(profile, root, SITES, seed, row="proposed", progress=True)
+    preds = r["predictions"]
+    val, test = preds[preds.split == "val"], preds[preds.split == "test"]
+    t = fit_temperature(val.label.to_numpy(), val.prob.to_numpy())
+    threshold = float(scale([r["threshold"]], t)[0])
+    p_test = scale(test.prob.to_numpy(), t)
+    m = binary_metrics(test.label.to_numpy(), p_test, threshold)
+    ece = {"before": expected_calibration_error(test.label.to_numpy(), test.prob.to_numpy()),
+           "after": expected_calibration_error(test.label.to_numpy(), p_test)}
+    print(f"calibration: temperature {t:.3f} (fitted on {len(val)} pooled validation images); "
+          f"ECE on the pooled test parts {ece['before']:.3f} -> {ece['after']:.3f}")
+    return r | {"metrics": m, "threshold": threshold, "pretrained": True,
+                "calibration": {"temperature": t, "threshold": threshold,
+                                "threshold_uncalibrated": float(r["threshold"]),
+                                "ece_test": ece, "sites": list(SITES)}}
 
 
 def _model_file(profile, base, dataset: str, seed: int, models_root: Path,
@@ -199,7 +237,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="fine-tune + evaluate; writes the model to runs/models/")
     common(p)
-    p.add_argument("--dataset", action="append", help="busi | udiat (default: the profile's)")
+    p.add_argument("--dataset", action="append",
+                   help="busi | udiat | busbra | busuclm | all (all four sites pooled, calibrated:"
+                   " the model for images from another hospital); default: the profile's")
     p.add_argument("--seed", type=int, action="append", help="fine-tuning seed(s)")
     p.add_argument("--no-pretrain", action="store_true", help="random init (No-SSL ablation)")
     p.add_argument("--force", action="store_true",

@@ -146,7 +146,9 @@ def describe_model(path: str | Path, state: dict) -> str:
     recipe = state.get("recipe")
     what = (recipe["summary"] if recipe else
             f"{state.get('profile', '?')} {state.get('dataset', '?')}, recipe not recorded")
-    return f"model: {path} ({what}); threshold {float(state['threshold']):.3f}"
+    cal = (f", calibrated (temperature {float(state['temperature']):.2f})"
+           if "temperature" in state else "")
+    return f"model: {path} ({what}); threshold {float(state['threshold']):.3f}{cal}"
 
 
 def predict_paths(checkpoint: str | Path, inputs: list[str | Path],
@@ -190,6 +192,9 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path],
         return pd.DataFrame(columns=columns), skipped
     x = torch.from_numpy(np.stack(arrays)).unsqueeze(1)
     prob = predict_proba(model, x, normalizer, run, batch_size)
+    if "temperature" in state:  # a calibrated model (train --dataset all): its threshold is too
+        from ..core.calibration import scale
+        prob = scale(prob, float(state["temperature"]))
     df = pd.DataFrame({"path": [str(p) for p in paths], "prob_malignant": prob,
                        "prediction": np.where(prob >= threshold, "malignant", "benign"),
                        "threshold": threshold, "flag": flags})
