@@ -322,3 +322,16 @@ def load_profile(name_or_path: str | Path) -> Profile:
                                 f"shipped profiles: {', '.join(PROFILE_NAMES)}")
     with open(p, "rb") as fh:
         return profile_from_dict(tomllib.load(fh), name=p.stem)
+
+
+def as_list(value: Any) -> list[Any]:
+    """A list parameter as papermill passes it: a list, its JSON text (``-p seeds "[0, 1]"``),
+    comma-separated text (``-p folds 0,1``, ``-p variant lr``) or one number (``-p folds 3``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return list(json.loads(text))
+        return [v.strip() for v in text.split(",") if v.strip()]
+    if isinstance(value, numbers.Integral):   # int or numpy integer
+        return [int(value)]
+    return list(value)

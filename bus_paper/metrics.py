@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from .core.stats import weighted_auc  # noqa: F401 (re-exported; the exact rank-sum AUC lives in core)
+
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
 
@@ -27,31 +29,6 @@ def _check(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
     if not set(np.unique(y)) <= {0, 1}:
         raise ValueError("y_true must be 0 (benign) / 1 (malignant)")
     return y, p
-
-
-def weighted_auc(y, p, w) -> np.ndarray | float:
-    """ROC AUC with case weights (ties count 1/2), for one weight vector ``[n]`` or many
-    ``[B, n]`` at once (bootstrap resamples as multiplicities); NaN where a class has weight 0.
-    With integer weights the numerator and denominator are exact, so equal AUCs are equal floats.
-
-    >>> float(weighted_auc([0, 1, 1], [0.1, 0.4, 0.4], [1, 1, 1]))
-    1.0
-    """
-    y = np.asarray(y).astype(int)
-    p = np.asarray(p, dtype=float)
-    w = np.asarray(w, dtype=float)
-    one = w.ndim == 1
-    w = np.atleast_2d(w)
-    order = np.argsort(p, kind="mergesort")
-    ps, ys, ws = p[order], y[order], w[:, order]
-    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
-    pos = np.add.reduceat(ws * (ys == 1), starts, axis=1)
-    neg = np.add.reduceat(ws * (ys == 0), starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    num = (pos * (below + 0.5 * neg)).sum(1)
-    den = pos.sum(1) * neg.sum(1)
-    out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    return float(out[0]) if one else out
 
 
 def auc_score(y: np.ndarray, p: np.ndarray) -> float:

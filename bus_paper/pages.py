@@ -778,7 +778,7 @@ def refresh(book: str | os.PathLike, chapters: str | os.PathLike | None = None, 
 
 
 def _cmd_pages(args: argparse.Namespace) -> int:
-    from .pipeline import project_root
+    from .paths import project_root
     book = Path(args.book) if args.book else project_root() / "book"
     changed = refresh(book, args.chapters, check=args.check)
     for path in changed:

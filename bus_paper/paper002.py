@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import as_list
 from .literature import load_numbers
 from .metrics import binary_metrics, choose_threshold, claim_verdict, weighted_auc
-from .pipeline import as_list
 from .train.lesion import N_FOLDS, SETTINGS, VARIANT_NAMES, Settings, settings_for
 
 __all__ = [

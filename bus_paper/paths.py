@@ -18,6 +18,11 @@ def repo_root() -> Path | None:
     return root if (root / "pyproject.toml").exists() and (root / "_toc.yml").exists() else None
 
 
+def project_root() -> Path:
+    """The checkout (notebooks/, _toc.yml); the current folder when run outside one."""
+    return repo_root() or Path.cwd()
+
+
 def data_root_candidates() -> list[Path]:
     """Where the data root is looked for: $BUS_PAPER_DATA alone when it is set (it must then
     exist: no fallback), else ./data and ../shared/data beside the working directory and beside

@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import hashlib
 import json
-import numbers
 import os
 import shutil
 import subprocess
@@ -35,9 +34,9 @@ from typing import Any
 import nbformat
 
 from . import pages, plotting
-from .config import PROFILE_NAMES, Profile, load_profile
+from .config import PROFILE_NAMES, Profile, as_list, load_profile  # as_list: notebooks' name
 from .pages import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
-from .paths import PACKAGE_DIR, repo_root, runs_dir
+from .paths import PACKAGE_DIR, project_root, runs_dir  # project_root: tests' name
 from .paths import data_root as find_data_root
 from .provenance import (atomic_write_text, data_checksums, provenance, save_result, save_table,
                          stamp)
@@ -53,11 +52,6 @@ READS: dict[str, tuple[str, ...]] = {
     "claims": ("finetuning", "pretraining", "table1", "ablations", "label_efficiency", "heatmaps",
                "literature", "paper001", "paper002", "paper004", "generalisation"),
 }
-
-
-def project_root() -> Path:
-    """The checkout (notebooks/, _toc.yml); the current folder when run outside one."""
-    return repo_root() or Path.cwd()
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -258,19 +252,6 @@ class Chapter:
 
     def save_figure(self, name: str, fig: Any, data: Mapping[str, Any] | None = None) -> Path:
         return plotting.save_figure(self.results_dir, name, fig, self.provenance(), data)
-
-
-def as_list(value: Any) -> list[Any]:
-    """A list parameter as papermill passes it: a list, its JSON text (``-p seeds "[0, 1]"``),
-    comma-separated text (``-p folds 0,1``, ``-p variant lr``) or one number (``-p folds 3``)."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return list(json.loads(text))
-        return [v.strip() for v in text.split(",") if v.strip()]
-    if isinstance(value, numbers.Integral):   # int or numpy integer
-        return [int(value)]
-    return list(value)
 
 
 def seed_list(seeds: Any, profile: str) -> list[int]:

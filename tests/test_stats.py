@@ -133,3 +133,12 @@ def test_paired_runs_use_one_draw():
     assert same.lo == same.hi == same.estimate == 0.0
     with pytest.raises(ValueError, match="as many runs"):
         S.two_level_bootstrap(y, pa, pa[:2], paired_runs=True)
+
+
+def test_core_doctests():
+    """The examples in the core library's docstrings are true (they once went stale unseen)."""
+    import doctest
+
+    from bus_paper.core import calibration, runs, stats
+    for module in (stats, runs, calibration):
+        assert doctest.testmod(module).failed == 0, module.__name__

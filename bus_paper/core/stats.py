@@ -21,7 +21,6 @@ from typing import Literal
 
 import numpy as np
 
-from ..metrics import weighted_auc
 
 # ----------------------------------------------------------------------------- the legend
 REPRODUCED = "reproduced"
@@ -68,6 +67,32 @@ class Claim:
                              f"sign ({self.claim!r})")
 
 
+
+def weighted_auc(y, p, w) -> np.ndarray | float:
+    """ROC AUC with case weights (ties count 1/2), for one weight vector ``[n]`` or many
+    ``[B, n]`` at once (bootstrap resamples as multiplicities); NaN where a class has weight 0.
+    With integer weights the numerator and denominator are exact, so equal AUCs are equal floats.
+
+    >>> float(weighted_auc([0, 1, 1], [0.1, 0.4, 0.4], [1, 1, 1]))
+    1.0
+    """
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    w = np.asarray(w, dtype=float)
+    one = w.ndim == 1
+    w = np.atleast_2d(w)
+    order = np.argsort(p, kind="mergesort")
+    ps, ys, ws = p[order], y[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    pos = np.add.reduceat(ws * (ys == 1), starts, axis=1)
+    neg = np.add.reduceat(ws * (ys == 0), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    num = (pos * (below + 0.5 * neg)).sum(1)
+    den = pos.sum(1) * neg.sum(1)
+    out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return float(out[0]) if one else out
+
+
 def _direction_only(paper_value: float, sign: int) -> bool:
     return math.isnan(paper_value) and sign in (1, -1)
 
@@ -80,7 +105,7 @@ def verdict(kind: Kind, paper_value: float, lo: float | None, hi: float | None, 
     reached by any value on its side: ``reproduced`` when the interval excludes 0 there,
     ``not resolved`` when it contains 0, ``contradicted`` when it excludes 0 on the other side.
 
-    >>> verdict("difference", -7.5, -9.0, -2.0), verdict("difference", -7.5, -3.6, 4.1)
+    >>> verdict("difference", -7.5, -9.0, -2.0), verdict("difference", -7.5, -8.0, 4.1)
     ('reproduced', 'not resolved')
     >>> verdict("difference", -7.5, -1.0, 1.0), verdict("level", 97.25, 80.0, 88.0)
     ('absent', 'smaller than claimed')
