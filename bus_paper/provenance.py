@@ -20,13 +20,13 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .config import Profile
+from .core.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from .paths import repo_root
 
 # Distributions whose versions can change a number in the book.
@@ -201,27 +201,6 @@ def _result_path(results_dir: str | os.PathLike, name: str) -> Path:
         raise ValueError(f"result name {name!r} must be a plain file stem "
                          "(letters, digits, '_', '-', '.'; no folders)")
     return Path(results_dir) / f"{name}.json"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``path`` all at once: a temp file in the same folder, then a rename. A killed run
-    leaves the old file or the new one, never half of one that a later reader takes as complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a result file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
 
 
 def save_result(results_dir: str | os.PathLike, name: str, payload: Mapping[str, Any],

@@ -46,11 +46,10 @@ HOW = ("numbers changed: if intended, bump RECIPE_VERSIONS[{kinds}] in bus_paper
 @pytest.fixture()
 def golden_env(tmp_path, monkeypatch):
     """Fresh cache (phantom root) and runs folders, fp32 on every CPU, torch's RNG restored."""
-    from bus_paper.train import engine
     monkeypatch.setenv("BUS_PAPER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("BUS_PAPER_CPU_BF16", "0")
-    engine.cpu_has_native_bf16.cache_clear()  # it caches the detection: read the variable now
+    # (the engine reads the variable on every call; only the hardware detection is cached)
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
     # one thread: the same reduction order on any machine (and, on a busy 2-core box, 5x faster
     # than two OpenMP threads that wait on each other)
@@ -58,7 +57,6 @@ def golden_env(tmp_path, monkeypatch):
     yield tmp_path
     torch.set_num_threads(threads)
     torch.set_rng_state(rng)
-    engine.cpu_has_native_bf16.cache_clear()  # the next test reads its own environment
 
 
 def _record_losses(monkeypatch, stage_cls, out: list[float]) -> None:

@@ -40,16 +40,13 @@ SIMCLR_BASELINES = ("convnext_tiny", "efficientnetv2_s", "swin_tiny", "resnet50"
 @pytest.fixture(autouse=True)
 def fp32_cpu(monkeypatch, tmp_path):
     """fp32 arithmetic on any CPU (as a CPU without native bf16 computes), runs in tmp_path."""
-    from bus_paper.train import engine
-    monkeypatch.setenv("BUS_PAPER_CPU_BF16", "0")
+    monkeypatch.setenv("BUS_PAPER_CPU_BF16", "0")  # read by the engine on every call
     monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
-    engine.cpu_has_native_bf16.cache_clear()
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
     torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(threads)
     torch.set_rng_state(rng)
-    engine.cpu_has_native_bf16.cache_clear()
 
 
 def _images(n: int, side: int = SIDE, seed: int = 0) -> torch.Tensor:

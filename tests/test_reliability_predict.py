@@ -19,24 +19,16 @@ import torch
 from PIL import Image
 
 from bus_paper.cli import main
-from bus_paper.config import PROFILES_DIR
 
-# the smoke profile, cut to one pretraining and one fine-tuning step of 4 images
-TINY = (PROFILES_DIR / "smoke.toml").read_text().replace(
-    "[pretrain]\nepochs = 1\nbatch_size = 8\nmax_steps = 2",
-    "[pretrain]\nepochs = 1\nbatch_size = 4\nmax_steps = 1").replace(
-    "[finetune]\nepochs = 1\nbatch_size = 8\nseeds = [0]\nmax_steps = 2",
-    "[finetune]\nepochs = 1\nbatch_size = 4\nseeds = [0]\nmax_steps = 1")
+from tiny_profile import write_tiny  # noqa: E402 (tests/, on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(profile file, default model file, runs folder) after `bus-paper train` of the default
     (SSL-pretrained) recipe."""
-    assert TINY.count("max_steps = 1") == 2
     base = tmp_path_factory.mktemp("reliability")
-    profile = base / "tiny.toml"
-    profile.write_text(TINY)
+    profile = write_tiny(base)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BUS_PAPER_RUNS", str(base / "runs"))
         assert main(["train", "--profile", str(profile), "--dataset", "busi", "--seed", "0"]) == 0

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..core.atomic import atomic_write_text
 from ..paths import cache_dir, data_root
 from .registry import DatasetNotFound, get_info
 
@@ -61,9 +62,7 @@ class _Sha256Cache:
             return
         # drop entries of deleted files (e.g. test phantoms in temporary folders)
         self.entries = {k: v for k, v in self.entries.items() if os.path.exists(k)}
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries))
-        os.replace(tmp, self.path)  # atomic: concurrent readers see the old or the new file
+        atomic_write_text(self.path, json.dumps(self.entries))  # readers see old or new
         self.dirty = False
 
 

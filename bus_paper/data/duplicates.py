@@ -30,6 +30,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..config import DataConfig
+from ..core.atomic import atomic_path
 from ..paths import cache_dir
 from .checksum import dataset_checksum
 from .imageio import read_image
@@ -252,8 +253,6 @@ def load_duplicates(manifest: pd.DataFrame, root: str | Path, cfg: DataConfig = 
                                         "label_b": str, "dataset": str, "dataset_b": str,
                                         "kind": str}, keep_default_na=False)
     dups = find_duplicates(manifest, root, cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    dups.to_csv(tmp, index=False)
-    tmp.replace(path)                  # atomic: a crashed run never leaves half a cache file
+    with atomic_path(path) as tmp:     # a crashed run never leaves half a cache file
+        dups.to_csv(tmp, index=False)
     return dups

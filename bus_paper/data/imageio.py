@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from ..core.atomic import atomic_write_text
 from ..paths import cache_dir
 
 ColourLabel = Literal["benign", "malignant", "normal", "mixed"]
@@ -112,12 +113,10 @@ class DecodeCache:
         if not self.dirty:
             return
         self.entries = {k: v for k, v in self.entries.items() if os.path.exists(k)}
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(self.entries))
-            os.replace(tmp, self.path)  # concurrent readers see the old or the new file
+            atomic_write_text(self.path, json.dumps(self.entries))  # readers see old or new
         except OSError:
-            tmp.unlink(missing_ok=True)
+            pass
         self.dirty = False
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..core.atomic import atomic_path
 from ..paths import cache_dir
 from .imageio import read_image, read_mask
 
@@ -140,12 +141,10 @@ def load_images(manifest_rows: pd.DataFrame, root: str | os.PathLike, size: int,
             hit = _decode(paths, list(part["mask_paths"]) if with_masks else None, root, size)
             key = hashlib.sha256(repr((paths, stamps.tolist(), with_masks)).encode()).hexdigest()
             file = cache_dir() / "images" / f"{prefix}-{key[:16]}.npz"
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")   # not matched by the glob
-            with open(tmp, "wb") as fh:
+            # concurrent runs never read half a file; ".<name>.<random>.tmp" escapes the glob
+            with atomic_path(file) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, images=hit[0], paths=np.array(paths), stamps=stamps,
                          **({"masks": hit[1]} if with_masks else {}))
-            os.replace(tmp, file)      # atomic: concurrent runs never read half a file
         idx = position.loc[paths].to_numpy()
         images[idx] = hit[0]
         if masks is not None:

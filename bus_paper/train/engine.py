@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
+from ..core.atomic import atomic_path, atomic_write_text
 
 
 # ----------------------------------------------------------------------------- device & precision
@@ -47,16 +48,21 @@ def select_device(run: RunConfig) -> torch.device:
     return torch.device(run.device)
 
 
-@functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX).
 
     Without it PyTorch emulates bf16: a 1024^2 bf16 matmul ran at 0.7 GFLOP/s against 65 GFLOP/s in
     fp32 on an AVX2-only EPYC here, so a "bf16" profile would train ~10-90x slower than fp32.
-    ``BUS_PAPER_CPU_BF16=1`` / ``=0`` overrides the detection."""
+    ``BUS_PAPER_CPU_BF16=1`` / ``=0`` overrides the detection (read on every call, so a test can
+    set it)."""
     forced = os.environ.get("BUS_PAPER_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"
+    return _hardware_bf16()
+
+
+@functools.cache
+def _hardware_bf16() -> bool:
     from ..provenance import hardware_bf16
     return hardware_bf16()
 
@@ -190,11 +196,8 @@ def shard_batches(n: int, batch_size: int, seed: int, d: Dist, drop_last: bool) 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a killed process leaves either the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -267,10 +270,7 @@ def read_json_or_heal(path: Path, heal: bool = True) -> Any | None:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically (temporary file, then rename): a killed write never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 def checkpoint_intact(path: Path) -> bool:
@@ -316,7 +316,7 @@ def read_cached_run(run_dir: Path, read_predictions: Callable[[Path], Any],
 LOCK_NAME = ".lock"
 _HELD: dict[Path, int | None] = {}        # run folders this process holds (its fd on rank 0)
 _SCOPES: list[contextlib.ExitStack] = []  # see releases_run_locks
-_TMP = re.compile(r"\.tmp\d*$")           # last.pt.tmp<pid>, log.jsonl.tmp, ...
+_TMP = re.compile(r"\.tmp\d*$")  # core.atomic: .last.pt.<random>.tmp; older: last.pt.tmp<pid>
 
 
 class RunInUse(ValueError):
@@ -577,9 +577,8 @@ class Stage:
                                                                "epoch": epoch, **self.extra_state()})
                 save_checkpoint(self.run_dir / "last.pt", self._state(epoch))
                 # rewritten from the checkpointed history, so log and checkpoint never disagree
-                tmp = self.run_dir / "log.jsonl.tmp"
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history.epochs))
-                os.replace(tmp, self.run_dir / "log.jsonl")
+                atomic_write_text(self.run_dir / "log.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in self.history.epochs))
                 if self.progress:
                     shown = {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}
                     print(f"[{self.name}] epoch {epoch + 1}/{self.epochs} {shown}", flush=True)
