@@ -138,7 +138,7 @@ def to_gray8(im: Image.Image) -> np.ndarray:
 
 
 def _scale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi <= lo:  # a constant image carries no contrast: black, not a division by zero
+    if not hi > lo:  # constant (or NaN-bounded) data carries no contrast: black, not 0/0
         return np.zeros(a.shape, dtype=np.uint8)
     return np.rint((a - lo) * (255.0 / (hi - lo))).clip(0, 255).astype(np.uint8)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .imageio import ImageReadError, to_gray8
+from .imageio import ImageReadError, _scale, to_gray8
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 MULTI_FRAME = ("{n} frames (a cine loop?): export the frame to assess as a single image; the "
@@ -64,12 +64,6 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma, as Pillow's convert('L') (used for the training images)."""
     y = rgb[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]
     return np.rint(y).clip(0, 255).astype(np.uint8)
-
-
-def _scale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if not hi > lo:  # constant image: no contrast to show (and no division by zero)
-        return np.zeros(a.shape, dtype=np.uint8)
-    return np.rint((a.astype(np.float64) - lo) * (255.0 / (hi - lo))).clip(0, 255).astype(np.uint8)
 
 
 def _bit_range(a: np.ndarray) -> float:
