@@ -247,6 +247,30 @@ class RunConfig:
         _require(self, "run", "must be >= 1", lambda v: v >= 1, "threads")
 
 
+class Section(dict):
+    """A paper's own settings (``[papers.<paper>]`` in a profile TOML): a read-only, hashable
+    dict, because a profile is frozen. Lists become tuples, tables nested Sections."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__((k, _freeze(v)) for k, v in dict(*args, **kwargs).items())
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a profile's sections are read-only: use Profile.replace(...)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return Section(value)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str = "custom"
@@ -257,6 +281,13 @@ class Profile:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    #: the papers' own settings, ``[papers.p002]`` etc.: paper -> :class:`Section`. The library
+    #: does not type them; each paper builds its own settings from :meth:`section`.
+    papers: Section = field(default_factory=Section)
+
+    def section(self, paper: str) -> dict[str, Any]:
+        """The ``[papers.<paper>]`` settings of this profile (``{}`` when it has none)."""
+        return dict(self.papers.get(paper, {}))
 
     def replace(self, **dotted: Any) -> Profile:
         """Copy with fields changed, named ``section.field`` (e.g. ``model.fusion=False``)."""
@@ -269,6 +300,14 @@ class Profile:
             else:
                 top[key] = value
         changes: dict[str, Any] = dict(top)
+        if "papers" in sections:  # papers.<paper>.<key>
+            papers = {k: dict(v) for k, v in self.papers.items()}
+            for dotted_key, value in sections.pop("papers").items():
+                paper, _, key = dotted_key.partition(".")
+                if not key:
+                    raise KeyError(f"papers.{dotted_key}: name a setting, e.g. papers.p002.epochs")
+                papers.setdefault(paper, {})[key] = value
+            changes["papers"] = Section(papers)
         for sec, values in sections.items():
             current = getattr(self, sec, None)
             if not dataclasses.is_dataclass(current):
@@ -303,6 +342,11 @@ def profile_from_dict(d: dict[str, Any], name: str = "custom") -> Profile:
     kwargs: dict[str, Any] = {"name": d.get("name", name), "description": d.get("description", "")}
     for key, value in d.items():
         if key in ("name", "description"):
+            continue
+        if key == "papers":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ValueError("[papers] holds one table per paper, e.g. [papers.p002]")
+            kwargs["papers"] = Section(value)
             continue
         if key not in kinds:
             raise KeyError(f"unknown profile section [{key}]")

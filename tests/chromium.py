@@ -1,9 +1,8 @@
 """Open the built HTML book in headless Chromium and check it like a reader would.
 
-Debian's ``chromium`` is driven through the Chrome DevTools Protocol over a pipe
-(``--remote-debugging-pipe``: JSON messages separated by NUL bytes on file descriptors 3 and 4),
-so nothing but the browser itself is needed: no webdriver, no websocket library, no download at
-test time. The book is served over HTTP by a throw-away local server, as a reader would get it.
+Debian's ``chromium`` is driven with playwright (``executable_path``: the system browser, never a
+download at test time). The book is served over HTTP by a throw-away local server, as a reader
+would get it.
 
 For every page of the table of contents it checks that
 
@@ -12,7 +11,8 @@ For every page of the table of contents it checks that
 - every ``<img>`` loaded (``complete`` and ``naturalWidth > 0``: a missing figure file, a wrong
   path or a corrupt PNG all fail), lazy images included,
 - every link to another page of the book resolves (the target exists, and its ``#anchor`` too),
-- the sidebar links to every page of the table of contents.
+- the sidebar links to every page of the table of contents,
+- its equations were typeset (MathJax, served by the book itself).
 
 Run it by hand on a built book::
 
@@ -21,18 +21,13 @@ Run it by hand on a built book::
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import fcntl
 import functools
 import html.parser
 import http.server
-import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -63,171 +58,77 @@ class BrowserError(RuntimeError):
     pass
 
 
-class Chromium:
-    """A headless Chromium driven over ``--remote-debugging-pipe`` (one page target).
+# a request the browser itself gave up (a navigation away, a cancelled image) is not the book's fault
+ABORTED = "net::ERR_ABORTED"
 
-    ``call`` sends a DevTools command and returns its result; events that arrive meanwhile are
-    queued for ``wait_event``/``drain``.
+
+class Chromium:
+    """One headless page in the system Chromium, driven by playwright.
+
+    What goes wrong while a page loads (a response >= 400 from the book's server, a failed
+    request, an uncaught JavaScript error) is collected as it happens; :meth:`drain` hands it over.
     """
 
     def __init__(self, binary: str | None = None, timeout: float = 60.0):
+        from playwright.sync_api import Error, sync_playwright
         self.binary = binary or find_chromium()
         if not self.binary:
             raise BrowserError(f"no Chromium found (looked for {', '.join(BINARIES)}; "
                                "set $CHROMIUM); .ci/run installs Debian's `chromium`")
         self.timeout = timeout
-        self._profile = tempfile.TemporaryDirectory(prefix="bus-paper-chromium-")
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-        # Chromium reads commands on fd 3 and writes replies on fd 4. Move the pipe ends above
-        # fd 10 first, so the dup2s in the child cannot overwrite one another.
-        hi_r = fcntl.fcntl(to_child_r, fcntl.F_DUPFD_CLOEXEC, 10)
-        hi_w = fcntl.fcntl(from_child_w, fcntl.F_DUPFD_CLOEXEC, 10)
-        os.close(to_child_r)
-        os.close(from_child_w)
-
-        def child_fds() -> None:  # runs in the child between fork and exec
-            os.dup2(hi_r, 3)
-            os.dup2(hi_w, 4)
-
-        args = [self.binary, "--headless", "--remote-debugging-pipe", "--no-sandbox",
-                "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--no-default-browser-check", "--disable-extensions", "--mute-audio",
-                "--hide-scrollbars", f"--user-data-dir={self._profile.name}",
-                f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}", "about:blank"]
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr, close_fds=False,
-                                     preexec_fn=child_fds)  # noqa: PLW1509 -- single-threaded
-        os.close(hi_r)
-        os.close(hi_w)
-        self._buffer = b""
-        self._next_id = 0
-        self._events: list[dict[str, Any]] = []
-        self.session: str | None = None
+        self._error = Error
+        self._events: list[tuple[str, str, str]] = []   # (kind, what, why)
+        self._playwright = sync_playwright().start()
+        self.browser = None
         try:
-            target = self.call("Target.createTarget", {"url": "about:blank"}, session=False)
-            attached = self.call("Target.attachToTarget",
-                                 {"targetId": target["targetId"], "flatten": True}, session=False)
-            self.session = attached["sessionId"]
-            for domain in ("Page", "Runtime", "Network"):
-                self.call(f"{domain}.enable")
-            self.call("Page.setLifecycleEventsEnabled", {"enabled": True})
-            self.call("Emulation.setDeviceMetricsOverride",
-                      {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1,
-                       "mobile": False})
-        except BaseException:
+            self.browser = self._playwright.chromium.launch(
+                executable_path=self.binary, headless=True, timeout=timeout * 1000,
+                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                      "--hide-scrollbars", "--mute-audio"])
+            self.page = self.browser.new_page(viewport={"width": VIEWPORT[0],
+                                                        "height": VIEWPORT[1]})
+        except Error as err:
             self.close()
-            raise
+            raise BrowserError(f"Chromium ({self.binary}) did not start: {err}") from None
+        self.page.set_default_timeout(timeout * 1000)
+        self.page.on("response", lambda r: r.status >= 400 and self._events.append(
+            ("response", r.url, f"HTTP {r.status}")))
+        self.page.on("requestfailed", lambda r: r.failure != ABORTED and self._events.append(
+            ("failed", r.url, r.failure or "failed")))
+        self.page.on("pageerror", lambda e: self._events.append(
+            ("javascript", str(e.stack or e.message or e), "")))
 
-    # -- protocol
-    def _send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message).encode() + b"\0"
-        while data:
-            data = data[os.write(self._to_child, data):]
-
-    def _receive(self, deadline: float) -> dict[str, Any]:
-        import select
-        while b"\0" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BrowserError("Chromium did not answer in time")
-            ready, _, _ = select.select([self._from_child], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(self._from_child, 1 << 20)
-            if not chunk:
-                raise BrowserError(f"Chromium exited (status {self.proc.poll()}): "
-                                   f"{self._stderr_tail()}")
-            self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def call(self, method: str, params: dict[str, Any] | None = None, *, session: bool = True,
-             timeout: float | None = None) -> dict[str, Any]:
-        self._next_id += 1
-        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = self.session
-        self._send(message)
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            reply = self._receive(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise BrowserError(f"{method}: {reply['error'].get('message')}")
-                return reply.get("result", {})
-            if "method" in reply:
-                self._events.append(reply)
-
-    def wait_event(self, method: str, timeout: float | None = None) -> dict[str, Any]:
-        """The next event ``method`` (earlier events of other kinds stay queued for drain)."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        seen = 0
-        while True:
-            for i in range(seen, len(self._events)):
-                if self._events[i]["method"] == method:
-                    return self._events.pop(i)
-            seen = len(self._events)
-            reply = self._receive(deadline)
-            if "method" in reply:
-                self._events.append(reply)
-
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self) -> list[tuple[str, str, str]]:
         events, self._events = self._events, []
         return events
 
-    def evaluate(self, expression: str, timeout: float | None = None) -> Any:
-        result = self.call("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
-                                                "returnByValue": True}, timeout=timeout)
-        if "exceptionDetails" in result:
-            raise BrowserError(f"script failed: {result['exceptionDetails'].get('text')} "
-                               f"{result['exceptionDetails'].get('exception', {})}")
-        return result["result"].get("value")
+    def evaluate(self, expression: str) -> Any:
+        """The value of ``expression`` (a promise is awaited)."""
+        try:
+            return self.page.evaluate(expression)
+        except self._error as err:
+            raise BrowserError(f"script failed: {err}") from None
 
     def navigate(self, url: str) -> None:
-        """Open ``url`` and wait for *its* load event (matched by loader id, so a late event of
-        the previous page cannot be mistaken for it)."""
+        """Open ``url`` and wait for its load event."""
         self.drain()
-        reply = self.call("Page.navigate", {"url": url})
-        if reply.get("errorText"):
-            raise BrowserError(f"{url}: {reply['errorText']}")
-        loader = reply.get("loaderId")
-        deadline = time.monotonic() + self.timeout
-        while True:
-            event = self.wait_event("Page.lifecycleEvent", timeout=deadline - time.monotonic())
-            p = event["params"]
-            if p.get("name") == "load" and (loader is None or p.get("loaderId") == loader):
-                return
+        try:
+            self.page.goto(url, wait_until="load")
+        except self._error as err:
+            raise BrowserError(f"{url}: {err}") from None
 
     def screenshot(self, path: str | os.PathLike) -> Path:
-        data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
+        self.page.screenshot(path=str(path))
         return path
 
-    # -- lifetime
-    def _stderr_tail(self) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            self.stderr.seek(0)
-            return self.stderr.read().decode(errors="replace")[-2000:]
-        return ""
-
     def close(self) -> None:
-        if self.proc.poll() is None:
+        if self.browser is not None:
             with contextlib.suppress(Exception):
-                self.call("Browser.close", session=False, timeout=5)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for fd in (self._to_child, self._from_child):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.stderr.close()
-        self._profile.cleanup()
+                self.browser.close()
+        with contextlib.suppress(Exception):
+            self._playwright.stop()
 
     def __enter__(self) -> Chromium:  # noqa: PYI034
         return self
@@ -425,29 +326,19 @@ def check_book(html_dir: str | os.PathLike, pages: list[str], *,
             url = urllib.parse.urljoin(base, page)
             try:
                 browser.navigate(url)
-                info = browser.evaluate(PAGE_SCRIPT, timeout=60)
+                info = browser.evaluate(PAGE_SCRIPT)
             except BrowserError as err:
                 rep.problems.append(f"did not load: {err}")
                 continue
-            events = browser.drain()
             failed = {}
-            for ev in events:
-                p = ev.get("params", {})
-                if ev["method"] == "Network.responseReceived":
-                    r = p["response"]
-                    if r.get("status", 200) >= 400 and r["url"].startswith(base) \
-                            and not r["url"].endswith("/favicon.ico"):  # asked by the browser
-                        failed[r["url"]] = f"HTTP {r['status']}"
-                elif ev["method"] == "Network.loadingFailed" and not p.get("canceled"):
-                    failed[p.get("requestId")] = p.get("errorText", "failed")
-                elif ev["method"] == "Runtime.exceptionThrown":
-                    d = p.get("exceptionDetails", {})
-                    rep.problems.append("JavaScript error: " + str(
-                        d.get("exception", {}).get("description") or d.get("text")))
+            for kind, what, why in browser.drain():
+                if kind == "javascript":
+                    rep.problems.append(f"JavaScript error: {what}")
+                elif what.startswith(base) and not what.endswith("/favicon.ico"):  # the browser asks
+                    failed[what] = why
             for what, why in failed.items():
-                if what.startswith("http"):
-                    rep.problems.append(f"request failed: {what} ({why})")
-            typeset = browser.evaluate(MATH_SCRIPT, timeout=30)
+                rep.problems.append(f"request failed: {what} ({why})")
+            typeset = browser.evaluate(MATH_SCRIPT)
             if typeset[0] and not typeset[1]:
                 rep.problems.append(f"{typeset[0]} equations left as raw TeX (MathJax did not run)")
             rep.title = info["title"]

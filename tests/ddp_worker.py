@@ -22,7 +22,7 @@ def main(out: Path) -> None:
     d = init_distributed("cpu")
     root = main_first(d, resolve_root, profile)  # rank 0 writes the phantom and caches first
     images, _ = main_first(d, load_pool, profile, root)
-    stage = PretrainStage(profile, images, out / "stage", key="ddp-test", progress=False)
+    stage = PretrainStage(profile, images, out / "stage", key="ddp-test")
     init = checksum(stage.model)
     first = next(shard_batches(len(images), 4, 0, stage.dist, True)).tolist()
     stage.fit()

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bus_paper import analysis
 from bus_paper.config import ModelConfig, RunConfig, load_profile
 from bus_paper.metrics import bootstrap_ci
+from bus_paper.papers.p000 import analysis
 from bus_paper.train.data import Normalizer
 
 
@@ -92,19 +92,28 @@ def test_embedding_2d_pca_and_tsne():
         analysis.embedding_2d(emb[:2])
 
 
-def test_seed_mean_ci_one_seed_is_the_bootstrap_and_two_seeds_average():
+def test_seed_mean_ci_counts_seeds_and_clusters():
+    """The seed mean of each metric, with an interval that resamples seeds and then clusters of
+    test images: one seed without clusters is an image bootstrap; a second, different seed widens
+    the interval; clusters of duplicate images do not narrow it."""
+    from bus_paper.metrics import binary_metrics
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 80)
     p1 = np.clip(y * 0.5 + rng.uniform(0, 0.6, 80), 0, 1)
-    p2 = rng.uniform(0, 1, 80)
-    one = analysis.seed_mean_ci(y, [p1], [0.5], n_boot=200, seed=4)
-    ref = bootstrap_ci(y, p1, 0.5, n_boot=200, seed=4)
+    p2 = np.clip(y * 0.1 + rng.uniform(0, 0.9, 80), 0, 1)   # a seed that learned much less
+    one = analysis.seed_mean_ci(y, [p1], [0.5], n_boot=2000, seed=4)
+    ref = bootstrap_ci(y, p1, 0.5, n_boot=2000, seed=4)
     for m, (lo, hi) in ref.items():
-        assert one[m][1:] == pytest.approx((lo, hi))
-        assert one[m][1] <= one[m][0] <= one[m][2]
-    two = analysis.seed_mean_ci(y, [p1, p2], [0.5, 0.5], n_boot=200)
-    ind = [analysis.seed_mean_ci(y, [p], [0.5], n_boot=10)["auc"][0] for p in (p1, p2)]
-    assert two["auc"][0] == pytest.approx(np.mean(ind))
+        assert one[m][0] == pytest.approx(binary_metrics(y, p1, 0.5)[m])
+        assert one[m][1:] == pytest.approx((lo, hi), abs=0.03)   # another draw, the same bootstrap
+    two = analysis.seed_mean_ci(y, [p1, p2], [0.5, 0.4], n_boot=2000, seed=4)
+    assert two["auc"][0] == pytest.approx(np.mean([binary_metrics(y, p, 0.5)["auc"] for p in (p1, p2)]))
+    assert two["f1"][0] == pytest.approx(np.mean([binary_metrics(y, p, t)["f1"]
+                                                  for p, t in ((p1, 0.5), (p2, 0.4))]))
+    assert two["auc"][2] - two["auc"][1] > 1.3 * (one["auc"][2] - one["auc"][1])
+    dup = analysis.seed_mean_ci(np.repeat(y, 2), [np.repeat(p1, 2)], [0.5], n_boot=2000, seed=4,
+                                clusters=np.repeat(np.arange(80), 2))
+    assert dup["auc"] == pytest.approx(one["auc"])
     with pytest.raises(ValueError, match="one threshold per seed"):
         analysis.seed_mean_ci(y, [p1, p2], [0.5])
 

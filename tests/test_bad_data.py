@@ -18,8 +18,8 @@ from bus_paper.data.adapters import DataIssue
 from bus_paper.data.check import ISSUE_COLUMNS, check_datasets, format_issues
 from bus_paper.data.imageio import ImageReadError, probe_image, read_image
 from bus_paper.data.manifest import DatasetNotFound, MetadataError, build_manifest
-from bus_paper.data.mias import read_mias
-from bus_paper.data.phantom_mias import write_mias_phantom
+from bus_paper.papers.p004.mias import read_mias
+from bus_paper.papers.p004.phantom_mias import write_mias_phantom
 from bus_paper.paths import data_root, data_root_candidates
 
 XLSX = "udiat/BUS/DatasetB.xlsx"

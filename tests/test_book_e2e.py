@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from bus_paper import pipeline
+from bus_paper.book import runner as pipeline
 from bus_paper.data.phantom import write_phantom_root
 
 pytestmark = pytest.mark.slow

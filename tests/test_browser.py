@@ -17,7 +17,7 @@ from pathlib import Path
 import chromium
 import pytest
 
-from bus_paper import pipeline
+from bus_paper.book import runner as pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bus_paper import pages, papers, pipeline
+from bus_paper import papers
+from bus_paper.book import pages
+from bus_paper.book import runner as pipeline
 from bus_paper.config import load_profile
 from bus_paper.core import stats as S
 from bus_paper.provenance import save_table
@@ -193,7 +195,7 @@ def test_a_reader_reruns_when_a_chapter_it_reads_changes(tmp_path, monkeypatch):
     monkeypatch.setitem(pipeline.READS, "reader", ("other",))
     # the reader comes first in book order (like 09_claims before 13_generalisation)
     make_notebook(tmp_path / "nb" / "01_reader.ipynb",
-                  "import pathlib\nfrom bus_paper.pipeline import chapter\n"
+                  "import pathlib\nfrom bus_paper.book.chapter import chapter\n"
                   "ch = chapter('reader', profile, data_root, results_dir)\n"
                   "text = (ch.sibling_results('other') / 'x.csv').read_text()\n"
                   "pathlib.Path(results_dir, 'copy.csv').write_text(text)")

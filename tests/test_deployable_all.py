@@ -9,11 +9,10 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from tiny_profile import write_tiny  # noqa: E402 (tests/, on sys.path under pytest)
 
 from bus_paper.cli import main
 from bus_paper.core.calibration import expected_calibration_error, fit_temperature, scale
-
-from tiny_profile import write_tiny  # noqa: E402 (tests/, on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")

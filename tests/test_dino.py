@@ -184,7 +184,7 @@ class RecordingStage(DinoPretrainStage):
 
 
 def test_stage_smoke_teacher_is_ema_of_student(pool, tmp_path):
-    stage = RecordingStage(SMOKE, pool, tmp_path / "run", key="k", dino=TINY, progress=False)
+    stage = RecordingStage(SMOKE, pool, tmp_path / "run", key="k", dino=TINY)
     optimised = {id(p) for group in stage.optimizer.param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in stage.model.teacher.parameters()}
     initial_student = [p.detach().clone() for p in stage.model.student.parameters()]
@@ -202,7 +202,7 @@ def test_stage_smoke_teacher_is_ema_of_student(pool, tmp_path):
 
 def test_dino_pretrain_writes_a_loadable_encoder(pool, tmp_path, monkeypatch):
     monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
-    path = dino_pretrain(SMOKE, dino=TINY, progress=False)
+    path = dino_pretrain(SMOKE, dino=TINY)
     assert path.parent.parent.name == "pretrain-dino"
     state = load_checkpoint(path)
     assert {"encoder", "model_config", "normalizer", "key", "pool", "n_images", "history",
@@ -212,7 +212,7 @@ def test_dino_pretrain_writes_a_loadable_encoder(pool, tmp_path, monkeypatch):
     assert net.img_size == SMOKE.data.image_size
     assert net.load_encoder_state_dict(state["encoder"]) == []  # strict: every key and shape
     mtime = path.stat().st_mtime_ns
-    assert dino_pretrain(SMOKE, dino=TINY, progress=False) == path  # reused, not retrained
+    assert dino_pretrain(SMOKE, dino=TINY) == path  # reused, not retrained
     assert path.stat().st_mtime_ns == mtime
     # the key covers the DINO config, the baseline and the profile
     checksums = {"busbra": "a", "busuclm": "b"}

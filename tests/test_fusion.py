@@ -10,9 +10,10 @@ import torch
 
 from bus_paper import explain
 from bus_paper.data.preprocess import Normalizer
-from bus_paper.models import build_network, fusion
+from bus_paper.models import build_network
 from bus_paper.models.baselines import build_baseline
-from bus_paper.models.fusion import (
+from bus_paper.papers.p001 import fusion
+from bus_paper.papers.p001.fusion import (
     CBAM,
     ChannelAttention,
     SpatialAttention,

@@ -1,12 +1,12 @@
-"""Cross-site transfer, pooled training and calibration (bus_paper.generalisation)."""
+"""Cross-site transfer, pooled training and calibration (bus_paper.papers.beyond.generalisation)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bus_paper import generalisation as gen
 from bus_paper.config import load_profile
 from bus_paper.metrics import binary_metrics
+from bus_paper.papers.beyond import generalisation as gen
 
 SMOKE = load_profile("smoke").replace(**{"finetune.epochs": 1})
 
@@ -171,3 +171,45 @@ def test_pooled_key_follows_the_recipe_not_the_code(monkeypatch):
     assert gen.pooled_key(SMOKE.replace(**{"finetune.seeds": [5, 6]}), *args[1:]) == key
     monkeypatch.setitem(runs.RECIPE_VERSIONS, "pooled", runs.RECIPE_VERSIONS["pooled"] + 1)
     assert gen.pooled_key(*args) != key
+
+
+# ----------------------------------------------------------------------------- the deployable model
+def _deploy_run(seed, y, p, threshold=0.5, temperature=1.3):
+    test = pd.DataFrame({"path": [f"im{i}.png" for i in range(len(y))], "split": "test",
+                         "label": y, "prob": p})
+    return {"seed": seed, "threshold": threshold, "test_predictions": test,
+            "calibration": {"temperature": temperature, "sites": ["busi", "udiat"],
+                            "ece_test": {"before": 0.2, "after": 0.1}}}
+
+
+def test_the_model_card_states_the_new_site_estimate_beside_the_seen_sites(tmp_path):
+    """The deployable model's card block: leave-one-site-out AUC as the expectation at a new
+    hospital, the threshold's sensitivity and specificity on the seen sites' test parts."""
+    from bus_paper.book import pages
+    from bus_paper.provenance import save_result
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 40)
+    runs = [_deploy_run(s, y, np.clip(0.5 * y + 0.5 * rng.random(80), 0, 1)) for s in (0, 1)]
+    loo = pd.DataFrame([{"row": "proposed", "train": "pooled", "test": t, "seeds": 2, "auc": a,
+                         "auc_lo": a - 10, "auc_hi": a + 5} for t, a in (("busi", 70.0),
+                                                                          ("udiat", 60.0))])
+    s = gen.deployable_summary(runs, loo, n_boot=50)
+    m = [binary_metrics(y, r["test_predictions"].prob.to_numpy(), 0.5) for r in runs]
+    assert s["within"]["recall"][0] == pytest.approx(100 * np.mean([x["recall"] for x in m]))
+    assert s["within"]["auc"][1] <= s["within"]["auc"][0] <= s["within"]["auc"][2]
+    assert s["new_site_mean_auc"] == 65.0 and [r["site"] for r in s["new_site"]] == ["busi", "udiat"]
+    assert s["seeds"] == [0, 1] and s["ece_after"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="same pooled test images"):
+        other = _deploy_run(2, y[::-1], runs[0]["test_predictions"].prob.to_numpy()[::-1])
+        other["test_predictions"]["path"] = other["test_predictions"]["path"][::-1].to_numpy()
+        gen.deployable_summary([runs[0], other], loo)
+
+    results = tmp_path / "results"
+    block = pages.model_card_blocks(tmp_path, tmp_path)["deployable"]
+    assert block.startswith("*Not available") and "deployable.json" in block
+    save_result(results / "generalisation", "deployable", s, {})
+    block = pages.model_card_blocks(tmp_path, tmp_path)["deployable"]
+    assert "**expected on a new site**" in block and "| 65.0 |" in block
+    assert "held out UDIAT (2 seed(s)) | 60.0 (50.0–65.0)" in block
+    assert "range (60.0–70.0 %)" in block and "temperature 1.30" in block

@@ -113,8 +113,8 @@ def test_smoke_numbers_match_the_golden_record(golden_env, monkeypatch):
     fine: list[float] = []
     _record_losses(monkeypatch, PretrainStage, pre)
     _record_losses(monkeypatch, FinetuneStage, fine)
-    encoder = pretrain(GOLDEN, progress=False)
-    result = finetune(GOLDEN, DATASET, seed=SEED, progress=False, encoder_path=encoder)
+    encoder = pretrain(GOLDEN)
+    result = finetune(GOLDEN, DATASET, seed=SEED, encoder_path=encoder)
     test = result["predictions"].query("split == 'test'")
     numbers = {"pretrain_losses": pre, "finetune_losses": fine,
                "test_probs": [float(p) for p in test.prob.iloc[:N_PROBS]],
@@ -170,9 +170,9 @@ def test_recipe_key_is_sha256_of_the_canonical_recipe():
 def test_keys_read_no_file_and_follow_the_version(monkeypatch):
     """Every key function computes the same key when no source file can be read (so moving or
     editing one retrains nothing), and bumping a kind's version changes that kind's key only."""
-    from bus_paper import generalisation as gen
+    from bus_paper.papers.beyond import generalisation as gen
+    from bus_paper.papers.p002.train import run_key, settings_for
     from bus_paper.train.dino import dino_key
-    from bus_paper.train.lesion import run_key, settings_for
 
     def every_key() -> dict[str, str]:
         k = _keys()

@@ -104,12 +104,12 @@ def _pretrain_then_finetune(tmp_path, baseline: str | None = None,
     the pretrained encoder and of the fine-tuning model agree)."""
     from bus_paper.train.finetuning import FinetuneStage
     from bus_paper.train.pretraining import PretrainStage, network_config
-    pre = PretrainStage(GPU, _images(2), tmp_path / "pre", "k", progress=False,
+    pre = PretrainStage(GPU, _images(2), tmp_path / "pre", "k",
                         baseline=baseline, network=network)
     pre_loss = _step(pre, torch.arange(2), pre.model.m)
     encoder = pre.model.m.encoder_state_dict()
     del pre
-    fine = FinetuneStage(GPU, _labelled(), 0, tmp_path / "fine", "k", encoder, progress=False,
+    fine = FinetuneStage(GPU, _labelled(), 0, tmp_path / "fine", "k", encoder,
                          model_config=network_config(GPU, baseline, network), strict=True)
     assert fine.skipped == []
     return pre_loss, _step(fine, torch.arange(2), fine.model)
@@ -130,7 +130,7 @@ def test_table1_baseline(tmp_path, name):
 
 
 def test_paper001_fusion_model(tmp_path):
-    from bus_paper.paper001 import network_for
+    from bus_paper.papers.p001.experiments import network_for
     cfg = network_for(GPU, "proposed")
     assert cfg["family"] == "fusion" and cfg["img_size"] == SIDE
     _pretrain_then_finetune(tmp_path, network=cfg)
@@ -142,12 +142,11 @@ def test_dino_vit(tmp_path):
     from bus_paper.train.dino import DinoPretrainStage
     from bus_paper.train.finetuning import FinetuneStage
     from bus_paper.train.pretraining import baseline_config
-    pre = DinoPretrainStage(GPU, _images(2), tmp_path / "dino", "k", baseline="vit_small",
-                            progress=False)
+    pre = DinoPretrainStage(GPU, _images(2), tmp_path / "dino", "k", baseline="vit_small")
     _step(pre, torch.arange(2), pre.model.student)
     encoder = pre.model.teacher["net"].encoder_state_dict()
     del pre
-    fine = FinetuneStage(GPU, _labelled(), 0, tmp_path / "fine", "k", encoder, progress=False,
+    fine = FinetuneStage(GPU, _labelled(), 0, tmp_path / "fine", "k", encoder,
                          model_config=baseline_config(GPU, "vit_small"), strict=True)
     assert fine.skipped == []
     _step(fine, torch.arange(2), fine.model)
@@ -157,7 +156,7 @@ def test_paper002_lesion_model(tmp_path):
     """Paper 002's ResNet-50 at its gpu settings (crops of 256-px images to 224), the full loss
     (CE + lesion contrastive), P x K = 2 lesions x 2 images. Its SimCLR encoder is resnet50's."""
     from bus_paper.models import build_network
-    from bus_paper.train.lesion import FoldData, LesionStage, model_config, settings_for
+    from bus_paper.papers.p002.train import FoldData, LesionStage, model_config, settings_for
     settings = dataclasses.replace(settings_for(GPU), lesions_per_batch=2, images_per_lesion=2)
     assert settings.image_size == SIDE
     x = {s: _images(4, settings.load_size, seed=i) for i, s in enumerate(("train", "val", "test"))}
@@ -167,7 +166,7 @@ def test_paper002_lesion_model(tmp_path):
                     [[0, 1], [2, 3]], Normalizer.fit(x["train"].numpy()), settings.load_size)
     model = build_network(model_config(GPU, settings))
     stage = LesionStage(model, data, "lr", settings, 1.0, 0.5, 0, tmp_path / "lesion", "k",
-                        GPU.run, progress=False)
+                        GPU.run)
     _step(stage, torch.arange(2), stage.model.m)
 
 

@@ -37,7 +37,7 @@ class Toy(Stage):
     def __init__(self, run_dir: Path, epochs: int, key: str = "toy"):
         torch.manual_seed(0)
         super().__init__(nn.Linear(4, 2), run_dir, epochs=epochs, batch_size=4, lr=0.1,
-                         weight_decay=0.0, seed=0, n_train=8, key=key, progress=False,
+                         weight_decay=0.0, seed=0, n_train=8, key=key,
                          run=RunConfig(device="cpu", precision="fp32", channels_last=False))
         self.x = torch.randn(8, 4)
 
@@ -163,10 +163,10 @@ def runs(tmp_path, monkeypatch):
 def test_cached_finetune_heals_result_json_and_is_locked(runs, capsys, monkeypatch):
     from bus_paper.train import finetune
     profile = SMOKE.replace(**{"finetune.epochs": 1})
-    first = finetune(profile, "busi", seed=0, encoder_path=None, progress=False)
+    first = finetune(profile, "busi", seed=0, encoder_path=None)
     run_dir = Path(first["run_dir"])
     truncate(run_dir / "result.json")
-    again = finetune(profile, "busi", seed=0, encoder_path=None, progress=False)
+    again = finetune(profile, "busi", seed=0, encoder_path=None)
     err = capsys.readouterr().err
     assert "result.json" in err and "moved aside" in err
     assert len(list(run_dir.glob("result.json.corrupt-*"))) == 1
@@ -177,7 +177,7 @@ def test_cached_finetune_heals_result_json_and_is_locked(runs, capsys, monkeypat
     try:
         monkeypatch.setenv("BUS_PAPER_LOCK_WAIT", "0.3")
         with pytest.raises(RunInUse, match=f"pid {proc.pid}"):
-            finetune(profile, "busi", seed=0, encoder_path=None, progress=False)
+            finetune(profile, "busi", seed=0, encoder_path=None)
     finally:
         proc.kill()
         proc.wait()
@@ -211,7 +211,7 @@ def test_truncated_encoder_pt_is_recomputed(runs, capsys):
 
     def run():
         return run_pretraining(SMOKE, None, "toy", lambda sums: "key", make_stage,
-                               lambda s: {"encoder": s.model.state_dict()}, progress=False)
+                               lambda s: {"encoder": s.model.state_dict()})
     enc = run()
     truncate(enc)
     assert run() == enc

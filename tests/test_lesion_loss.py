@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bus_paper.lesion_loss import VARIANTS, LesionContrastiveLoss
+from bus_paper.papers.p002.loss import VARIANTS, LesionContrastiveLoss
 
 
 def reference(z, lesion, label, instance, positives, negatives, tau):

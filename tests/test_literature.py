@@ -1,4 +1,4 @@
-"""Paper 000's published tables (bus_paper/literature/paper_000.toml) and the literature chapter's
+"""Paper 000's published tables (bus_paper/papers/literature/paper_000.toml) and the literature chapter's
 merge of Tables 2-3 with our measured row."""
 
 import math
@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bus_paper import analysis
-from bus_paper.literature import (
+from bus_paper.papers.literature import (
     LITERATURE,
     METRICS,
     PAPER_KEY,
@@ -21,6 +20,7 @@ from bus_paper.literature import (
     paper_000,
     placement,
 )
+from bus_paper.papers.p000 import analysis
 
 
 def measured_seed_table(dataset="busi", value=90.0, lo=85.0, hi=95.0, seeds=3):

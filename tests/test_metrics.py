@@ -103,8 +103,8 @@ def test_every_verdict_reads_the_same_side_of_zero():
     nan = float("nan")
     assert [interval_side(*ci) for ci in [(0.1, 2), (-2, -0.1), (-1, 1), (0, 1), (nan, 1)]] == \
         [1, -1, 0, 0, None]
-    from bus_paper.paper001 import SIDE_WORDS
-    from bus_paper.paper004.report import diff_verdict
+    from bus_paper.papers.p001.experiments import SIDE_WORDS
+    from bus_paper.papers.p004.report import diff_verdict
     for lo, hi in [(0.1, 2), (-2, -0.1), (-1, 1), (nan, nan)]:
         claim = claim_verdict(lo, hi, claimed=1.0)       # a claim that the difference is positive
         words = (SIDE_WORDS[interval_side(lo, hi)], diff_verdict(lo, hi))

@@ -1,4 +1,4 @@
-"""The generated parts of the book (bus_paper.pages): rerun boxes, model card, reproducibility page."""
+"""The generated parts of the book (bus_paper.book.pages): rerun boxes, model card, reproducibility page."""
 
 import json
 import shutil
@@ -7,7 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bus_paper import pages, pipeline
+from bus_paper.book import pages
+from bus_paper.book import runner as pipeline
 
 ROOT = pipeline.project_root()
 BOOK = ROOT / "book"

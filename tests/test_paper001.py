@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bus_paper import paper001 as p1
-from bus_paper import saliency
 from bus_paper.config import load_profile
-from bus_paper.experiments import seed_table
+from bus_paper.explain import saliency
 from bus_paper.metrics import binary_metrics
+from bus_paper.papers.p000.experiments import seed_table
+from bus_paper.papers.p001 import experiments as p1
 from bus_paper.train.pretraining import load_pretrained
 
 SMOKE = load_profile("smoke")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from bus_paper import paper002 as p2
 from bus_paper.config import load_profile
 from bus_paper.metrics import claim_verdict
-from bus_paper.train import lesion as tl
+from bus_paper.papers.p002 import experiments as p2
+from bus_paper.papers.p002 import train as tl
 
 SMOKE = load_profile("smoke")
 
@@ -77,7 +77,7 @@ def test_settings_are_checked():
         tl.Settings(64, 1, 4, 1)
     with pytest.raises(ValueError, match="multiple of 32"):
         tl.Settings(60, 1, 4, 4)
-    with pytest.raises(KeyError, match="no paper-002 settings"):
+    with pytest.raises(FileNotFoundError, match="no profile 'custom'"):
         tl.settings_for("custom")
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from bus_paper.data.mias import film_label, parse_info, read_lesions, read_mias, woman_of
-from bus_paper.data.phantom_mias import mias_root, write_mias_phantom
 from bus_paper.data.splits import make_splits
-from bus_paper.paper004 import classical, evaluate, fusion, prep
+from bus_paper.papers.p004 import classical, evaluate, fusion, prep
+from bus_paper.papers.p004.mias import film_label, parse_info, read_lesions, read_mias, woman_of
+from bus_paper.papers.p004.phantom_mias import mias_root, write_mias_phantom
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +321,7 @@ def test_feature_classifier_runs_grad_cam():
 @pytest.mark.slow
 def test_run_task_smoke_end_to_end(mias):
     from bus_paper.config import load_profile
-    from bus_paper.paper004 import report, run
+    from bus_paper.papers.p004 import report, run
     p = load_profile("smoke")
     s = run.Settings(backbones=("resnet50", "efficientnet_b0"), classifiers=("knn", "nn"),
                      rf_trees=10, nn_max_iter=40, n_boot=50)

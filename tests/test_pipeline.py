@@ -1,4 +1,4 @@
-"""The chapter runner (bus_paper.pipeline): discovery, content hash, execution and reuse."""
+"""The chapter runner (bus_paper.book.runner): discovery, content hash, execution and reuse."""
 
 import json
 import shutil
@@ -7,7 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bus_paper import pipeline
+from bus_paper.book import chapter as book_chapter
+from bus_paper.book import runner as pipeline
 from bus_paper.cli import main
 from bus_paper.paths import PACKAGE_DIR
 
@@ -198,7 +199,7 @@ def test_chapter_under_smoke_uses_a_phantom_and_a_private_results_dir(tmp_path, 
 
     monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("BUS_PAPER_CACHE", str(tmp_path / "cache"))
-    ch = pipeline.chapter("x", profile="smoke", seed=2)
+    ch = book_chapter.chapter("x", profile="smoke", seed=2)
     assert ch.profile.name == "smoke" and ch.seed == 2
     assert (ch.data_root / "PHANTOM.txt").exists()            # synthetic, never the real data
     assert ch.results_dir == tmp_path / "runs" / "notebook-results" / "x"
@@ -208,11 +209,11 @@ def test_chapter_under_smoke_uses_a_phantom_and_a_private_results_dir(tmp_path, 
     assert got["provenance"]["data_checksums"]["busi"] != "missing"
     assert got["provenance"]["data_checksums"]["mias"] == "missing"
 
-    explicit = pipeline.chapter("x", profile="smoke", data_root=str(ch.data_root),
+    explicit = book_chapter.chapter("x", profile="smoke", data_root=str(ch.data_root),
                                 results_dir=str(tmp_path / "res"))
     assert explicit.data_root == ch.data_root and explicit.results_dir == tmp_path / "res"
     with pytest.raises(FileNotFoundError, match="looked for .* Public source"):
-        pipeline.resolve_data_root("cpu", tmp_path / "absent")
+        book_chapter.resolve_data_root("cpu", tmp_path / "absent")
 
     table = ch.provenance_table([0, 1], **{"encoder key": "abc"})["value"]
     prov = ch.provenance()
@@ -223,18 +224,18 @@ def test_chapter_under_smoke_uses_a_phantom_and_a_private_results_dir(tmp_path, 
 
 
 def test_list_parameters_arrive_as_lists_or_json_text():
-    assert pipeline.as_list('["udiat", "busi"]') == ["udiat", "busi"]
-    assert pipeline.as_list(("busi",)) == ["busi"]
-    assert pipeline.as_list("0, 1") == ["0", "1"] and pipeline.as_list("lr") == ["lr"]
-    assert pipeline.as_list(3) == [3]
-    assert pipeline.seed_list("[3, 4]", "cpu") == [3, 4]
-    assert pipeline.seed_list(None, "cpu") == list(pipeline.load_profile("cpu").finetune.seeds)
+    assert book_chapter.as_list('["udiat", "busi"]') == ["udiat", "busi"]
+    assert book_chapter.as_list(("busi",)) == ["busi"]
+    assert book_chapter.as_list("0, 1") == ["0", "1"] and book_chapter.as_list("lr") == ["lr"]
+    assert book_chapter.as_list(3) == [3]
+    assert book_chapter.seed_list("[3, 4]", "cpu") == [3, 4]
+    assert book_chapter.seed_list(None, "cpu") == list(pipeline.load_profile("cpu").finetune.seeds)
 
 
 def test_times_page_lists_each_executed_chapter_and_the_total(tmp_path):
     import nbformat
 
-    from bus_paper.pipeline import chapter_times, write_times_page
+    from bus_paper.book.runner import chapter_times, write_times_page
     for stem, wall in (("01_a", 90.0), ("02_b", 30.0)):
         nb = nbformat.v4.new_notebook()
         nb.metadata["bus_paper"] = {"provenance": {"profile": "cpu", "wall_s": wall,
@@ -401,9 +402,9 @@ def test_parameter_overrides_do_not_replace_the_book(tmp_path, monkeypatch, caps
 
 
 def test_a_chapter_reads_its_siblings_beside_it_else_from_the_book(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path / "repo")
+    monkeypatch.setattr(book_chapter, "project_root", lambda: tmp_path / "repo")
     mine = tmp_path / "runs" / "notebook-results" / "claims"
-    ch = pipeline.Chapter("claims", pipeline.load_profile("smoke"), tmp_path, mine, 0, ())
+    ch = book_chapter.Chapter("claims", pipeline.load_profile("smoke"), tmp_path, mine, 0, ())
     assert ch.sibling_results("table1") == tmp_path / "repo" / "book" / "results" / "table1"
     (mine.parent / "table1").mkdir(parents=True)
     assert ch.sibling_results("table1") == mine.parent / "table1"
@@ -419,7 +420,8 @@ def test_result_files_and_pages_are_replaced_atomically(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from bus_paper import pages, plotting, provenance
+    from bus_paper import plotting, provenance
+    from bus_paper.book import pages
     path = provenance.atomic_write_text(tmp_path / "a.txt", "one")
     assert path.read_text() == "one" and provenance.atomic_write_bytes(path, b"two") == path
     assert path.read_bytes() == b"two"

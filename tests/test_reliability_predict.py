@@ -17,10 +17,9 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from tiny_profile import write_tiny  # noqa: E402 (tests/, on sys.path under pytest)
 
 from bus_paper.cli import main
-
-from tiny_profile import write_tiny  # noqa: E402 (tests/, on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")

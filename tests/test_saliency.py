@@ -1,4 +1,4 @@
-"""Saliency, SmoothGrad and SHAP (bus_paper.saliency) on models whose explanations are known."""
+"""Saliency, SmoothGrad and SHAP (bus_paper.explain.saliency) on models whose explanations are known."""
 
 import doctest
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bus_paper import saliency as sal
 from bus_paper.data.preprocess import Normalizer
+from bus_paper.explain import saliency as sal
 
 S = 16
 R, C = 5, 9      # the one pixel the model reads

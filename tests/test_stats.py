@@ -142,3 +142,53 @@ def test_core_doctests():
     from bus_paper.core import calibration, runs, stats
     for module in (stats, runs, calibration):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+# ----------------------------------------------------------------------------- metrics, two levels
+def test_weighted_metrics_equal_the_metrics_of_the_resample_they_weight():
+    from bus_paper.metrics import binary_metrics
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 40)
+    p = np.round(rng.random(40), 2)              # ties, and probabilities on the threshold
+    w = rng.integers(0, 4, size=(25, 40))
+    for metric in (*S.THRESHOLD_METRICS, "auc"):
+        got = S.weighted_metric(metric, y, p, 0.5, w)
+        for b in range(len(w)):
+            idx = np.repeat(np.arange(40), w[b])   # the resample the weights stand for
+            want = binary_metrics(y[idx], p[idx], 0.5)[metric]
+            assert got[b] == pytest.approx(want, nan_ok=True), (metric, b)
+
+
+def test_two_level_metrics_and_paired_are_the_tested_bootstrap_for_the_auc():
+    """Same draws as two_level_bootstrap (runs, then clusters): the AUC intervals coincide."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 60)
+    a = np.clip(y * 0.4 + rng.random((3, 60)) * 0.7, 0, 1)
+    b = rng.random((2, 60))
+    groups = np.arange(60) // 4
+    got = S.two_level_metrics(y, a, [0.5, 0.4, 0.6], groups, n_boot=300, seed=2)["auc"]
+    ref = S.two_level_bootstrap(y, a, clusters=groups, n_boot=300, seed=2)
+    assert (100 * got.estimate, 100 * got.lo, 100 * got.hi) == pytest.approx(
+        (ref.estimate, ref.lo, ref.hi))
+    assert (got.n_clusters, got.n_runs) == (15, 3)
+    d, p = S.two_level_paired(y, a, [0.5] * 3, b, [0.5] * 2, groups, n_boot=300, seed=2)
+    ref = S.two_level_bootstrap(y, a, b, groups, n_boot=300, seed=2)
+    assert (100 * d.estimate, 100 * d.lo, 100 * d.hi) == pytest.approx((ref.estimate, ref.lo, ref.hi))
+    assert d.lo > 0 and p < 0.05
+
+
+def test_duplicates_do_not_narrow_a_cluster_interval():
+    """Three identical copies of every test image carry no more information than one: resampled
+    by cluster, the interval is that of the unduplicated set; resampled by image it would shrink
+    by about sqrt(3) (what BUSI's duplicate groups did to the book's intervals)."""
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 2, 80)
+    p = np.clip(y * 0.3 + rng.random(80) * 0.8, 0, 1)
+    one = S.two_level_metrics(y, p, [0.5], n_boot=2000, seed=1)
+    y3, p3, groups = np.repeat(y, 3), np.repeat(p, 3), np.repeat(np.arange(80), 3)
+    clustered = S.two_level_metrics(y3, p3, [0.5], groups, n_boot=2000, seed=1)
+    naive = S.two_level_metrics(y3, p3, [0.5], n_boot=2000, seed=1)
+    for m in ("auc", "accuracy", "recall"):
+        width = one[m].hi - one[m].lo
+        assert clustered[m].hi - clustered[m].lo == pytest.approx(width, rel=0.15), m
+        assert naive[m].hi - naive[m].lo < 0.75 * width, m

@@ -42,11 +42,11 @@ def runs(workdirs, tmp_path, monkeypatch):
 
 
 def test_pretrain_then_finetune_end_to_end(runs):
-    enc = pretrain(SMOKE, progress=False)
+    enc = pretrain(SMOKE)
     state = load_checkpoint(enc)  # weights_only=True
     assert state["n_images"] > 0 and "encoder" in state
-    assert pretrain(SMOKE, progress=False) == enc  # a finished stage is reused
-    r = finetune(SMOKE, "busi", seed=0, progress=False)
+    assert pretrain(SMOKE) == enc  # a finished stage is reused
+    r = finetune(SMOKE, "busi", seed=0)
     assert r["pretrained"] and r["n"]["test"] > 0
     assert 0.0 <= r["metrics"]["auc"] <= 1.0
     assert 0.0 <= r["threshold"] <= 1.0
@@ -54,15 +54,21 @@ def test_pretrain_then_finetune_end_to_end(runs):
     assert ck["image_size"] == SMOKE.data.image_size and ck["classes"] == ["benign", "malignant"]
     preds = r["predictions"]
     assert set(preds.split) == {"val", "test"} and preds.prob.between(0, 1).all()
+    # each image's cluster (its split group) goes with it, for the two-level bootstraps
+    from bus_paper.train.data import load_labelled, resolve_root
+    data = load_labelled(SMOKE, resolve_root(SMOKE, None), "busi")
+    group = dict(zip(data.splits.path, data.splits.group.astype(str)))
+    assert list(preds.cluster.astype(str)) == [group[p] for p in preds.path]
     # finished: only the deployable model stays (no resume/best-epoch checkpoints, ~2x the model)
     run_dir = Path(r["run_dir"])
     assert (run_dir / "model.pt").exists()
     assert not (run_dir / "best.pt").exists() and not (run_dir / "last.pt").exists()
     assert not (Path(enc).parent / "last.pt").exists()
     # the cached predictions are bit-identical to the in-memory ones, so are their metrics
-    cached = finetune(SMOKE, "busi", seed=0, progress=False)
+    cached = finetune(SMOKE, "busi", seed=0)
     assert cached["predictions"].prob.dtype == np.float32
     np.testing.assert_array_equal(cached["predictions"].prob.to_numpy(), preds.prob.to_numpy())
+    assert list(cached["predictions"].cluster.astype(str)) == list(preds.cluster.astype(str))
     test = cached["predictions"].query("split == 'test'")
     assert binary_metrics(test.label.to_numpy(), test.prob.to_numpy(), cached["threshold"]) == \
         {k: v for k, v in r["metrics"].items()}
@@ -86,12 +92,12 @@ def test_network_argument_and_model_families(runs, monkeypatch):
     from bus_paper.models import build_network, family_module
     from bus_paper.train.pretraining import baseline_config
     cfg = baseline_config(SMOKE, "mobilenetv2")
-    enc = pretrain(SMOKE, progress=False, network=cfg)
-    assert enc == pretrain(SMOKE, progress=False, baseline="mobilenetv2")  # same config, same run
-    r = finetune(SMOKE, "busi", seed=0, progress=False, network=cfg)
+    enc = pretrain(SMOKE, network=cfg)
+    assert enc == pretrain(SMOKE, baseline="mobilenetv2")  # same config, same run
+    r = finetune(SMOKE, "busi", seed=0, network=cfg)
     assert r["model"] == "mobilenetv2" and r["pretrained"]
     with pytest.raises(ValueError, match="not both"):
-        pretrain(SMOKE, progress=False, network=cfg, baseline="resnet50")
+        pretrain(SMOKE, network=cfg, baseline="resnet50")
     toy = types.ModuleType("bus_paper.models.toyfam")
     toy.build_from_config = lambda c: ("built", c["width"])
     monkeypatch.setitem(sys.modules, "bus_paper.models.toyfam", toy)
@@ -103,16 +109,16 @@ def test_network_argument_and_model_families(runs, monkeypatch):
 
 
 def test_same_seed_same_metrics(runs, tmp_path, monkeypatch):
-    a = finetune(SMOKE, "busi", seed=3, encoder_path=None, progress=False)
+    a = finetune(SMOKE, "busi", seed=3, encoder_path=None)
     monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "other"))
-    b = finetune(SMOKE, "busi", seed=3, encoder_path=None, progress=False)
+    b = finetune(SMOKE, "busi", seed=3, encoder_path=None)
     np.testing.assert_allclose(a["predictions"].prob, b["predictions"].prob, rtol=0, atol=1e-6)
     assert a["metrics"] == b["metrics"]
 
 
 def test_killed_run_resumes_and_matches_uninterrupted(runs, tmp_path, monkeypatch):
     profile = SMOKE.replace(**{"finetune.epochs": 3})
-    full = finetune(profile, "busi", seed=1, encoder_path=None, progress=False)
+    full = finetune(profile, "busi", seed=1, encoder_path=None)
 
     monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "killed"))
     calls = {"n": 0}
@@ -126,18 +132,18 @@ def test_killed_run_resumes_and_matches_uninterrupted(runs, tmp_path, monkeypatc
 
     monkeypatch.setattr(FinetuneStage, "validate", dying_validate)
     with pytest.raises(KeyboardInterrupt):
-        finetune(profile, "busi", seed=1, encoder_path=None, progress=False)
+        finetune(profile, "busi", seed=1, encoder_path=None)
     monkeypatch.setattr(FinetuneStage, "validate", real_validate)
     run_dir = next((tmp_path / "killed" / "finetune").iterdir())
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 0  # epoch 1 of 3 survived
-    resumed = finetune(profile, "busi", seed=1, encoder_path=None, progress=False)
+    resumed = finetune(profile, "busi", seed=1, encoder_path=None)
     assert len(resumed["history"]) == 3
     np.testing.assert_allclose(resumed["predictions"].prob, full["predictions"].prob, atol=1e-6)
 
 
 def test_predict_cli_reports_unreadable_and_writes_heatmaps(runs, tmp_path):
     from bus_paper.cli import main
-    r = finetune(SMOKE, "busi", seed=0, encoder_path=None, progress=False)
+    r = finetune(SMOKE, "busi", seed=0, encoder_path=None)
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     rng = np.random.default_rng(0)
@@ -177,28 +183,28 @@ def test_baseline_simclr_pretrain_and_finetune(runs):
     fine-tuning, a deployable checkpoint that rebuilds the baseline (not a BusNet)."""
     from bus_paper.models.baselines import BaselineNet
     from bus_paper.train import load_deployable
-    enc = pretrain(SMOKE, progress=False, baseline="resnet50")
-    assert enc != pretrain(SMOKE, progress=False)  # its own cache entry
+    enc = pretrain(SMOKE, baseline="resnet50")
+    assert enc != pretrain(SMOKE)  # its own cache entry
     assert load_checkpoint(enc)["model_config"]["baseline"] == "resnet50"
-    r = finetune(SMOKE, "busi", seed=0, progress=False, baseline="resnet50")
+    r = finetune(SMOKE, "busi", seed=0, baseline="resnet50")
     assert r["model"] == "resnet50" and r["pretrained"] and r["encoder_key"] in str(enc)
     model, state = load_deployable(r["checkpoint"])
     assert isinstance(model, BaselineNet) and model.name == "resnet50"
-    proposed = finetune(SMOKE, "busi", seed=0, progress=False)
+    proposed = finetune(SMOKE, "busi", seed=0)
     assert proposed["model"] == "proposed" and proposed["run_dir"] != r["run_dir"]
 
 
 def test_finetune_refuses_an_encoder_of_another_model(runs):
-    enc = pretrain(SMOKE, progress=False, baseline="resnet50")
+    enc = pretrain(SMOKE, baseline="resnet50")
     with pytest.raises(ValueError, match="resnet50 encoder, but fine-tuning builds proposed"):
-        finetune(SMOKE, "busi", seed=0, progress=False, encoder_path=enc)
+        finetune(SMOKE, "busi", seed=0, encoder_path=enc)
 
 
 def test_dino_encoder_finetunes_as_its_baseline(runs):
     from bus_paper.train.dino import dino_pretrain
-    enc = dino_pretrain(SMOKE, name="vit_small", progress=False)  # the profile's [dino] section
+    enc = dino_pretrain(SMOKE, name="vit_small")  # the profile's [dino] section
     assert load_checkpoint(enc)["dino"]["out_dim"] == SMOKE.dino.out_dim == 64
-    r = finetune(SMOKE, "busi", seed=0, progress=False, encoder_path=enc, baseline="vit_small")
+    r = finetune(SMOKE, "busi", seed=0, encoder_path=enc, baseline="vit_small")
     assert r["model"] == "vit_small" and r["pretrained"]
     assert np.isfinite(r["metrics"]["accuracy"])
 
@@ -206,9 +212,9 @@ def test_dino_encoder_finetunes_as_its_baseline(runs):
 def test_ablation_variant_loads_the_full_models_encoder(runs):
     """No fusion / single scale change the heads' width only: the full model's pretrained encoder
     is loaded into the variant (matching weights), as the cpu ablation chapter does."""
-    enc = pretrain(SMOKE, progress=False)
+    enc = pretrain(SMOKE)
     variant = SMOKE.replace(**{"model.fusion": False})
-    r = finetune(variant, "busi", seed=0, progress=False, encoder_path=enc)
+    r = finetune(variant, "busi", seed=0, encoder_path=enc)
     assert r["pretrained"] and r["encoder_key"] == load_checkpoint(enc)["key"]
     skipped = r["encoder_weights_not_loaded"]
     # the heads and the (re-indexed) fusion norms differ; every encoder weight is loaded
@@ -217,8 +223,8 @@ def test_ablation_variant_loads_the_full_models_encoder(runs):
 
 def test_experiment_command_warms_the_cache_a_chapter_reads(runs, capsys):
     """`bus-paper experiment` runs exactly what the chapter's functions then find cached."""
-    from bus_paper import experiments as ex
     from bus_paper.cli import main
+    from bus_paper.papers.p000 import experiments as ex
     assert main(["experiment", "ablations", "--profile", "smoke", "--only", "no_fusion",
                  "--dataset", "busi", "--seed", "0", "--set", "finetune.epochs=2"]) == 0
     out = capsys.readouterr().out
@@ -233,7 +239,7 @@ def test_predict_reproduces_the_runs_test_probabilities(runs):
     same preprocessing, normaliser, precision and memory format as the chapters' evaluation."""
     from bus_paper.train.data import resolve_root
     from bus_paper.train.predict import predict_paths
-    r = finetune(SMOKE, "busi", seed=0, encoder_path=None, progress=False)
+    r = finetune(SMOKE, "busi", seed=0, encoder_path=None)
     test = r["predictions"].query("split == 'test'")
     root = resolve_root(SMOKE, None)
     df, skipped = predict_paths(r["checkpoint"], [root / p for p in test.path])

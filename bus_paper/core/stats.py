@@ -21,7 +21,6 @@ from typing import Literal
 
 import numpy as np
 
-
 # ----------------------------------------------------------------------------- the legend
 REPRODUCED = "reproduced"
 SMALLER = "smaller than claimed"
@@ -287,3 +286,117 @@ def two_level_bootstrap(y, prob_a, prob_b=None, clusters=None, *, statistic: Sta
     q = 100 * np.array([alpha / 2, 1 - alpha / 2])
     lo, hi = np.percentile(values, q) if values.size else (math.nan, math.nan)
     return Interval(estimate, float(lo), float(hi), n, n_clusters, len(pa), int(values.size))
+
+
+# ----------------------------------------------------------------------------- metrics, two levels
+THRESHOLD_METRICS = ("accuracy", "precision", "recall", "specificity", "f1")
+
+
+def weighted_metric(metric: str, y, p, threshold: float, w) -> np.ndarray:
+    """``metric`` (a fraction; ``auc`` or one of :data:`THRESHOLD_METRICS` at ``threshold``) for
+    each row of case weights ``w`` [B, n]; NaN where it is undefined (no positive, say).
+
+    >>> weighted_metric("recall", [1, 1, 0], [0.9, 0.2, 0.7], 0.5, [[1, 1, 1], [2, 0, 1]]).tolist()
+    [0.5, 1.0]
+    """
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    w = np.atleast_2d(np.asarray(w, dtype=float))
+    if metric == "auc":
+        return np.atleast_1d(weighted_auc(y, p, w))
+    if metric not in THRESHOLD_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: auc, {', '.join(THRESHOLD_METRICS)}")
+    d = p >= threshold
+    tp = (w * (d & (y == 1))).sum(1)
+    fp = (w * (d & (y == 0))).sum(1)
+    tn = (w * (~d & (y == 0))).sum(1)
+    fn = (w * (~d & (y == 1))).sum(1)
+    num, den = {"accuracy": (tp + tn, tp + tn + fp + fn), "recall": (tp, tp + fn),
+                "precision": (tp, tp + fp), "specificity": (tn, tn + fp),
+                "f1": (2 * tp, 2 * tp + fp + fn)}[metric]
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _replicates(n_clusters: int, ids: np.ndarray, runs: Sequence[int], n_boot: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Image weights [B, n] from cluster draws, and per side a [B, runs] draw of run indices."""
+    draws = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
+    counts = np.stack([np.bincount(d, minlength=n_clusters) for d in draws])
+    return counts[:, ids].astype(float), [rng.integers(0, r, size=(n_boot, r)) for r in runs]
+
+
+def _check_runs(y, probs, thresholds) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    y = np.asarray(y).astype(int).ravel()
+    p = _as_runs(probs, y.size)
+    t = [float(x) for x in np.atleast_1d(thresholds)]
+    if len(t) != len(p):
+        raise ValueError(f"need one threshold per run: {len(p)} runs, {len(t)} thresholds")
+    return y, p, t
+
+
+def _cluster_ids(clusters, n: int) -> tuple[np.ndarray, int]:
+    if clusters is None:
+        return np.arange(n), n
+    c = np.asarray(clusters)
+    if c.shape != (n,):
+        raise ValueError(f"{c.size} cluster ids for {n} images")
+    ids = np.unique(c, return_inverse=True)[1]
+    return ids, int(ids.max()) + 1 if n else 0
+
+
+def _mean_of_drawn(y, p, t, metric, weights, draws) -> np.ndarray:
+    per_run = np.stack([weighted_metric(metric, y, p[r], t[r], weights) for r in range(len(p))],
+                       axis=1)
+    return np.take_along_axis(per_run, draws, axis=1).mean(1)
+
+
+def _whole(y, p, t, metric) -> float:
+    return float(np.mean([weighted_metric(metric, y, p[r], t[r], np.ones((1, y.size)))[0]
+                          for r in range(len(p))]))
+
+
+def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float, int]:
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return math.nan, math.nan, 0
+    lo, hi = np.percentile(values, 100 * np.array([alpha / 2, 1 - alpha / 2]))
+    return float(lo), float(hi), int(values.size)
+
+
+def two_level_metrics(y, probs, thresholds, clusters=None, *,
+                      metrics: Sequence[str] = (*THRESHOLD_METRICS, "auc"), n_boot: int = 2000,
+                      seed: int = 0, alpha: float = 0.05) -> dict[str, Interval]:
+    """Each metric of several runs (seeds or folds: rows of ``probs``, each at its own threshold)
+    on the same n images: the mean over runs, with a percentile interval whose replicates draw
+    runs with replacement and then clusters (``clusters``: n ids, e.g. patient or duplicate group;
+    None: every image its own), weighting each image by its cluster's draws. One draw serves all
+    metrics. Fractions, not percentage points."""
+    y, p, t = _check_runs(y, probs, thresholds)
+    ids, n_clusters = _cluster_ids(clusters, y.size)
+    weights, (draws,) = _replicates(n_clusters, ids, [len(p)], n_boot, np.random.default_rng(seed))
+    out = {}
+    for m in metrics:
+        lo, hi, ok = _percentiles(_mean_of_drawn(y, p, t, m, weights, draws), alpha)
+        out[m] = Interval(_whole(y, p, t, m), lo, hi, y.size, n_clusters, len(p), ok)
+    return out
+
+
+def two_level_paired(y, probs_a, thresholds_a, probs_b, thresholds_b, clusters=None, *,
+                     metric: str = "auc", n_boot: int = 2000, seed: int = 0,
+                     alpha: float = 0.05) -> tuple[Interval, float]:
+    """``metric`` of runs a minus that of runs b on the same images (means over runs), with the
+    two-level interval (runs of each side drawn independently, clusters drawn once for both: the
+    comparison is paired on images) and a two-sided p (the share of replicates on the other side
+    of 0, doubled). Fractions."""
+    y, pa, ta = _check_runs(y, probs_a, thresholds_a)
+    _, pb, tb = _check_runs(y, probs_b, thresholds_b)
+    ids, n_clusters = _cluster_ids(clusters, y.size)
+    weights, (da, db) = _replicates(n_clusters, ids, [len(pa), len(pb)], n_boot,
+                                    np.random.default_rng(seed))
+    d = (_mean_of_drawn(y, pa, ta, metric, weights, da)
+         - _mean_of_drawn(y, pb, tb, metric, weights, db))
+    lo, hi, ok = _percentiles(d, alpha)
+    d = d[np.isfinite(d)]
+    p = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())) if d.size else math.nan
+    estimate = _whole(y, pa, ta, metric) - _whole(y, pb, tb, metric)
+    return Interval(estimate, lo, hi, y.size, n_clusters, len(pa) + len(pb), ok), float(p)

@@ -10,8 +10,8 @@ training run never decodes a PNG per epoch and an edited file is noticed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,8 @@ from PIL import Image
 from ..core.atomic import atomic_path
 from ..paths import cache_dir
 from .imageio import read_image, read_mask
+
+log = logging.getLogger(__name__)
 
 _VERSION = 1      # bump when the preprocessing changes, so caches are rebuilt
 
@@ -92,9 +94,8 @@ def _from_cache(prefix: str, paths: list[str], stamps: np.ndarray, with_masks: b
         except (ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
             # written atomically, so only a crash of the machine or a cut copy truncates one:
             # delete it, and the caller decodes the images again
-            print(f"bus-paper: image cache {file} is corrupt or truncated "
-                  f"({type(err).__name__}: {err}); deleted, rebuilding it", file=sys.stderr,
-                  flush=True)
+            log.warning("bus-paper: image cache %s is corrupt or truncated (%s: %s); deleted, "
+                        "rebuilding it", file, type(err).__name__, err)
             file.unlink(missing_ok=True)
     return None
 

@@ -47,8 +47,7 @@ import timm
 import torch
 from torch import nn
 
-from .busnet import BusNet
-from .heads import ClassifierHead, ProjectionHead
+from .heads import ClassifierHead, ProjectionHead, SSLNet
 
 BASELINES: dict[str, str] = {
     "convnext_tiny": "convnext_tiny",
@@ -98,7 +97,7 @@ def _size_multiple(name: str) -> int:
     return {"vit_small": 16, "vit_small_p8": 8}.get(name, 32)
 
 
-class BaselineNet(nn.Module):
+class BaselineNet(SSLNet):
     """A timm backbone with BusNet's heads and interface. Build it with :func:`build_baseline`.
 
     Input: float tensor ``[B, 1, S, S]`` (z-scored) with ``S = img_size``; with ``dynamic_size``
@@ -156,14 +155,6 @@ class BaselineNet(nn.Module):
         self._check_input(x)
         return self.backbone(x)
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """SSL embedding ``[B, proj_dim]`` (SimCLR head, eq. 3-4); not normalised."""
-        return self.projector(self.encode(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits ``[B, num_classes]``."""
-        return self.head(self.encode(x))
-
     def gradcam_target_layers(self) -> list[nn.Module]:
         """Grad-CAM target per family (see the module docstring)."""
         return [self.backbone.get_submodule(GRADCAM_TARGETS[self.name])]
@@ -175,13 +166,6 @@ class BaselineNet(nn.Module):
         if self.name in _VIT:
             return _TokensToMap(self.backbone.num_prefix_tokens)
         return None
-
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything but the classifier: backbone and projection head."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}
-
-    # same contract as BusNet's: strict name/shape match, or load the matching keys only
-    load_encoder_state_dict = BusNet.load_encoder_state_dict
 
 
 def _nhwc_to_nchw(x: torch.Tensor) -> torch.Tensor:

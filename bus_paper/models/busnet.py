@@ -50,7 +50,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .coatnet import CoAtNetEncoder
-from .heads import ClassifierHead, ProjectionHead
+from .heads import ClassifierHead, ProjectionHead, SSLNet
 
 
 def _upsample_to(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -83,7 +83,7 @@ class ScaleConcat(nn.Module):
         return torch.cat([_upsample_to(m, size) for m in maps], dim=1)
 
 
-class BusNet(nn.Module):
+class BusNet(SSLNet):
     """Multiscale-input, multiscale-fusion CoAtNet with a classifier and an SSL projection head.
 
     Input: float tensor ``[B, in_chans, S, S]`` with ``S = cfg.scales[0]`` (z-scored); the other
@@ -124,43 +124,9 @@ class BusNet(nn.Module):
         """Encoder output ``Out`` of eq. 1-2: average-pooled features ``[B, feature_dim]``."""
         return self.feature_map(x).mean(dim=(2, 3))
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """SSL embedding ``R`` of eq. 3-4, ``[B, proj_dim]``; not normalised (the loss does it)."""
-        return self.projector(self.encode(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits ``[B, num_classes]``."""
-        return self.head(self.encode(x))
-
     def gradcam_target_layers(self) -> list[nn.Module]:
         """Layers for pytorch-grad-cam: the map the heads pool (see the module docstring)."""
         return [self.scale_concat]
-
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything but the classifier: encoder, fusion norms and projection head."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}
-
-    def load_encoder_state_dict(self, state: Mapping[str, torch.Tensor],
-                                strict: bool = True) -> list[str]:
-        """Load a pretrained :meth:`encoder_state_dict`; the classifier keeps its initialisation.
-
-        With ``strict`` every key must match in name and shape (a KeyError / ValueError says which
-        do not). With ``strict=False`` only matching keys are loaded (e.g. the encoder of a model
-        whose projection head has another width) and the skipped own keys are returned.
-        """
-        own = self.encoder_state_dict()
-        extra = sorted(set(state) - set(own))
-        missing = sorted(set(own) - set(state))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if strict and (extra or missing):
-            raise KeyError(f"encoder state does not match this model: missing {missing[:5]}, "
-                           f"unexpected {extra[:5]} ({len(missing)} / {len(extra)} keys)")
-        if strict and wrong:
-            raise ValueError(f"encoder state has other shapes for {wrong[:5]} ({len(wrong)} keys); "
-                             "was it pretrained with another variant, scales or fusion setting?")
-        keep = {k: v for k, v in state.items() if k in own and k not in wrong}
-        self.load_state_dict(keep, strict=False)
-        return sorted(set(own) - set(keep))
 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> BusNet:

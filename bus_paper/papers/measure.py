@@ -54,7 +54,7 @@ def named(label: str, check: Check) -> Check:
 
 class Results:
     """The chapters' result files: ``where`` is the results root (``book/results``) or a function
-    chapter name -> folder (a chapter's :meth:`~bus_paper.pipeline.Chapter.sibling_results`)."""
+    chapter name -> folder (a chapter's :meth:`~bus_paper.book.chapter.Chapter.sibling_results`)."""
 
     def __init__(self, where: str | os.PathLike | Callable[[str], Path],
                  profile: str | Profile = "cpu") -> None:

@@ -63,7 +63,7 @@ def bench_ours(profile: Profile, images: torch.Tensor, steps: int,
                stages: bool = False) -> dict[str, Any]:
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        stage = PretrainStage(profile, images, Path(tmp), key="bench", progress=False)
+        stage = PretrainStage(profile, images, Path(tmp), key="bench")
     bs = profile.pretrain.batch_size
     g = torch.Generator().manual_seed(0)
 

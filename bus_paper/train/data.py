@@ -70,6 +70,18 @@ class LabelledSplits:
     normalizer: Normalizer
     splits: pd.DataFrame
 
+    def clusters(self, part: str) -> list[str]:
+        """The cluster of each image of ``part``: its split group (patient, lesion and duplicate
+        group joined), what a bootstrap over test images must resample. Pooled data (a
+        ``dataset`` column; paths read ``<dataset>:<path>``) prefix the dataset."""
+        s = self.splits
+        if "dataset" in s:
+            keys, groups = s["dataset"] + ":" + s["path"], s["dataset"] + ":" + s["group"].astype(str)
+        else:
+            keys, groups = s["path"], s["group"].astype(str)
+        of = dict(zip(keys, groups))
+        return [of[p] for p in self.paths[part]]
+
 
 def load_labelled(profile: Profile, root: Path, dataset: str, label_fraction: float = 1.0,
                   label_seed: int = 0) -> LabelledSplits:

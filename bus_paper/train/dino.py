@@ -250,8 +250,7 @@ class DinoPretrainStage(Stage):
     name = "pretrain-dino"
 
     def __init__(self, profile: Profile, images: torch.Tensor, run_dir: Path, key: str,
-                 baseline: str = "vit_small", dino: DinoConfig | None = None,
-                 progress: bool = True):
+                 baseline: str = "vit_small", dino: DinoConfig | None = None):
         p, side = profile.pretrain, profile.data.image_size
         dino = profile.dino if dino is None else dino  # one default: the profile's [dino]
         self.profile, self.images, self.dino, self.baseline = profile, images, dino, baseline
@@ -265,8 +264,7 @@ class DinoPretrainStage(Stage):
                                  dino.global_crop_scale, dino.local_crop_scale)
         super().__init__(DinoModel(net, head, loss), run_dir, epochs=p.epochs,
                          batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=0,
-                         run=profile.run, n_train=len(images), max_steps=p.max_steps, key=key,
-                         progress=progress)
+                         run=profile.run, n_train=len(images), max_steps=p.max_steps, key=key)
         # the optimiser sees the student only (the base class gave it every parameter)
         self.optimizer = torch.optim.Adam(
             [q for q in self.model.student.parameters() if q.requires_grad],
@@ -304,7 +302,7 @@ def dino_key(profile: Profile, baseline: str, dino: DinoConfig, checksums: dict[
 
 
 def dino_pretrain(profile: Profile, root: str | Path | None = None, name: str = "vit_small",
-                  dino: DinoConfig | None = None, progress: bool = True,
+                  dino: DinoConfig | None = None,
                   force: bool = False) -> Path:
     """DINO-pretrain (or reuse) baseline ``name`` on the profile's pool; returns ``encoder.pt``.
 
@@ -320,10 +318,9 @@ def dino_pretrain(profile: Profile, root: str | Path | None = None, name: str = 
     return run_pretraining(
         profile, root, "pretrain-dino", lambda sums: dino_key(profile, name, dino, sums),
         lambda images, run_dir, key: DinoPretrainStage(profile, images, run_dir, key,
-                                                       baseline=name, dino=dino,
-                                                       progress=progress),
+                                                       baseline=name, dino=dino),
         lambda stage: {"encoder": stage.model.teacher["net"].encoder_state_dict(),
                        "model_config": baseline_config(profile, name),
                        "dino": dataclasses.asdict(dino),
                        "recipe_version": recipe_version("dino")},
-        progress, force)
+        force)

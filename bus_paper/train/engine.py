@@ -12,13 +12,13 @@ import contextlib
 import fcntl
 import functools
 import json
+import logging
 import math
 import os
 import pickle
 import re
 import shutil
 import socket
-import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -33,6 +33,9 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..core.atomic import atomic_path, atomic_write_text
+from ..core.log import shows_progress
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- device & precision
@@ -228,9 +231,8 @@ def set_aside(path: Path, why: str, delete: bool = False, then: str = "recomputi
     dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
     with contextlib.suppress(FileNotFoundError):  # another process was first
         path.unlink() if delete else os.replace(path, dest)
-    print(f"bus-paper: {path} is corrupt or truncated ({why}); "
-          f"{'deleted' if delete else f'moved aside to {dest.name}'}; {then}",
-          file=sys.stderr, flush=True)
+    log.warning("bus-paper: %s is corrupt or truncated (%s); %s; %s", path, why,
+                "deleted" if delete else f"moved aside to {dest.name}", then)
 
 
 def read_or_heal(path: Path, read: Callable[[Path], _T], heal: bool = True,
@@ -351,9 +353,8 @@ def _acquire(lock: Path, d: Dist) -> int:
                                f"configuration); rerun once it has finished: its result is "
                                f"then reused") from None
             if not told:
-                print(f"bus-paper: {lock.parent} is in use by {who}; waiting for it to finish "
-                      "(BUS_PAPER_LOCK_WAIT=<seconds> to give up sooner)", file=sys.stderr,
-                      flush=True)
+                log.warning("bus-paper: %s is in use by %s; waiting for it to finish "
+                            "(BUS_PAPER_LOCK_WAIT=<seconds> to give up sooner)", lock.parent, who)
                 told = True
             time.sleep(0.5)
     os.ftruncate(fd, 0)
@@ -368,8 +369,8 @@ def remove_stale_tmp(run_dir: Path) -> None:
     for name in stale:
         (Path(run_dir) / name).unlink(missing_ok=True)
     if stale:
-        print(f"bus-paper: removed temporary files of killed writes in {run_dir}: "
-              f"{', '.join(stale)}", file=sys.stderr, flush=True)
+        log.warning("bus-paper: removed temporary files of killed writes in %s: %s", run_dir,
+                    ", ".join(stale))
 
 
 @contextlib.contextmanager
@@ -451,7 +452,7 @@ class Stage:
 
     def __init__(self, model: nn.Module, run_dir: Path, *, epochs: int, batch_size: int, lr: float,
                  weight_decay: float, seed: int, run: RunConfig, n_train: int,
-                 max_steps: int | None = None, key: str = "", progress: bool = True):
+                 max_steps: int | None = None, key: str = ""):
         if epochs < 1:
             raise ValueError("epochs must be >= 1")
         self.run = run
@@ -463,7 +464,7 @@ class Stage:
         self.run_dir = Path(run_dir)
         self.epochs, self.batch_size, self.seed = epochs, batch_size, seed
         self.n_train, self.max_steps, self.key = n_train, max_steps, key
-        self.progress = progress and self.dist.main
+        self.progress = self.dist.main and shows_progress(log)  # tqdm bars and epoch lines
         self.history = History()
         self.best_score = -math.inf
         self.start_epoch = 0
@@ -497,7 +498,7 @@ class Stage:
 
     def _say(self, message: str) -> None:
         if self.dist.main:
-            print(f"[{self.name}] {self.run_dir.name}: {message}", file=sys.stderr, flush=True)
+            log.warning("[%s] %s: %s", self.name, self.run_dir.name, message)
 
     def _try_resume(self) -> None:
         last = self.run_dir / "last.pt"
@@ -531,7 +532,8 @@ class Stage:
         self.best_score = float(state["best_score"]) if best_ok else -math.inf
         self.history.epochs = json.loads(state["history"])
         if self.dist.main:
-            print(f"[{self.name}] resuming {self.run_dir.name} at epoch {self.start_epoch}/{self.epochs}")
+            log.info("[%s] resuming %s at epoch %d/%d", self.name, self.run_dir.name,
+                     self.start_epoch, self.epochs)
 
     def fit(self) -> History:
         """Train the remaining epochs, holding the run folder against other processes."""
@@ -579,9 +581,8 @@ class Stage:
                 # rewritten from the checkpointed history, so log and checkpoint never disagree
                 atomic_write_text(self.run_dir / "log.jsonl",
                                   "".join(json.dumps(r) + "\n" for r in self.history.epochs))
-                if self.progress:
-                    shown = {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}
-                    print(f"[{self.name}] epoch {epoch + 1}/{self.epochs} {shown}", flush=True)
+                shown = {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}
+                log.info("[%s] epoch %d/%d %s", self.name, epoch + 1, self.epochs, shown)
             barrier(self.dist)
         if self.dist.main:
             write_json(self.done_file, {"epochs": self.epochs, "best_score": self.best_score,

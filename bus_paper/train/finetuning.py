@@ -61,7 +61,7 @@ class FinetuneStage(Stage):
     name = "finetune"
 
     def __init__(self, profile: Profile, data: LabelledSplits, seed: int, run_dir: Path, key: str,
-                 encoder: dict[str, Any] | None, progress: bool = True,
+                 encoder: dict[str, Any] | None,
                  model_config: dict[str, Any] | None = None, strict: bool = True):
         f = profile.finetune
         self.profile, self.data = profile, data
@@ -73,8 +73,7 @@ class FinetuneStage(Stage):
         self.augment = build_augment(f.augment)
         super().__init__(model, run_dir, epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                          weight_decay=f.weight_decay, seed=seed, run=profile.run,
-                         n_train=len(data.y["train"]), max_steps=f.max_steps, key=key,
-                         progress=progress)
+                         n_train=len(data.y["train"]), max_steps=f.max_steps, key=key)
         self.augment = self.augment.to(self.device)
         # drop_last keeps BatchNorm away from a batch of one, unless the set is smaller than a batch
         self.drop_last = len(data.y["train"]) > f.batch_size
@@ -124,7 +123,7 @@ def finetune_key(profile: Profile, dataset: str, seed: int, encoder_key: str | N
 
 @releases_run_locks
 def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | None = None,
-             encoder_path: Path | None | str = "auto", progress: bool = True,
+             encoder_path: Path | None | str = "auto",
              force: bool = False, baseline: str | None = None,
              network: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune and evaluate on ``dataset``; returns metrics, CIs, predictions and paths.
@@ -143,7 +142,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     d = init_distributed(select_device(profile.run).type)
     root = main_first(d, resolve_root, profile, root)
     if encoder_path == "auto":
-        encoder_path = (pretrain(profile, root, progress=progress, baseline=baseline,
+        encoder_path = (pretrain(profile, root, baseline=baseline,
                                  network=network)
                         if profile.pretrain.enabled else None)
     encoder = load_pretrained(Path(encoder_path)) if encoder_path else None
@@ -166,7 +165,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
                       label_seed=seed)
     same = encoder is None or _canonical(encoder["model_config"]) == _canonical(model_config)
     stage = FinetuneStage(profile, data, seed, run_dir, key,
-                          encoder["encoder"] if encoder else None, progress=progress,
+                          encoder["encoder"] if encoder else None,
                           model_config=model_config, strict=same)
     history = stage.fit()
     # the selected model: best validation epoch; threshold: chosen on validation
@@ -178,7 +177,8 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     metrics = binary_metrics(y_test, probs["test"], threshold)
     ci = bootstrap_ci(y_test, probs["test"], threshold, n_boot=1000, seed=seed)
     preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s,
-                                     "label": data.y[s].numpy(), "prob": probs[s]})
+                                     "label": data.y[s].numpy(), "prob": probs[s],
+                                     "cluster": data.clusters(s)})
                        for s in ("val", "test")], ignore_index=True)
     result = {"dataset": dataset, "seed": seed, "profile": profile.name, "threshold": threshold,
               "recipe_version": recipe_version("finetune"),

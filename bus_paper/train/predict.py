@@ -13,10 +13,10 @@ colour) are predicted but flagged.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ from ..data.preprocess import Normalizer, square_resize
 from .engine import to_model_memory_format
 from .finetuning import load_deployable, predict_proba
 from .gallery import panel_side, write_gallery
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".pgm", ".webp"}
 # the datasets' mask names: BUSI `<image>_mask.png`, `<image>_mask_1.png`; BUS-BRA `mask_0001-l.png`
@@ -157,7 +159,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path],
     """Returns (predictions, skipped) where skipped lists (file, reason) for every input file
     that was not predicted. Raises ``ModelFileError`` for a file that is not a usable model."""
     model, state = load_deployable(checkpoint)
-    print(describe_model(checkpoint, state), file=sys.stderr)
+    log.info("%s", describe_model(checkpoint, state))
     size, threshold = int(state["image_size"]), float(state["threshold"])
     normalizer = Normalizer(**state["normalizer"])
     from ..config import RunConfig, _build
@@ -165,7 +167,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path],
     model = to_model_memory_format(model, run)  # as in training, so probabilities match the run's
     files, skipped, ignored = collect_images(inputs)
     if ignored:
-        print(f"{ignored} non-image file(s) in the folders ignored", file=sys.stderr)
+        log.info("%d non-image file(s) in the folders ignored", ignored)
     paths, arrays, flags, views = [], [], [], []
     for p in files:
         try:
@@ -186,7 +188,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path],
             views.append(view)
         paths.append(p)
     for p, reason in skipped:
-        print(f"skipped {p}: {reason}", file=sys.stderr)
+        log.warning("skipped %s: %s", p, reason)
     columns = ["path", "prob_malignant", "prediction", "threshold", "flag"]
     if not arrays:
         return pd.DataFrame(columns=columns), skipped

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,10 +20,10 @@ from torch import nn
 
 from ..augment import build_augment
 from ..config import Profile
+from ..core.runs import SELECT_LAST_EPOCH, config_part, recipe_key, recipe_version
 from ..losses import NTXentLoss
 from ..models import build_network
 from ..paths import runs_dir
-from ..core.runs import SELECT_LAST_EPOCH, config_part, recipe_key, recipe_version
 from .data import Normalizer, load_pool, resolve_root
 from .engine import (
     Stage,
@@ -70,8 +70,7 @@ def _gather(z: torch.Tensor) -> torch.Tensor:
 class PretrainStage(Stage):
     name = "pretrain"
 
-    def __init__(self, profile: Profile, images: torch.Tensor, run_dir: Path, key: str,
-                 progress: bool = True, baseline: str | None = None,
+    def __init__(self, profile: Profile, images: torch.Tensor, run_dir: Path, key: str, baseline: str | None = None,
                  network: Mapping[str, Any] | None = None):
         p = profile.pretrain
         self.profile = profile
@@ -83,7 +82,7 @@ class PretrainStage(Stage):
         super().__init__(_Project(build_network(network_config(profile, baseline, network))), run_dir, epochs=p.epochs,
                          batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
                          seed=0, run=profile.run, n_train=len(images), max_steps=p.max_steps,
-                         key=key, progress=progress)
+                         key=key)
         self.augment = self.augment.to(self.device)
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
@@ -148,7 +147,7 @@ def pretrain_key(profile: Profile, checksums: dict[str, str], baseline: str | No
 
 @releases_run_locks
 def run_pretraining(profile: Profile, root: str | Path | None, kind: str, key_of, make_stage,
-                    export, progress: bool = True, force: bool = False) -> Path:
+                    export, force: bool = False) -> Path:
     """Cache-or-run one self-supervised pretraining; returns ``runs/<kind>/<key>/encoder.pt``.
 
     Shared by every objective (SimCLR here, DINO in :mod:`.dino`): ``key_of(checksums)`` names the
@@ -183,7 +182,7 @@ def run_pretraining(profile: Profile, root: str | Path | None, kind: str, key_of
     return out
 
 
-def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = True,
+def pretrain(profile: Profile, root: str | Path | None = None,
              force: bool = False, baseline: str | None = None,
              network: Mapping[str, Any] | None = None) -> Path:
     """SimCLR-pretrain (or reuse) the encoder of ``profile``; returns the path of ``encoder.pt``.
@@ -199,13 +198,12 @@ def pretrain(profile: Profile, root: str | Path | None = None, progress: bool = 
     """
     return run_pretraining(
         profile, root, "pretrain", lambda sums: pretrain_key(profile, sums, baseline, network),
-        lambda images, run_dir, key: PretrainStage(profile, images, run_dir, key,
-                                                   progress=progress, baseline=baseline,
+        lambda images, run_dir, key: PretrainStage(profile, images, run_dir, key, baseline=baseline,
                                                    network=network),
         lambda stage: {"encoder": stage.model.m.encoder_state_dict(),
                        "model_config": network_config(profile, baseline, network),
                        "recipe_version": recipe_version("pretrain")},
-        progress, force)
+        force)
 
 
 def load_pretrained(path: Path) -> dict[str, Any]:

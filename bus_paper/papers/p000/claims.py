@@ -1,7 +1,7 @@
 """Paper 000 (Wang et al. 2025, the multiscale SSL CoAtNet): its claims as data, and how each is
 measured from the book's result files (chapters 02-08 and 13).
 
-The paper's numbers come from its tables (``bus_paper/literature/paper_000.toml``); a claim it makes
+The paper's numbers come from its tables (``bus_paper/papers/literature/paper_000.toml``); a claim it makes
 without a number ("beats", "helps", "focuses on") is a difference with ``paper_value`` NaN and the
 claimed sign. "Beats every baseline" is one claim per baseline and data set, with the paper's own
 Table 1 difference as its value; "robust across populations" is one claim per transfer of the
@@ -11,8 +11,8 @@ generalisation chapter (fine-tuned on one site, tested on another, against that 
 from __future__ import annotations
 
 from ...core.stats import Check, Claim, auc_above_chance_check
-from ...literature import paper_000
-from ..measure import Measured, Results, nan, named, not_testable, seeds_check
+from ..literature import paper_000
+from ..measure import Measured, Results, named, nan, not_testable, seeds_check
 
 PAPER = "000"
 SETS = {"udiat": "UDIAT", "busi": "BUSI"}                      # the paper's two data sets

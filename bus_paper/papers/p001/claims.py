@@ -8,8 +8,8 @@ measured on BUSI here (the chapter's UDIAT numbers are an extra, not the paper's
 from __future__ import annotations
 
 from ...core.stats import Check, Claim
-from ...paper001 import PAPER_001
 from ..measure import Measured, Results, nan, not_testable, seeds_check
+from .experiments import PAPER_001
 
 PAPER = "001"
 CNNS = {"mobilenetv2": "MobileNetV2", "densenet121": "DenseNet121", "resnet50": "ResNet-50",

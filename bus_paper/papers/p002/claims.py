@@ -1,7 +1,7 @@
 """Paper 002 (Guo et al. 2022, lesion recognition as a contrastive auxiliary task): its claims as
 data, and how each is measured from the paper002 chapter's result files.
 
-The claims are the chapter's :data:`bus_paper.paper002.CLAIMS` (variant a minus variant b on
+The claims are the chapter's :data:`bus_paper.papers.p002.experiments.CLAIMS` (variant a minus variant b on
 BUS-BRA's five official folds, the paper's value from its Tables 1-2); the interval is the
 chapter's (lesions resampled within each test fold). Every variant but the baseline adds the
 contrastive loss L_con, so a claim rests on that loss having moved in training.
@@ -10,9 +10,9 @@ contrastive loss L_con, so a claim rests on that loss having moved in training.
 from __future__ import annotations
 
 from ...core.stats import Check, Claim, moved_check
-from ...paper002 import CLAIMS as CHAPTER_CLAIMS
-from ...paper002 import LABELS
 from ..measure import Measured, Results, named, seeds_check
+from .experiments import CLAIMS as CHAPTER_CLAIMS
+from .experiments import LABELS
 
 PAPER = "002"
 BY_KEY = {c.key: c for c in CHAPTER_CLAIMS}

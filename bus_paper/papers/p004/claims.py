@@ -14,7 +14,7 @@ fusion (the chapter's kNN rows are left out on purpose).
 from __future__ import annotations
 
 from ...core.stats import Check, Claim, attention_check
-from ..measure import Measured, Results, nan, named, not_testable
+from ..measure import Measured, Results, named, nan, not_testable
 
 PAPER = "004"
 TASKS = {"mias_abnormal": "mini-MIAS abnormal vs normal",

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .analysis import aligned_test_predictions, seed_mean_ci
-from .config import Profile
-from .metrics import METRICS, claim_verdict, interval_side, paired_bootstrap
+from ...config import Profile
+from ...core.stats import two_level_paired
+from ...metrics import METRICS, claim_verdict, interval_side
+from .analysis import aligned_test_predictions, seed_mean_ci, test_clusters
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -54,27 +55,25 @@ TABLE1: tuple[Row, ...] = (
 ROWS = {r.key: r for r in TABLE1}
 
 
-def encoder_for(profile: Profile, root: str | Path | None, row: Row | str,
-                progress: bool = False) -> Path:
+def encoder_for(profile: Profile, root: str | Path | None, row: Row | str) -> Path:
     """The (cached) pretrained ``encoder.pt`` of a Table 1 row."""
-    from .train.dino import dino_pretrain
-    from .train.pretraining import pretrain
+    from ...train.dino import dino_pretrain
+    from ...train.pretraining import pretrain
     row = ROWS[row] if isinstance(row, str) else row
     if row.objective == "dino":
-        return dino_pretrain(profile, root, name=row.baseline, progress=progress)
+        return dino_pretrain(profile, root, name=row.baseline)
     if row.objective != "simclr":
         raise ValueError(f"{row.key}: unknown objective {row.objective!r} (simclr | dino)")
-    return pretrain(profile, root, progress=progress, baseline=row.baseline)
+    return pretrain(profile, root, baseline=row.baseline)
 
 
 def table1_runs(profile: Profile, root: str | Path | None, row: Row | str,
-                datasets: Sequence[str], seeds: Sequence[int],
-                progress: bool = False) -> list[dict[str, Any]]:
+                datasets: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Pretrain (once) and fine-tune one Table 1 row on every dataset and seed."""
-    from .train import finetune
+    from ...train import finetune
     row = ROWS[row] if isinstance(row, str) else row
-    enc = encoder_for(profile, root, row, progress)
-    return [finetune(profile, d, s, root, encoder_path=enc, progress=progress,
+    enc = encoder_for(profile, root, row)
+    return [finetune(profile, d, s, root, encoder_path=enc,
                      baseline=row.baseline) | {"row": row.key}
             for d in datasets for s in seeds]
 
@@ -109,12 +108,18 @@ ABLATIONS: dict[str, Ablation] = {a.key: a for a in (
 )}
 
 
+def own_pretraining(profile: Profile) -> bool:
+    """Whether each ablation pretrains with its own change (the profile's ``[papers.p000]
+    ablations_own_pretraining``; the gpu profile, as the paper presumably did) or fine-tunes from
+    the full model's encoder (cheaper: the other profiles)."""
+    return bool(profile.section("p000").get("ablations_own_pretraining", False))
+
+
 def ablation_runs(profile: Profile, root: str | Path | None, key: str, datasets: Sequence[str],
-                  seeds: Sequence[int], own_pretraining: bool = False,
-                  progress: bool = False) -> list[dict[str, Any]]:
+                  seeds: Sequence[int], own_pretraining: bool = False) -> list[dict[str, Any]]:
     """Fine-tune ablation ``key`` on every dataset and seed (see :class:`Ablation`)."""
-    from .train import finetune
-    from .train.pretraining import pretrain
+    from ...train import finetune
+    from ...train.pretraining import pretrain
     if key not in ABLATIONS:
         raise KeyError(f"unknown ablation {key!r}; choose one of {', '.join(ABLATIONS)}")
     a = ABLATIONS[key]
@@ -122,26 +127,25 @@ def ablation_runs(profile: Profile, root: str | Path | None, key: str, datasets:
     if not a.ssl:
         enc = None
     elif own_pretraining and a.pretrain_changes:
-        enc = pretrain(variant.replace(**a.pretrain_changes), root, progress=progress)
+        enc = pretrain(variant.replace(**a.pretrain_changes), root)
     else:
-        enc = pretrain(profile, root, progress=progress)  # the full model's encoder
-    return [finetune(variant, d, s, root, encoder_path=enc, progress=progress) | {"row": key}
+        enc = pretrain(profile, root)  # the full model's encoder
+    return [finetune(variant, d, s, root, encoder_path=enc) | {"row": key}
             for d in datasets for s in seeds]
 
 
 # ----------------------------------------------------------------------------- label efficiency
 def label_fraction_runs(profile: Profile, root: str | Path | None, fraction: float, ssl: bool,
-                        datasets: Sequence[str], seeds: Sequence[int],
-                        progress: bool = False) -> list[dict[str, Any]]:
+                        datasets: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Fine-tune on ``fraction`` of the training labels (a stratified subset drawn per seed; the
     validation and test splits are unchanged), from the SSL encoder or from random init."""
-    from .train import finetune
-    from .train.pretraining import pretrain
+    from ...train import finetune
+    from ...train.pretraining import pretrain
     if not 0 < fraction <= 1:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    enc = pretrain(profile, root, progress=progress) if ssl else None
+    enc = pretrain(profile, root) if ssl else None
     variant = profile.replace(**{"finetune.label_fraction": float(fraction)})
-    return [finetune(variant, d, s, root, encoder_path=enc, progress=progress)
+    return [finetune(variant, d, s, root, encoder_path=enc)
             | {"row": f"{'ssl' if ssl else 'random'}@{fraction:g}"}
             for d in datasets for s in seeds]
 
@@ -149,16 +153,18 @@ def label_fraction_runs(profile: Profile, root: str | Path | None, fraction: flo
 # ----------------------------------------------------------------------------- summaries
 def seed_table(results: Sequence[dict[str, Any]], by: str = "row", n_boot: int = 1000
                ) -> pd.DataFrame:
-    """One row per (``by``, dataset): every metric as mean and sd over seeds and the 95% bootstrap
-    CI of the seed mean over test images (:func:`~bus_paper.analysis.seed_mean_ci`), in %."""
+    """One row per (``by``, dataset): every metric as mean and sd over seeds and the 95% two-level
+    bootstrap CI of the seed mean (seeds, then clusters of test images) (:func:`~bus_paper.papers.p000.analysis.seed_mean_ci`), in %."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r[by], r["dataset"]), []).append(r)
     rows = []
     for (name, dataset), runs in groups.items():
         y, probs, thr = aligned_test_predictions(runs)
-        ci = seed_mean_ci(y, probs, thr, n_boot=n_boot)
-        row = {by: name, "dataset": dataset, "seeds": len(runs)}
+        clusters = test_clusters(runs)
+        ci = seed_mean_ci(y, probs, thr, n_boot=n_boot, clusters=clusters)
+        row = {by: name, "dataset": dataset, "seeds": len(runs), "test images": len(y),
+               "clusters": len(set(clusters)) if clusters is not None else len(y)}
         for m in METRICS:
             vals = 100 * np.array([r["metrics"][m] for r in runs], dtype=float)
             row[m] = 100 * ci[m][0]
@@ -171,14 +177,17 @@ def seed_table(results: Sequence[dict[str, Any]], by: str = "row", n_boot: int =
 def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
                       metric: str = "auc", n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
     """Seed-mean ``metric`` of runs ``a`` minus that of runs ``b`` on the same test images, with a
-    paired bootstrap over images (each resample scores every run of both sides) and a two-sided
-    p-value (share of resamples whose difference has the other sign, doubled). In %."""
+    two-level bootstrap (each replicate draws the seeds of each side, then clusters of test
+    images, one draw for both sides: paired on images; :func:`~bus_paper.core.stats.two_level_paired`)
+    and a two-sided p-value (share of replicates whose difference has the other sign, doubled).
+    In %; ``n_images``, ``n_clusters``, ``n_seeds`` say what was resampled."""
     a, b = list(a), list(b)
     y, probs, thr = aligned_test_predictions(a + b)  # all on the same images, or an error
-    r = paired_bootstrap(y, probs[:len(a)], probs[len(a):], metric, thr[:len(a)], thr[len(a):],
-                         n_boot=n_boot, seed=seed)
-    return {"diff": 100 * r["delta"], "lo": 100 * r["lo"], "hi": 100 * r["hi"], "p": r["p"],
-            "n_boot": r["n_boot"]}
+    d, p = two_level_paired(y, probs[:len(a)], thr[:len(a)], probs[len(a):], thr[len(a):],
+                            test_clusters(a + b), metric=metric, n_boot=n_boot, seed=seed)
+    return {"diff": 100 * d.estimate, "lo": 100 * d.lo, "hi": 100 * d.hi, "p": p,
+            "n_boot": d.n_boot, "n_images": d.n_images, "n_clusters": d.n_clusters,
+            "n_seeds": (len(a), len(b))}
 
 
 def fmt_mean_sd(table: pd.DataFrame, metric: str) -> pd.Series:
@@ -199,7 +208,7 @@ def ablation_differences(results: Sequence[dict[str, Any]], datasets: Sequence[s
     """Every ablation variant in ``results`` minus the full model, per dataset and metric, in
     points: :func:`paired_difference` (same test images, paired bootstrap) beside the difference
     paper 000's Tables 4-5 give (NaN where the paper has no row)."""
-    from .literature import paper_000
+    from ..literature import paper_000
     paper = paper_000("ablations").set_index(["variant", "dataset"])
     variants = list(dict.fromkeys(r["row"] for r in results if r["row"] != "full"))
     rows = []
@@ -241,22 +250,17 @@ def ablation_verdicts(differences: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- heavy backbones
-#: SSL epochs at the ``cpu`` profile for backbones too heavy for the profile's own: VGG16 costs
-#: ~4x ResNet-50's compute (15.5 vs 4.1 GFLOPs at 224 px), so its 5 epochs on the pool would take
-#: ~15 of a chapter's 20 minutes. Papers 001 and 004 share this one pretraining. Other profiles
-#: keep their own epochs.
-CPU_PRETRAIN_EPOCHS: dict[str, int] = {"vgg16": 2}
-
-
 def pretraining_profile(profile: Profile, name: str) -> Profile:
-    """The profile to SSL-pretrain backbone ``name`` with (see :data:`CPU_PRETRAIN_EPOCHS`).
+    """The profile to SSL-pretrain backbone ``name`` with: its epochs capped by the profile's
+    ``[papers.p000] pretrain_epochs_cap`` (the cpu profile caps VGG16, ~4x ResNet-50's compute,
+    at 2 epochs; papers 001 and 004 share that one pretraining).
 
     >>> from bus_paper.config import load_profile
     >>> cpu = load_profile("cpu")
     >>> pretraining_profile(cpu, "vgg16").pretrain.epochs, pretraining_profile(cpu, "resnet50") is cpu
     (2, True)
     """
-    cap = CPU_PRETRAIN_EPOCHS.get(name) if profile.name == "cpu" else None
+    cap = profile.section("p000").get("pretrain_epochs_cap", {}).get(name)
     if cap is None or profile.pretrain.epochs <= cap:
         return profile
     return profile.replace(**{"pretrain.epochs": cap})

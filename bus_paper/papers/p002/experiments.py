@@ -1,7 +1,7 @@
 """Paper 002 (Guo et al. 2022, lesion recognition as a contrastive auxiliary task) on BUS-BRA: the
 chapter's runs, its metrics (MCR, lesion level) and its paired comparisons and verdicts.
 
-Training lives in :mod:`bus_paper.train.lesion` (its code is the runs' cache key); this module only
+Training lives in :mod:`bus_paper.papers.p002.train` (its code is the runs' cache key); this module only
 reads predictions, so changing an analysis never retrains anything.
 
 - :func:`run_all`: every (variant, fold) run, cached.
@@ -30,16 +30,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import as_list
-from .literature import load_numbers
-from .metrics import binary_metrics, choose_threshold, claim_verdict, weighted_auc
-from .train.lesion import N_FOLDS, SETTINGS, VARIANT_NAMES, Settings, settings_for
+from ...config import as_list
+from ...core.stats import weighted_auc, weighted_metric  # weighted_auc: re-exported
+from ...metrics import binary_metrics, choose_threshold, claim_verdict
+from ..literature import load_numbers
+from .train import N_FOLDS, PAPER_SETTINGS, VARIANT_NAMES, Settings, settings_for
 
 __all__ = [
     "CLAIMS",
     "LABELS",
     "METRICS",
-    "SETTINGS",
+    "PAPER_SETTINGS",
     "TABLE1",
     "TABLE2",
     "VARIANT_NAMES",
@@ -119,15 +120,14 @@ def parse_folds(value: Any) -> list[int]:
 
 # ----------------------------------------------------------------------------- runs
 def run_all(profile, root, variants: Sequence[str], folds: Sequence[int], *, alpha: float = 1.0,
-            temperature: float = 1.0, init: str = "ssl", seed: int = 0,
-            progress: bool = False) -> list[dict[str, Any]]:
-    """:func:`~bus_paper.train.lesion.run_fold` for every variant and fold (cached runs reused)."""
-    from .train.data import resolve_root
-    from .train.lesion import busbra_folds, run_fold
+            temperature: float = 1.0, init: str = "ssl", seed: int = 0) -> list[dict[str, Any]]:
+    """:func:`~bus_paper.papers.p002.train.run_fold` for every variant and fold (cached runs reused)."""
+    from ...train.data import resolve_root
+    from .train import busbra_folds, run_fold
     root = resolve_root(profile, root)
     table = busbra_folds(root)
     return [run_fold(profile, root, v, f, alpha=alpha, temperature=temperature, init=init,
-                     seed=seed, progress=progress, table=table)
+                     seed=seed, table=table)
             for v in variants for f in folds]
 
 
@@ -240,24 +240,10 @@ class _FoldArrays:
         return len(self.y_les)
 
 
-def _weighted(metric: str, y: np.ndarray, p: np.ndarray, thr: float, w: np.ndarray) -> np.ndarray:
-    if metric == "auc":
-        return weighted_auc(y, p, w)
-    d = p >= thr
-    tp = (w * (d & (y == 1))).sum(1)
-    fp = (w * (d & (y == 0))).sum(1)
-    tn = (w * (~d & (y == 0))).sum(1)
-    fn = (w * (~d & (y == 1))).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {"accuracy": (tp + tn) / (tp + tn + fp + fn), "recall": tp / (tp + fn),
-                "precision": tp / (tp + fp), "specificity": tn / (tn + fp),
-                "f1": 2 * tp / (2 * tp + fp + fn)}[metric]
-
-
 def _stat(f: _FoldArrays, metric: str, level: str, counts: np.ndarray) -> np.ndarray:
     """``metric`` of one fold for each row of lesion multiplicities ``counts`` [B, n_lesions]."""
     if level == "lesion":
-        return _weighted(metric, f.y_les, f.p_les, f.thr_les, counts)
+        return weighted_metric(metric, f.y_les, f.p_les, f.thr_les, counts)
     if metric in ("mcr", "discordance"):
         wrong = (f.p >= f.thr) != (f.y == 1)
         n = np.bincount(f.code, minlength=f.n_lesions)
@@ -271,7 +257,7 @@ def _stat(f: _FoldArrays, metric: str, level: str, counts: np.ndarray) -> np.nda
             value = ((pos > 0) & (pos < n)).astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
             return (counts * keep * value).sum(1) / (counts * keep).sum(1)
-    return _weighted(metric, f.y, f.p, f.thr, counts[:, f.code])
+    return weighted_metric(metric, f.y, f.p, f.thr, counts[:, f.code])
 
 
 def paired_difference(results: Sequence[dict[str, Any]], a: str, b: str, metric: str,

@@ -27,7 +27,7 @@ def _profile(args):
 
 
 def _cmd_pretrain(args) -> int:
-    from .pretraining import load_pretrained, pretrain
+    from ..train.pretraining import load_pretrained, pretrain
     path = pretrain(_profile(args), args.data_root, force=args.force)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -41,8 +41,8 @@ def _cmd_pretrain(args) -> int:
 def _cmd_train(args) -> int:
     from ..config import load_profile
     from ..paths import runs_dir
-    from .engine import load_checkpoint, save_checkpoint
-    from .finetuning import finetune, model_recipe
+    from ..train.engine import load_checkpoint, save_checkpoint
+    from ..train.finetuning import finetune, model_recipe
     profile = _profile(args)
     if args.no_pretrain:
         profile = profile.replace(**{"pretrain.enabled": False})
@@ -81,34 +81,16 @@ def _cmd_train(args) -> int:
 
 #: ``--dataset all``: one deployable model on every labelled ultrasound site (issue 19)
 ALL = "all"
-SITES = ("busi", "udiat", "busbra", "busuclm")
 
 
 def _train_all_sites(profile, root, seed: int) -> dict:
-    """The proposed model fine-tuned on the pooled leak-free splits of all four sites (epoch and
-    threshold chosen on the pooled validation parts; the same cached run the generalisation
-    chapter's pooling uses), then calibrated: a temperature fitted on the pooled validation
-    predictions. ``calibration`` holds what the model file gains: the temperature, and the
-    threshold moved to the calibrated scale (temperature scaling is monotonic, so the decisions
-    are those of the uncalibrated threshold)."""
-    from ..core.calibration import expected_calibration_error, fit_temperature, scale
-    from ..generalisation import pooled_finetune
-    from ..metrics import binary_metrics
-    r = pooled_finetune(profile, root, SITES, seed, row="proposed", progress=True)
-    preds = r["predictions"]
-    val, test = preds[preds.split == "val"], preds[preds.split == "test"]
-    t = fit_temperature(val.label.to_numpy(), val.prob.to_numpy())
-    threshold = float(scale([r["threshold"]], t)[0])
-    p_test = scale(test.prob.to_numpy(), t)
-    m = binary_metrics(test.label.to_numpy(), p_test, threshold)
-    ece = {"before": expected_calibration_error(test.label.to_numpy(), test.prob.to_numpy()),
-           "after": expected_calibration_error(test.label.to_numpy(), p_test)}
-    print(f"calibration: temperature {t:.3f} (fitted on {len(val)} pooled validation images); "
-          f"ECE on the pooled test parts {ece['before']:.3f} -> {ece['after']:.3f}")
-    return r | {"metrics": m, "threshold": threshold, "pretrained": True,
-                "calibration": {"temperature": t, "threshold": threshold,
-                                "threshold_uncalibrated": float(r["threshold"]),
-                                "ece_test": ece, "sites": list(SITES)}}
+    from ..papers.beyond.generalisation import deployable_model
+    r = deployable_model(profile, root, seed)
+    ece = r["calibration"]["ece_test"]
+    print(f"calibration: temperature {r['calibration']['temperature']:.3f} (fitted on the pooled "
+          f"validation images); ECE on the pooled test parts {ece['before']:.3f} -> "
+          f"{ece['after']:.3f}")
+    return r
 
 
 def _model_file(profile, base, dataset: str, seed: int, models_root: Path,
@@ -118,7 +100,7 @@ def _model_file(profile, base, dataset: str, seed: int, models_root: Path,
     that name plus a short hash of its overrides, so it never takes the default model's place."""
     import hashlib
 
-    from .finetuning import model_recipe
+    from ..train.finetuning import model_recipe
     recipe = model_recipe(profile, dataset, seed, "", profile.pretrain.enabled, base)
     if model_out:
         return Path(model_out), recipe
@@ -130,7 +112,7 @@ def _model_file(profile, base, dataset: str, seed: int, models_root: Path,
 
 def _refuse_other_recipe(target: Path, recipe: dict) -> None:
     """ValueError (one line) if ``target`` holds anything but a model of the same recipe."""
-    from .finetuning import ModelFileError, read_deployable, same_recipe
+    from ..train.finetuning import ModelFileError, read_deployable, same_recipe
     if not target.exists() or (target.is_file() and target.stat().st_size == 0):
         return  # nothing, or the 0-byte leftover of a killed plain copy: nothing to keep
     try:
@@ -148,12 +130,13 @@ def _refuse_other_recipe(target: Path, recipe: dict) -> None:
 def _cmd_experiment(args) -> int:
     """Run (or reuse from the cache) the training runs behind a results chapter. Under torchrun
     every run is data-parallel; the chapter notebook then finds them all cached."""
-    from .. import experiments as ex
+    from ..papers.p000 import experiments as ex
     profile = _profile(args)
-    # the chapters' defaults: label efficiency on BUSI only; ablations pretrain per variant on gpu
+    # the chapters' defaults: label efficiency on BUSI only; ablations pretrain per variant where
+    # the profile says so ([papers.p000] ablations_own_pretraining: gpu)
     datasets = args.dataset or (["busi"] if args.chapter == "label_efficiency"
                                 else list(profile.finetune.datasets))
-    own = args.own_pretraining if args.own_pretraining is not None else profile.name == "gpu"
+    own = args.own_pretraining if args.own_pretraining is not None else ex.own_pretraining(profile)
     seeds = args.seed if args.seed is not None else list(profile.finetune.seeds)
     results = []
     if args.chapter == "table1":
@@ -180,7 +163,8 @@ def _cmd_predict(args) -> int:
 
     import pandas as pd
 
-    from .predict import predict_paths
+    from .. import papers  # noqa: F401  (the papers' model families, so any model file loads)
+    from ..train.predict import predict_paths
     out = Path(args.out)
     # checked before any work: a missing folder must not cost the whole run
     if out.is_dir():
@@ -210,8 +194,8 @@ def _cmd_bench(args) -> int:
     import time
 
     from ..provenance import provenance
-    from .bench import run_bench
-    from .data import resolve_root
+    from ..train.bench import run_bench
+    from ..train.data import resolve_root
     started, profile = time.time(), _profile(args)
     res = run_bench(profile, args.data_root, steps=args.steps, ref_workers=args.ref_workers)
     res["provenance"] = provenance(profile, 0, resolve_root(profile, args.data_root),

@@ -169,8 +169,8 @@ def load_test_with_masks(result: Mapping[str, Any], root: str | Path, image_size
     Returns (``path, label, prob`` of the run's test predictions, sorted by path; uint8 images
     ``[N, S, S]``; bool masks ``[N, S, S]``), in the same order.
     """
-    from .data.manifest import build_manifest
-    from .data.preprocess import load_images
+    from ..data.manifest import build_manifest
+    from ..data.preprocess import load_images
     pred = result["predictions"]
     test = (pred[pred["split"] == "test"].sort_values("path")[["path", "label", "prob"]]
             .reset_index(drop=True))

@@ -41,14 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile
-from ..core.runs import SELECT_VAL_AUC_YOUDEN, config_part, recipe_key, recipe_version
-from ..data.preprocess import Normalizer
-from ..lesion_loss import VARIANTS, LesionContrastiveLoss
-from ..metrics import binary_metrics, choose_threshold
-from ..paths import runs_dir
-from .data import LABELS, resolve_root, to_tensor
-from .engine import (
+from ...config import Profile, load_profile
+from ...core.runs import SELECT_VAL_AUC_YOUDEN, config_part, recipe_key, recipe_version
+from ...data.preprocess import Normalizer
+from ...metrics import binary_metrics, choose_threshold
+from ...paths import runs_dir
+from ...train.data import LABELS, resolve_root, to_tensor
+from ...train.engine import (
     Stage,
     autocast,
     clear_run_dir,
@@ -63,6 +62,7 @@ from .engine import (
     select_device,
     write_json,
 )
+from .loss import VARIANTS, LesionContrastiveLoss
 
 #: every variant of Tables 1-2, in the order the chapter shows them
 VARIANT_NAMES: tuple[str, ...] = ("baseline", "ir", "lr", "lr_minus_all", "lr_minus_sc",
@@ -75,7 +75,7 @@ N_FOLDS = 5
 # ----------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class Settings:
-    """Per-profile training settings of the paper-002 chapter (not in the shared profile TOMLs).
+    """Training settings of the paper-002 chapter: a profile's ``[papers.p002]`` section.
 
     ``image_size``: the model's input side (a random crop of the image cached at
     :attr:`load_size`); ``lesions_per_batch`` x ``images_per_lesion`` = P x K (paper: 8 x 8);
@@ -116,31 +116,31 @@ class Settings:
         return self.lr * 0.1 ** (epoch // self.decay_every) if self.decay_every else self.lr
 
 
-#: smoke: plumbing only. cpu: sized so that 6 variants x 5 folds fit ~30 min on 2 cores (64 px,
-#: 2 epochs of ~720 lesions x 4 images; lr 1e-4 then 1e-5). gpu: the paper's settings.
-SETTINGS: dict[str, Settings] = {
-    "smoke": Settings(image_size=64, epochs=1, lesions_per_batch=4, images_per_lesion=4,
-                      max_steps=2),
-    "cpu": Settings(image_size=64, epochs=2, lesions_per_batch=16, images_per_lesion=4,
-                    decay_every=1),
-    "gpu": Settings(image_size=224, epochs=200, lesions_per_batch=8, images_per_lesion=8,
-                    decay_every=50),
-}
+#: The paper's settings (224 px, 200 epochs, P x K = 8 x 8, x0.1 every 50 epochs): the gpu
+#: profile's ``[papers.p002]``. The other profiles set smaller ones in their TOMLs.
+PAPER_SETTINGS = Settings(image_size=224, epochs=200, lesions_per_batch=8, images_per_lesion=8,
+                          decay_every=50)
 
 
 def settings_for(profile: Profile | str) -> Settings:
-    name = profile if isinstance(profile, str) else profile.name
-    if name not in SETTINGS:
-        raise KeyError(f"no paper-002 settings for profile {name!r}; known: {', '.join(SETTINGS)}")
-    return SETTINGS[name]
+    """The profile's ``[papers.p002]`` section as :class:`Settings` (checked)."""
+    prof = load_profile(profile)
+    section = prof.section("p002")
+    if not section:
+        raise KeyError(f"profile {prof.name!r} has no [papers.p002] section: paper 002's training "
+                       "settings (see bus_paper/profiles/cpu.toml)")
+    try:
+        return Settings(**section)
+    except TypeError as err:
+        raise KeyError(f"[papers.p002] of profile {prof.name!r}: {err}") from None
 
 
 # ----------------------------------------------------------------------------- data
 def busbra_folds(root: str | Path) -> pd.DataFrame:
     """BUS-BRA's benign/malignant images with ``path, label, patient_id, lesion_id, view, fold``
     (fold 0..4 = the official csv's 1..5), checked leak-free by patient and lesion."""
-    from ..data.manifest import build_manifest
-    from ..data.splits import make_splits
+    from ...data.manifest import build_manifest
+    from ...data.splits import make_splits
     frame = build_manifest(root, ["busbra"]).frame
     folds = make_splits(frame, "busbra", 0, scheme="official", k=N_FOLDS, labels=LABELS,
                         root=root)
@@ -193,7 +193,7 @@ class FoldData:
 def load_fold(root: str | Path, fold: int, settings: Settings, seed: int = 0,
               table: pd.DataFrame | None = None) -> FoldData:
     """The train / val / test images of ``fold`` (see :func:`assign_parts`), from the cache."""
-    from ..data.preprocess import load_images
+    from ...data.preprocess import load_images
     table = busbra_folds(root) if table is None else table
     part = assign_parts(table, fold, settings.val_fraction, seed)
     images = to_tensor(load_images(table, root, settings.load_size).images)
@@ -280,8 +280,7 @@ class LesionStage(Stage):
     name = "paper002"
 
     def __init__(self, model: nn.Module, data: FoldData, variant: str, settings: Settings,
-                 alpha: float, temperature: float, seed: int, run_dir: Path, key: str, run,
-                 progress: bool = True):
+                 alpha: float, temperature: float, seed: int, run_dir: Path, key: str, run):
         if variant not in VARIANT_NAMES:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANT_NAMES)}")
         self.data, self.settings, self.alpha, self.variant = data, settings, float(alpha), variant
@@ -291,7 +290,7 @@ class LesionStage(Stage):
         super().__init__(_FeaturesAndLogits(model), run_dir, epochs=settings.epochs,
                          batch_size=settings.lesions_per_batch, lr=settings.lr, weight_decay=0.0,
                          seed=seed, run=run, n_train=len(data.views), max_steps=settings.max_steps,
-                         key=key, progress=progress)
+                         key=key)
         self.augment = augment.to(self.device)
         self.drop_last = len(data.views) > settings.lesions_per_batch
         self._sums = {"cls": 0.0, "con": 0.0, "n": 0}
@@ -341,7 +340,7 @@ class LesionStage(Stage):
 # ----------------------------------------------------------------------------- one run
 def model_config(profile: Profile, settings: Settings) -> dict[str, Any]:
     """timm ResNet-50 (1 input channel) + linear head at the settings' input side."""
-    from .pretraining import baseline_config
+    from ...train.pretraining import baseline_config
     return {**baseline_config(profile, "resnet50"), "img_size": settings.image_size}
 
 
@@ -362,7 +361,7 @@ def run_key(profile: Profile, variant: str, fold: int, seed: int, settings: Sett
 @releases_run_locks
 def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int, *,
              alpha: float = 1.0, temperature: float = 1.0, init: str = "ssl", seed: int = 0,
-             settings: Settings | None = None, progress: bool = False, force: bool = False,
+             settings: Settings | None = None, force: bool = False,
              table: pd.DataFrame | None = None) -> dict[str, Any]:
     """Train ``variant`` on the training folds of ``fold`` and predict its validation and test
     images; cached under ``runs/paper002/<key>/`` (``result.json``, ``predictions.csv``, log).
@@ -372,9 +371,9 @@ def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int,
     val and test). Weights are not kept (30 runs x 100 MB); the predictions are what the chapter
     needs.
     """
-    from ..data.checksum import dataset_checksum
-    from ..models import build_network
-    from .pretraining import load_pretrained, pretrain
+    from ...data.checksum import dataset_checksum
+    from ...models import build_network
+    from ...train.pretraining import load_pretrained, pretrain
     if variant not in VARIANT_NAMES:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANT_NAMES)}")
     if init not in INITS:
@@ -386,7 +385,7 @@ def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int,
     root = resolve_root(profile, root)
     encoder = None
     if init == "ssl":
-        encoder = load_pretrained(pretrain(profile, root, progress=progress, baseline="resnet50"))
+        encoder = load_pretrained(pretrain(profile, root, baseline="resnet50"))
     key = run_key(profile, variant, fold, seed, settings, alpha, temperature,
                   encoder["key"] if encoder else None, dataset_checksum(root, "busbra"))
     run_dir = runs_dir() / "paper002" / key
@@ -405,7 +404,7 @@ def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int,
     if encoder is not None:
         model.load_encoder_state_dict(encoder["encoder"])
     stage = LesionStage(model, data, variant, settings, alpha, temperature, seed, run_dir, key,
-                        profile.run, progress)
+                        profile.run)
     history = stage.fit()
     stage.model.load_state_dict(load_checkpoint(run_dir / "best.pt", stage.device)["model"])
     probs = {s: predict_proba(stage.model.m, data.x[s], data.normalizer, settings.image_size,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metrics import weighted_auc
+from ...metrics import weighted_auc
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 

@@ -33,8 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..paths import runs_dir
-
+from ...paths import runs_dir
 
 
 @dataclass(frozen=True)
@@ -249,7 +248,7 @@ class RoiSet:
 
 
 def _us_rows(frame: pd.DataFrame, root: Path, prep: Prep, size: int):
-    from ..data.imageio import read_image, read_mask
+    from ...data.imageio import read_image, read_mask
     for row in frame.itertuples(index=False):
         img = read_image(root / row.path)
         parts = [root / p for p in str(row.mask_paths).split(";") if p and p != "nan"]
@@ -264,8 +263,8 @@ def _us_rows(frame: pd.DataFrame, root: Path, prep: Prep, size: int):
 
 
 def _mias_rows(frame: pd.DataFrame, root: Path, prep: Prep, size: int, seed: int = 0):
-    from ..data.imageio import read_image
-    from ..data.mias import ORIGINAL_SIDE, read_lesions
+    from ...data.imageio import read_image
+    from .mias import ORIGINAL_SIDE, read_lesions
     lesions = read_lesions(root)
     films = {p: read_image(root / p) for p in frame["path"]}
     breasts = {p: breast_mask(im) for p, im in films.items()}
@@ -304,19 +303,19 @@ def _mias_rows(frame: pd.DataFrame, root: Path, prep: Prep, size: int, seed: int
 
 
 def dataset_frame(dataset: str, root: Path) -> pd.DataFrame:
-    """Manifest rows of ``dataset`` (mini-MIAS through :mod:`bus_paper.data.mias`)."""
+    """Manifest rows of ``dataset`` (mini-MIAS through :mod:`bus_paper.papers.p004.mias`)."""
     if dataset == "mias":
-        from ..data.mias import mias_manifest
+        from .mias import mias_manifest
         return mias_manifest(root)
-    from ..data.manifest import build_manifest
+    from ...data.manifest import build_manifest
     return build_manifest(root, [dataset]).frame
 
 
 def roi_set(dataset: str, root: str | Path, prep: Prep, size: int,
             frame: pd.DataFrame | None = None) -> RoiSet:
     """The preprocessed ROIs of every image of ``dataset`` (or of ``frame``'s rows), cached."""
-    from ..data.checksum import dataset_checksum
-    from ..core.runs import recipe_key
+    from ...core.runs import recipe_key
+    from ...data.checksum import dataset_checksum
     root = Path(root)
     frame = (dataset_frame(dataset, root) if frame is None else frame).reset_index(drop=True)
     key = recipe_key("paper004-roi", dataset=dataset, checksum=dataset_checksum(root, dataset),
@@ -351,8 +350,8 @@ def tissue_pool(root: str | Path, paths: list[str], prep: Prep, size: int, per_f
     breast sites of each film in ``paths`` (no label and no lesion location of the film itself is
     read; sizes and sites come from the other films' lesion list, as for normal films).
     uint8 ``[len(paths) * per_film, S, S]``."""
-    from ..data.imageio import read_image
-    from ..data.mias import ORIGINAL_SIDE, read_lesions
+    from ...data.imageio import read_image
+    from .mias import ORIGINAL_SIDE, read_lesions
     root = Path(root)
     lesions = read_lesions(root)
     loc = lesions[lesions["located"]]

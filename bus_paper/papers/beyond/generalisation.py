@@ -33,27 +33,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .analysis import aligned_test_predictions, seed_mean_ci
-from .core.calibration import expected_calibration_error, fit_temperature, scale  # noqa: F401 (re-exported)
-from .config import Profile
-from .metrics import METRICS, binary_metrics, choose_threshold
-from .train.engine import releases_run_locks
-
+from ...config import Profile
+from ...core.calibration import expected_calibration_error, fit_temperature, scale  # noqa: F401 (re-exported)
+from ...metrics import METRICS, binary_metrics, choose_threshold
+from ...train.engine import releases_run_locks
+from ..p000.analysis import aligned_test_predictions, seed_mean_ci, test_clusters
 
 
 # ----------------------------------------------------------------------------- single-site runs
 def site_runs(profile: Profile, root: str | Path | None, row: str, datasets: Sequence[str],
-              seeds: Sequence[int], progress: bool = False) -> list[dict[str, Any]]:
+              seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Fine-tune Table 1 row ``row`` ("proposed", "simclr_resnet50", ...) on every dataset and
     seed (cached runs); each result gets ``train`` (its dataset) and ``row``."""
-    from .experiments import table1_runs
+    from ..p000.experiments import table1_runs
     return [r | {"train": r["dataset"]}
-            for r in table1_runs(profile, root, row, datasets, seeds, progress)]
+            for r in table1_runs(profile, root, row, datasets, seeds)]
 
 
 def labelled(profile: Profile, root: str | Path | None, dataset: str):
     """A dataset's leak-free split as tensors (:func:`~bus_paper.train.data.load_labelled`)."""
-    from .train.data import load_labelled, resolve_root
+    from ...train.data import load_labelled, resolve_root
     return load_labelled(profile, resolve_root(profile, root), dataset)
 
 
@@ -67,8 +66,8 @@ def transfer(run: Mapping[str, Any], data, profile: Profile,
     On its own dataset the run's stored predictions are returned unchanged, so the diagonal of
     the matrix is exactly what the other chapters report.
     """
-    from .data.preprocess import Normalizer
-    from .train.finetuning import load_deployable, predict_proba
+    from ...data.preprocess import Normalizer
+    from ...train.finetuning import load_deployable, predict_proba
     train = run.get("train", run["dataset"])
     base = {"train": train, "dataset": data.dataset, "seed": run["seed"],
             "row": run.get("row"), "threshold": float(run["threshold"])}
@@ -83,7 +82,8 @@ def transfer(run: Mapping[str, Any], data, profile: Profile,
         preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s,
                                          "label": data.y[s].numpy(),
                                          "prob": predict_proba(model, data.x[s], norm,
-                                                               profile.run)})
+                                                               profile.run),
+                                         "cluster": data.clusters(s)})
                            for s in parts], ignore_index=True)
     test = preds[preds["split"] == "test"]
     return base | {"predictions": preds,
@@ -94,16 +94,19 @@ def transfer(run: Mapping[str, Any], data, profile: Profile,
 def cross_site_table(transfers: Sequence[Mapping[str, Any]], n_boot: int = 1000
                      ) -> pd.DataFrame:
     """One row per (row, train, test): every metric as the seed mean with a bootstrap 95% CI over
-    the test images (:func:`~bus_paper.analysis.seed_mean_ci`), in %."""
+    seeds, then clusters of test images (:func:`~bus_paper.papers.p000.analysis.seed_mean_ci`), in %."""
     groups: dict[tuple[Any, str, str], list[Mapping[str, Any]]] = {}
     for t in transfers:
         groups.setdefault((t.get("row"), t["train"], t["dataset"]), []).append(t)
     rows = []
     for (row, train, test), runs in groups.items():
         y, probs, thr = aligned_test_predictions(runs)
-        ci = seed_mean_ci(y, probs, thr, n_boot=n_boot)
+        clusters = test_clusters(runs)
+        ci = seed_mean_ci(y, probs, thr, n_boot=n_boot, clusters=clusters)
         out = {"row": row, "train": train, "test": test, "seeds": len(runs),
-               "test images": len(y), "within": train == test}
+               "test images": len(y),
+               "clusters": len(set(clusters)) if clusters is not None else len(y),
+               "within": train == test}
         for m in METRICS:
             out[m], out[f"{m}_lo"], out[f"{m}_hi"] = (100 * v for v in ci[m])
         rows.append(out)
@@ -125,8 +128,8 @@ def pooled_labelled(profile: Profile, root: str | Path | None, datasets: Sequenc
     """The union of several datasets' leak-free splits (train with train, val with val, test
     with test; each dataset split on its own, so no image leaks), one normaliser fitted on the
     pooled training images."""
-    from .data.preprocess import Normalizer
-    from .train.data import LabelledSplits
+    from ...data.preprocess import Normalizer
+    from ...train.data import LabelledSplits
     parts = [labelled(profile, root, d) for d in datasets]
     x = {s: torch.cat([p.x[s] for p in parts]) for s in ("train", "val", "test")}
     y = {s: torch.cat([p.y[s] for p in parts]) for s in ("train", "val", "test")}
@@ -142,7 +145,7 @@ def pooled_key(profile: Profile, datasets: Sequence[str], seed: int, encoder_key
     """The run key of a pooled fine-tuning: its recipe (:mod:`bus_paper.core.runs`): each
     dataset split on its own (:func:`labelled`: all labels, the profile's split seed), the parts
     pooled, one normaliser on the pooled training images."""
-    from .core.runs import SELECT_VAL_AUC_YOUDEN, config_part, recipe_key
+    from ...core.runs import SELECT_VAL_AUC_YOUDEN, config_part, recipe_key
     split = {"datasets": sorted(datasets), "scheme": "holdout per dataset, parts pooled",
              "split_seed": profile.finetune.split_seed}
     return recipe_key("pooled", network=dict(model_config),
@@ -154,7 +157,7 @@ def pooled_key(profile: Profile, datasets: Sequence[str], seed: int, encoder_key
 
 @releases_run_locks
 def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequence[str],
-                    seed: int = 0, row: str = "proposed", progress: bool = False
+                    seed: int = 0, row: str = "proposed"
                     ) -> dict[str, Any]:
     """Fine-tune Table 1 row ``row`` on the pooled ``datasets`` (epoch and threshold chosen on
     the pooled validation parts), cached under ``runs/finetune-pooled/<key>/``.
@@ -162,19 +165,18 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
     The same stage, selection rule and deployable file as :func:`~bus_paper.train.finetune`; only
     the data differ. Single process (no torchrun): these runs are small.
     """
-    from .core.runs import recipe_version
-    from .data.checksum import dataset_checksum
-    from .experiments import ROWS, encoder_for
-    from .paths import runs_dir
-    from .train.data import resolve_root
-    from .train.engine import (
+    from ...core.runs import recipe_version
+    from ...data.checksum import dataset_checksum
+    from ...paths import runs_dir
+    from ...train.data import resolve_root
+    from ...train.engine import (
         hold_run_lock,
         load_checkpoint,
         read_cached_run,
         save_checkpoint,
         write_json,
     )
-    from .train.finetuning import (
+    from ...train.finetuning import (
         FinetuneStage,
         _canonical,
         deployable_state,
@@ -182,11 +184,12 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
         read_predictions,
         write_predictions,
     )
-    from .train.pretraining import load_pretrained, network_config
+    from ...train.pretraining import load_pretrained, network_config
+    from ..p000.experiments import ROWS, encoder_for
     datasets = sorted(datasets)
     root = resolve_root(profile, root)
     r = ROWS[row]
-    encoder = load_pretrained(Path(encoder_for(profile, root, r, progress)))
+    encoder = load_pretrained(Path(encoder_for(profile, root, r)))
     model_config = network_config(profile, r.baseline)
     key = pooled_key(profile, datasets, seed, encoder["key"], model_config,
                      {d: dataset_checksum(root, d) for d in datasets})
@@ -198,7 +201,7 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
         return result | meta
     t0 = time.perf_counter()
     data = pooled_labelled(profile, root, datasets)
-    stage = FinetuneStage(profile, data, seed, run_dir, key, encoder["encoder"], progress=progress,
+    stage = FinetuneStage(profile, data, seed, run_dir, key, encoder["encoder"],
                           model_config=model_config,
                           strict=_canonical(encoder["model_config"]) == _canonical(model_config))
     history = stage.fit()
@@ -207,7 +210,8 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
              for s in ("val", "test")}
     threshold = choose_threshold(data.y["val"].numpy(), probs["val"])
     preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s,
-                                     "label": data.y[s].numpy(), "prob": probs[s]})
+                                     "label": data.y[s].numpy(), "prob": probs[s],
+                                     "cluster": data.clusters(s)})
                        for s in ("val", "test")], ignore_index=True)
     result = {"dataset": data.dataset, "threshold": threshold, "history": history.epochs,
               "n": {s: len(data.y[s]) for s in ("train", "val", "test")},
@@ -223,7 +227,7 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
 
 
 def leave_one_out(profile: Profile, root: str | Path | None, datasets: Sequence[str],
-                  seeds: Sequence[int], row: str = "proposed", progress: bool = False,
+                  seeds: Sequence[int], row: str = "proposed",
                   tests: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """For each dataset, a model pooled over all the others, tested on it (:func:`transfer`);
     ``train`` reads "pooled" so the results sit in the matrix's tables as one more row."""
@@ -233,12 +237,73 @@ def leave_one_out(profile: Profile, root: str | Path | None, datasets: Sequence[
         data = tests.get(held) or labelled(profile, root, held)
         tests[held] = data
         for s in seeds:
-            run = pooled_finetune(profile, root, [d for d in datasets if d != held], s, row,
-                                  progress)
+            run = pooled_finetune(profile, root, [d for d in datasets if d != held], s, row)
             out.append(transfer(run, data, profile) | {"train": "pooled", "pooled": run["train"],
                                                        "row": row, "seconds": run["seconds"],
                                                        "n_train": run["n"]["train"]})
     return out
+
+
+# ----------------------------------------------------------------------------- the deployable model
+#: the labelled ultrasound sites the deployable model is trained on (issue 19)
+SITES: tuple[str, ...] = ("busi", "udiat", "busbra", "busuclm")
+
+
+def deployable_model(profile: Profile, root: str | Path | None, seed: int = 0,
+                     sites: Sequence[str] = SITES) -> dict[str, Any]:
+    """The model for images from another hospital: the proposed model fine-tuned on the pooled
+    leak-free splits of every site (epoch and threshold chosen on the pooled validation parts; the
+    same cached run as :func:`pooled_finetune`), then calibrated by a temperature fitted on the
+    pooled validation predictions. ``calibration`` holds what the model file gains: the
+    temperature, and the threshold moved to the calibrated scale (temperature scaling is
+    monotonic, so the decisions are those of the uncalibrated threshold). ``metrics`` are those of
+    the calibrated probabilities on the pooled test parts. What it does on a site it never saw is
+    estimated by :func:`leave_one_out` with the same recipe, not by these test parts."""
+    r = pooled_finetune(profile, root, sites, seed, row="proposed")
+    preds = r["predictions"]
+    val, test = preds[preds.split == "val"], preds[preds.split == "test"]
+    t = fit_temperature(val.label.to_numpy(), val.prob.to_numpy())
+    threshold = float(scale([r["threshold"]], t)[0])
+    p_test = scale(test.prob.to_numpy(), t)
+    ece = {"before": expected_calibration_error(test.label.to_numpy(), test.prob.to_numpy()),
+           "after": expected_calibration_error(test.label.to_numpy(), p_test)}
+    return r | {"metrics": binary_metrics(test.label.to_numpy(), p_test, threshold),
+                "threshold": threshold, "pretrained": True, "seed": seed,
+                "calibration": {"temperature": t, "threshold": threshold,
+                                "threshold_uncalibrated": float(r["threshold"]),
+                                "ece_test": ece, "sites": list(sites)},
+                "test_predictions": test.assign(prob=p_test)}
+
+
+def deployable_summary(runs: Sequence[Mapping[str, Any]], loo: pd.DataFrame,
+                       n_boot: int = 1000) -> dict[str, Any]:
+    """What the model card says of the deployable model: its decision threshold's sensitivity and
+    specificity and its AUC on the pooled test parts of the sites it was trained on (mean over
+    ``runs``, one per seed, with a bootstrap CI over test images), its calibration, and the
+    expected AUC on a new site: the leave-one-site-out rows ``loo`` (a :func:`cross_site_table`
+    of :func:`leave_one_out`), one per held-out site."""
+    if not runs:
+        raise ValueError("no deployable run")
+    test = [r["test_predictions"] for r in runs]
+    y = test[0].label.to_numpy()
+    if any(not np.array_equal(p.path.to_numpy(), test[0].path.to_numpy()) for p in test):
+        raise ValueError("the seeds' runs must predict the same pooled test images")
+    clusters = test[0]["cluster"].astype(str).to_numpy() if "cluster" in test[0] else None
+    ci = seed_mean_ci(y, [p.prob.to_numpy() for p in test], [r["threshold"] for r in runs],
+                      n_boot=n_boot, clusters=clusters)
+    held = loo[loo["train"] == "pooled"] if "train" in loo else loo
+    return {"seeds": [int(r["seed"]) for r in runs], "sites": list(runs[0]["calibration"]["sites"]),
+            "n_test": int(y.size),
+            "n_clusters": int(len(set(clusters))) if clusters is not None else int(y.size),
+            "within": {m: [100 * v for v in ci[m]] for m in ("auc", "recall", "specificity")},
+            "threshold": float(np.mean([r["threshold"] for r in runs])),
+            "temperature": float(np.mean([r["calibration"]["temperature"] for r in runs])),
+            "ece_before": 100 * float(np.mean([r["calibration"]["ece_test"]["before"] for r in runs])),
+            "ece_after": 100 * float(np.mean([r["calibration"]["ece_test"]["after"] for r in runs])),
+            "new_site": [{"site": str(h["test"]), "auc": float(h["auc"]),
+                          "auc_lo": float(h["auc_lo"]), "auc_hi": float(h["auc_hi"]),
+                          "seeds": int(h["seeds"])} for _, h in held.iterrows()],
+            "new_site_mean_auc": float(held["auc"].mean())}
 
 
 # ----------------------------------------------------------------------------- calibration

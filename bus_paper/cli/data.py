@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import DataConfig, load_profile
-from .registry import BUS_DATASETS
+from ..data.registry import BUS_DATASETS
 
 
 def _data_config(args: argparse.Namespace) -> DataConfig:
@@ -25,7 +25,7 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
 
 
 def _manifest(args: argparse.Namespace, datasets: list[str] | None = None):
-    from .manifest import build_manifest
+    from ..data.manifest import build_manifest
     return build_manifest(args.root, datasets or args.datasets)
 
 
@@ -35,7 +35,7 @@ def _report_failed(failed: dict[str, str]) -> None:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from .manifest import build_manifest
+    from ..data.manifest import build_manifest
     # a dataset that cannot be read is left out; the others are written, and the exit code says so
     res = build_manifest(args.root, args.datasets, keep_going=True)
     out = res.to_csv(args.out)
@@ -49,7 +49,13 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import check_datasets, format_issues, format_table, issues_table, summarize_issues
+    from ..data.check import (
+        check_datasets,
+        format_issues,
+        format_table,
+        issues_table,
+        summarize_issues,
+    )
     table, issues = check_datasets(args.root, args.datasets)
     print(format_table(table))
     if issues:
@@ -73,7 +79,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
-    from .duplicates import group_members, load_duplicates, summarize_duplicates
+    from ..data.duplicates import group_members, load_duplicates, summarize_duplicates
     res = _manifest(args)
     dups = load_duplicates(res.frame, res.root, _data_config(args))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +96,8 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def cmd_splits(args: argparse.Namespace) -> int:
-    from .duplicates import load_duplicates
-    from .splits import PARTS, make_splits
+    from ..data.duplicates import load_duplicates
+    from ..data.splits import PARTS, make_splits
     cfg = _data_config(args)
     res = _manifest(args, [args.dataset])
     dups = load_duplicates(res.frame, res.root, cfg)
@@ -111,7 +117,7 @@ def cmd_splits(args: argparse.Namespace) -> int:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from .phantom import write_phantom_root
+    from ..data.phantom import write_phantom_root
     root = write_phantom_root(Path(args.out), n_per_class=args.n_per_class, size=args.size,
                               seed=args.seed)
     print(f"wrote a phantom data root to {root}")

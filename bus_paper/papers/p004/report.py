@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import Profile
-from ..metrics import interval_side
+from ...config import Profile
+from ...metrics import interval_side
 from .evaluate import METRICS
 from .features import load_encoder
 from .fusion import FeatureClassifier, MLPHead
@@ -37,7 +37,7 @@ def prep_figure(examples: Sequence[tuple[str, RoiSet, Path, int]], prep: Prep, s
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from ..data.imageio import read_image
+    from ...data.imageio import read_image
     cols = ["stored image", "median + Gaussian", "CLAHE", "region of interest",
             f"ROI, {size} px, z-scored", "augmented (training)"]
     fig, axes = plt.subplots(len(examples), len(cols), figsize=(cell * len(cols),
@@ -96,7 +96,7 @@ def gradcam_task(result: TaskResult, profile: Profile, batch_size: int = 16,
     """Grad-CAM of every model of :func:`gradcam_models` on the first repeat's test ROIs, for the
     true class: (per-image scores with energy in the lesion outline and pointing game; the maps per
     model; one row per model with its grid and the agreement with the stored NN scores)."""
-    from .. import explain
+    from ... import explain
     rep = result.repeats[0]
     test = rep.test[:max_images] if max_images else rep.test
     images, masks = result.roi.images[test], result.roi.masks[test]

@@ -34,7 +34,7 @@ Choices where eq. 2-3 are literal but odd, written down:
 Every anchor must have at least one positive (a lesion or image that appears once in the batch has
 none, and eq. 2 would silently ignore it): such a batch is an error, not a smaller loss. Build
 batches of P lesions x K images with K >= 2 (IR: every image at least twice), see
-:func:`bus_paper.train.lesion.pk_batch`.
+:func:`bus_paper.papers.p002.train.pk_batch`.
 """
 
 from __future__ import annotations

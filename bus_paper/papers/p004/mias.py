@@ -27,8 +27,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from .adapters import (AdapterResult, Entry, _BadRow, _Collector, _index_metadata, _join, _pngs,
-                       _reading, _require)
+from ...data.adapters import (
+    AdapterResult,
+    Entry,
+    _BadRow,
+    _Collector,
+    _index_metadata,
+    _join,
+    _pngs,
+    _reading,
+    _require,
+)
 
 ORIGINAL_SIDE = 1024          # Info.txt coordinates refer to the 1024-px originals
 CLASSES = {"CALC": "calcification", "CIRC": "circumscribed mass", "SPIC": "spiculated mass",

@@ -35,7 +35,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from ..metrics import auc_score
+from ...metrics import auc_score
 from .evaluate import youden_threshold
 
 CLASSIFIERS = ("knn", "svm", "rf", "nn")

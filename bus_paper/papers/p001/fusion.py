@@ -43,7 +43,7 @@ Grad-CAM then work on 9 cells. At the paper's 224 px the grid is 7x7.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import timm
@@ -51,8 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baselines import BASELINES, IN_CHANS
-from .heads import ClassifierHead, ProjectionHead
+from ...models import register_family
+from ...models.baselines import BASELINES, IN_CHANS
+from ...models.heads import ClassifierHead, ProjectionHead, SSLNet
 
 FAMILY = "fusion"
 #: backbones whose timm ``forward_features`` is the NCHW map the Table 1 wrapper pools
@@ -148,7 +149,7 @@ def attention_module(kind: str, channels: int, reduction: int = 16,
 
 
 # ----------------------------------------------------------------------------- the network
-class FusionNet(nn.Module):
+class FusionNet(SSLNet):
     """Backbones -> attention -> concatenation -> attention -> GAP -> heads (module docstring).
 
     Input: float tensor ``[B, 1, S, S]`` (z-scored), ``S = img_size``. Build it with
@@ -204,31 +205,11 @@ class FusionNet(nn.Module):
         """Pooled fused features ``[B, feature_dim]``."""
         return self.feature_map(x).mean(dim=(2, 3))
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """SSL embedding ``[B, proj_dim]`` (SimCLR head); not normalised."""
-        return self.projector(self.encode(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits ``[B, num_classes]``."""
-        return self.head(self.encode(x))
-
     def gradcam_target_layers(self) -> list[nn.Module]:
         return [self.fused]
 
-    def gradcam_reshape_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        return None  # NCHW maps
 
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything but the classifier: backbones, attention, projection head."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}
-
-    def load_encoder_state_dict(self, state: Mapping[str, torch.Tensor],
-                                strict: bool = True) -> list[str]:
-        """Same contract as :meth:`~bus_paper.models.busnet.BusNet.load_encoder_state_dict`."""
-        from .busnet import BusNet
-        return BusNet.load_encoder_state_dict(self, state, strict)
-
-
+@register_family(FAMILY)
 def build_from_config(cfg: Mapping[str, Any]) -> FusionNet:
     """The family entry point of :func:`~bus_paper.models.build_network`.
 

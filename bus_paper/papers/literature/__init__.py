@@ -67,7 +67,7 @@ def literature_table(table: str, measured: pd.DataFrame | None = None, *,
                      ) -> pd.DataFrame:
     """Paper 000's Table 2 (UDIAT) or 3 (BUSI) as printed, with our measured row appended.
 
-    ``measured`` is a :func:`~bus_paper.experiments.seed_table` (mean and 95% CI columns, in %)
+    ``measured`` is a :func:`~bus_paper.papers.p000.experiments.seed_table` (mean and 95% CI columns, in %)
     holding one row for the table's data set. Every row says where its numbers come from:
     ``origin`` is ``reported`` (copied from paper 000, which quotes the cited work, or reports its
     own model) or ``measured`` (this book); ``where`` says it in words. Columns: ``label``,

@@ -1,9 +1,6 @@
 """The book's generated parts, written from the executed chapters and their result files.
 
-- Every executed chapter gets a *rerun* box right under its title (a markdown cell with id
-  ``bus-paper-rerun``): the ``bus-paper run --only NAME`` command, the equivalent ``papermill``
-  command with the notebook's own parameters (read from its ``parameters`` cell) and the values
-  this run used, and a download link to the executed ``.ipynb``.
+- Every executed chapter gets a *rerun* box right under its title (:mod:`.boxes`).
 - ``book/model_card.md`` and ``book/reproducibility.md`` are hand-written prose with generated
   blocks between ``<!-- bus-paper:begin NAME -->`` and ``<!-- bus-paper:end NAME -->``; only the
   blocks are rewritten, from ``book/results/<chapter>/*.json`` and the chapters'
@@ -26,254 +23,46 @@ measured".
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import math
+import logging
 import os
 import re
-import shlex
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nbformat
+from ..provenance import atomic_write_text
+from .boxes import (  # noqa: F401 (the CLI's and the tests' names)
+    CHAPTER_STEM,
+    HIDE_INPUT,
+    RERUN_ID,
+    add_rerun_cell,
+    chapter_records,
+    chapter_times,
+    declared_parameters,
+    hide_code,
+    refresh_chapter,
+    times_markdown,
+)
+from .format import (  # noqa: F401
+    MissingResult,
+    _missing,
+    ci,
+    load,
+    md_table,
+    num,
+    plain,
+    rows,
+    short_commit,
+    table,
+)
 
-from .provenance import atomic_write_text
+log = logging.getLogger(__name__)
 
-RERUN_ID = "bus-paper-rerun"
 MAX_GENERIC_ROWS = 40
-# Parameters that `bus-paper run` sets itself; the others are passed with -p.
-RUN_PARAMETERS = ("profile", "data_root", "results_dir")
 _BLOCK = re.compile(r"(<!-- bus-paper:begin (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- bus-paper:end (?P=name) -->)", re.DOTALL)
-CHAPTER_STEM = re.compile(r"^(\d+)_(.+)$")   # 01_data: number, name
-
-
-class MissingResult(FileNotFoundError):
-    """A result file a generated block needs is absent (its chapter has not run)."""
-
-
-# ----------------------------------------------------------------------------- reading results
-def load(results: Path, chapter: str, name: str) -> dict[str, Any]:
-    path = results / chapter / f"{name}.json"
-    if not path.is_file():
-        raise MissingResult(f"`book/results/{chapter}/{name}.json` is missing "
-                            f"(run `bus-paper run --only {chapter}`)")
-    return json.loads(path.read_text())
-
-
-def rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A ``save_table`` result as a list of dicts."""
-    return [dict(zip(payload["columns"], r)) for r in payload["rows"]]
-
-
-def table(results: Path, chapter: str, name: str) -> list[dict[str, Any]]:
-    return rows(load(results, chapter, name))
-
-
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def num(x: Any, digits: int = 1) -> str:
-    if _missing(x):
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def plain(x: Any) -> str:
-    """A setting as written (4 significant digits for floats: 0.0001 stays 0.0001)."""
-    return f"{x:.4g}" if isinstance(x, float) and not math.isnan(x) else num(x)
-
-
-def ci(value: Any, lo: Any, hi: Any) -> str:
-    if _missing(value):
-        return "–"
-    if _missing(lo) or _missing(hi):
-        return num(value)
-    return f"{num(value)} ({num(lo)}–{num(hi)})"
-
-
-def md_table(header: Sequence[str], body: Iterable[Sequence[Any]],
-             align: Sequence[str] | None = None) -> str:
-    def cell(x: Any) -> str:
-        return num(x).replace("|", "\\|").replace("\n", " ")
-    body = list(body)
-    align = align or ["---"] * len(header)
-    lines = ["| " + " | ".join(map(str, header)) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in body]
-    return "\n".join(lines)
-
-
-def short_commit(git: Mapping[str, Any] | None) -> str:
-    git = git or {}
-    commit = str(git.get("commit") or "unknown")
-    return f"`{commit[:12]}`" + (" (dirty)" if git.get("dirty") else "")
-
-
-# ----------------------------------------------------------------------------- chapters
-def chapter_records(chapters: Path) -> list[dict[str, Any]]:
-    """``metadata.bus_paper`` of every executed chapter (book order), with ``stem``/``name``."""
-    out = []
-    for path in sorted(chapters.glob("*.ipynb")):
-        m = CHAPTER_STEM.match(path.stem)
-        meta = nbformat.read(path, as_version=4).metadata.get("bus_paper")
-        if m and meta and meta.get("provenance"):
-            out.append({**meta, "stem": path.stem, "name": m.group(2), "path": path})
-    return out
-
-
-def chapter_times(chapters_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Profile, commit, time and wall time of the last execution of every executed chapter, from
-    :func:`chapter_records` (the table of the reproducibility page)."""
-    return [{"chapter": r["stem"], "profile": r["provenance"].get("profile"),
-             "commit": (r["provenance"].get("git") or {}).get("commit", "")[:12],
-             "finished": r["provenance"].get("timestamp"),
-             "minutes": r["provenance"].get("wall_s", 0) / 60}
-            for r in chapter_records(Path(chapters_dir))]
-
-
-def times_markdown(chapters_dir: str | os.PathLike) -> str:
-    """A Markdown table of :func:`chapter_times` (included by the reproducibility page)."""
-    rows = chapter_times(chapters_dir)
-    lines = ["| chapter | profile | finished (UTC) | commit | minutes |", "| --- | --- | --- | --- | ---: |"]
-    lines += [f"| {r['chapter']} | {r['profile']} | {str(r['finished'])[:19]} | `{r['commit']}` | "
-              f"{r['minutes']:.1f} |" for r in rows]
-    lines.append(f"| **total** | | | | **{sum(r['minutes'] for r in rows):.1f}** |")
-    return "\n".join(lines) + "\n"
-
-
-def _cli_text(value: Any) -> str:
-    """A parameter value as papermill's ``-p`` takes it (lists as JSON text, as the notebooks
-    parse them with ``as_list``)."""
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
-    return "None" if value is None else str(value)
-
-
-def _default_value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # an expression: shown as written
-
-
-def rerun_markdown(meta: Mapping[str, Any], stem: str,
-                   declared: Mapping[str, Mapping[str, Any]]) -> str:
-    """The rerun box of one chapter (see the module docstring)."""
-    m = CHAPTER_STEM.match(stem)
-    name = m.group(2) if m else stem
-    used = dict(meta.get("parameters") or {})
-    prov = meta.get("provenance") or {}
-    source = f"notebooks/{meta.get('source') or stem + '.ipynb'}"
-    profile = used.get("profile", prov.get("profile", "cpu"))
-    values = {k: used[k] if k in used else _default_value(str(p.get("default")))
-              for k, p in declared.items()}
-    extra = [f" -p {k} {shlex.quote(_cli_text(v))}" for k, v in used.items()
-             if k not in RUN_PARAMETERS]
-    # with -p, `bus-paper run` writes to runs/ unless told to replace the book's chapter
-    run_cmd = f"bus-paper run --only {name} --profile {profile}" + "".join(extra) + (
-        " --update-book" if extra else "")
-    pm_lines = [f"papermill {source} {stem}.out.ipynb"]
-    pm_lines += [f"  -p {k} {shlex.quote(_cli_text(v))}" for k, v in values.items()
-                 if k != "results_dir"]
-    rows_ = [(f"`{k}`", f"`{_cli_text(v)}`", (declared[k].get("help") or "").strip())
-             for k, v in values.items()]
-    when = str(prov.get("timestamp") or "")[:16].replace("T", " ")
-    wall = prov.get("wall_s")
-    ran = (f"at the `{profile}` profile, commit {short_commit(prov.get('git'))}, finished {when} "
-           f"UTC after {wall / 60:.1f} min" if isinstance(wall, (int, float)) else
-           f"at the `{profile}` profile")
-    return "\n".join([
-        ":::{admonition} Download or re-run this chapter",
-        ":class: dropdown tip",
-        "",
-        (f"This page is `{source}` executed by `bus-paper run` {ran}. "
-         f"Download it: {{download}}`{stem}.ipynb <{stem}.ipynb>` (outputs included), or use "
-         "the download button at the top of the page."),
-        "",
-        ("Re-run it with the book's pipeline (skipped when nothing it depends on changed; "
-         f"results go to `book/results/{name}/`):"),
-        "",
-        "```bash",
-        run_cmd,
-        "```",
-        "",
-        ("or with papermill, from the repository root (results go to "
-         f"`runs/notebook-results/{name}/` unless `results_dir` is given):"),
-        "",
-        "```bash",
-        " \\\n".join(pm_lines),
-        "```",
-        "",
-        md_table(["parameter", "value in this run", "meaning"], rows_),
-        ":::",
-    ])
-
-
-def declared_parameters(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The notebook's parameters cell, as papermill reads it: name -> default, help."""
-    import papermill as pm
-    return dict(pm.inspect_notebook(str(path)))
-
-
-def add_rerun_cell(nb: nbformat.NotebookNode, stem: str,
-                   declared: Mapping[str, Mapping[str, Any]]) -> None:
-    """Put (or replace) the rerun box under the chapter's title cell. Outputs, the content hash
-    (of the *source* notebook) and the provenance are untouched."""
-    meta = nb.metadata.get("bus_paper")
-    if not meta:
-        return
-    cells = [c for c in nb.cells if c.get("id") != RERUN_ID
-             and RERUN_ID not in c.get("metadata", {}).get("tags", [])]
-    cell = nbformat.v4.new_markdown_cell(rerun_markdown(meta, stem, declared),
-                                         metadata={"tags": [RERUN_ID]})
-    if nb.get("nbformat_minor", 0) >= 5:
-        cell["id"] = RERUN_ID
-    else:
-        cell.pop("id", None)
-    first = cells[0] if cells else None
-    at = 1 if first is not None and first.cell_type == "markdown" \
-        and first.source.lstrip().startswith("# ") else 0
-    cells.insert(at, cell)
-    nb.cells = cells
-
-
-HIDE_INPUT = "hide-input"   # jupyter-book: the code sits behind a "show" toggle, outputs stay
-
-
-def hide_code(nb: nbformat.NotebookNode) -> None:
-    """Readers see a chapter's tables, figures and prose; its code is one click away. Tagged in
-    the executed copy only, so the source notebook (and its content hash) stays as it is."""
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            tags = cell.setdefault("metadata", {}).setdefault("tags", [])
-            if HIDE_INPUT not in tags:
-                tags.append(HIDE_INPUT)
-
-
-def refresh_chapter(path: Path, check: bool = False) -> bool:
-    """Add/refresh the rerun box of one executed chapter in place, with its code cells hidden;
-    True if it changed."""
-    text = path.read_text()
-    nb = nbformat.reads(text, as_version=4)
-    if not nb.metadata.get("bus_paper"):
-        return False
-    add_rerun_cell(nb, path.stem, declared_parameters(path))
-    hide_code(nb)
-    new = nbformat.writes(nb) + "\n"
-    if new == text:
-        return False
-    if not check:
-        atomic_write_text(path, new)
-    return True
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -294,8 +83,8 @@ def _guarded(make: Callable[[], str]) -> str:
     except MissingResult as err:
         return f"*Not available: {err}.*"
     except (KeyError, IndexError, TypeError, ValueError) as err:
-        print(f"bus-paper pages: warning: a generated block failed: {type(err).__name__}: {err}",
-              file=sys.stderr)
+        log.warning("bus-paper pages: warning: a generated block failed: %s: %s",
+                    type(err).__name__, err)
         return f"*Not available: a result file has an unexpected shape ({type(err).__name__}).*"
 
 
@@ -440,7 +229,7 @@ def _model(results: Path) -> str:
 
 
 def _data(results: Path) -> str:
-    from .data.registry import DATASETS
+    from ..data.registry import DATASETS
     counts = {r["dataset"]: r for r in table(results, "data", "counts")}
     dups = {r["dataset"]: r for r in table(results, "data", "duplicates_summary")}
     splits = table(results, "data", "split_sizes")
@@ -659,7 +448,7 @@ def cross_site_sentence(results: Path) -> str:
 
 
 def _budget(results: Path) -> str:
-    from .config import load_profile
+    from ..config import load_profile
     prof = load(results, "claims", "claims").get("provenance", {}).get("profile", "cpu")
     p, gpu = load_profile(prof), load_profile("gpu")
     return (f"All of it was measured at the `{p.name}` profile: {p.data.image_size} px images, "
@@ -672,7 +461,8 @@ def _budget(results: Path) -> str:
 
 def _findings(results: Path) -> str:
     import pandas as pd
-    from .core.stats import LEGEND
+
+    from ..core.stats import LEGEND
     path = results / "claims" / "claims.csv"
     if not path.is_file():
         raise MissingResult("`book/results/claims/claims.csv` is missing "
@@ -718,10 +508,45 @@ def model_card_blocks(book: Path, chapters: Path) -> dict[str, str]:
             "data": _guarded(lambda: _data(results)),
             "within_site": _guarded(lambda: _within(results)),
             "cross_site": _guarded(lambda: _generalisation(results, calibration=False)),
+            "deployable": _guarded(lambda: _deployable(results)),
             "calibration": _guarded(lambda: _generalisation(results, calibration=True)),
             "failure_modes": _guarded(lambda: _failure_modes(results)),
             "reproduce": _guarded(lambda: _reproduce(results)),
             "robustness": _guarded(lambda: _robustness(results))}
+
+
+NAMES = {"busi": "BUSI", "udiat": "UDIAT", "busbra": "BUS-BRA", "busuclm": "BUS-UCLM"}
+
+
+def _deployable(results: Path) -> str:
+    """The deployable (all-site) model: expected AUC on a new site (leave-one-site-out) next to
+    its numbers on the sites it was trained on, its threshold's sensitivity and specificity, and
+    its calibration (``generalisation/deployable.json``)."""
+    d = load(results, "generalisation", "deployable")
+    w = d["within"]
+    new = d["new_site"]
+    seeds = ", ".join(map(str, d["seeds"]))
+    lines = [md_table(
+        ["", "AUC (%)", "sensitivity (%)", "specificity (%)"],
+        [("**expected on a new site** (leave-one-site-out, mean of the held-out sites)",
+          num(d["new_site_mean_auc"]), "–", "–"),
+         *((f"held out {NAMES.get(r['site'], r['site'])} ({r['seeds']} seed(s))",
+            ci(r["auc"], r["auc_lo"], r["auc_hi"]), "–", "–") for r in new),
+         (f"the four sites' own test parts ({d['n_test']} images; sites it was trained on)",
+          ci(*w["auc"]), ci(*w["recall"]), ci(*w["specificity"]))]),
+        "",
+        f"Sensitivity and specificity are those of the decision threshold "
+        f"({num(d['threshold'], 3)} on the calibrated probability, chosen on the pooled validation "
+        f"parts), on the pooled test parts; seed(s) {seeds}, 95 % intervals over test images. "
+        f"Calibration: temperature {num(d['temperature'], 2)}; expected calibration error on the "
+        f"pooled test parts {num(d['ece_before'])} % before, {num(d['ece_after'])} % after.",
+        "",
+        f"Expect an AUC near {num(d['new_site_mean_auc'])} % at a new hospital, and anywhere in "
+        f"the held-out sites' range ({num(min(r['auc'] for r in new))}–"
+        f"{num(max(r['auc'] for r in new))} %): sites differ more than test sets do. The threshold "
+        "was chosen on sites it was trained on; at a new site, check its sensitivity on a few "
+        "confirmed cases before relying on a decision."]
+    return "\n".join(lines)
 
 
 def _robustness(results: Path) -> str:
@@ -778,7 +603,7 @@ def refresh(book: str | os.PathLike, chapters: str | os.PathLike | None = None, 
 
 
 def _cmd_pages(args: argparse.Namespace) -> int:
-    from .paths import project_root
+    from ..paths import project_root
     book = Path(args.book) if args.book else project_root() / "book"
     changed = refresh(book, args.chapters, check=args.check)
     for path in changed:

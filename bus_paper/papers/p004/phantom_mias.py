@@ -23,7 +23,7 @@ from scipy.ndimage import gaussian_filter
 from .mias import ORIGINAL_SIDE
 
 _HEADER = """              MAMMOGRAPHIC IMAGE ANALYSIS SOCIETY (PHANTOM)
-Synthetic films written by bus_paper.data.phantom_mias. Not real data.
+Synthetic films written by bus_paper.papers.p004.phantom_mias. Not real data.
 
 1st column: MIAS database reference number.
 2nd column: Character of background tissue: F, G, D
@@ -118,7 +118,7 @@ def cached_mias_phantom(n_women: int = 48, side: int = 256, seed: int = 0) -> Pa
     """A data root holding only a MIAS phantom, under ``cache_dir()``, written once (atomically)
     and shared: a synthetic profile reads mini-MIAS from here when its data root has none, so the
     data root itself (and with it every chapter's data checksum) is never changed."""
-    from ..paths import cache_dir
+    from ...paths import cache_dir
     out = cache_dir() / "phantom" / f"mias_n{n_women}_s{side}_seed{seed}"
     if out.exists():
         return out
@@ -135,7 +135,7 @@ def cached_mias_phantom(n_women: int = 48, side: int = 256, seed: int = 0) -> Pa
 def mias_root(root: str | Path, synthetic: bool) -> Path:
     """Where mini-MIAS is read: ``root`` when it holds it, else (synthetic profiles only) the
     cached phantom of :func:`cached_mias_phantom`; otherwise :class:`DatasetNotFound`."""
-    from .registry import DatasetNotFound, get_info
+    from ...data.registry import DatasetNotFound, get_info
     root = Path(root)
     if (root / get_info("mias").layout).is_dir():
         return root

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .literature import METRICS as REPORTED
-from .literature import paper_000
-from .metrics import METRICS, binary_metrics
+from ...core.stats import two_level_metrics
+from ...metrics import METRICS, binary_metrics
+from ..literature import METRICS as REPORTED
+from ..literature import paper_000
 
 
 def _paper_000_proposed() -> dict[str, dict[str, float]]:
@@ -29,7 +30,7 @@ def _paper_000_proposed() -> dict[str, dict[str, float]]:
 
 
 # Paper 000 (Wang et al. 2025), Table 1, row "Proposed Model", in %, from the one copy of the
-# paper's numbers (bus_paper/literature/paper_000.toml). The paper calls BUSI "Baheya" (the
+# paper's numbers (bus_paper/papers/literature/paper_000.toml). The paper calls BUSI "Baheya" (the
 # hospital it comes from). It reports no specificity, no confidence interval and no seeds.
 PAPER_000 = _paper_000_proposed()
 
@@ -45,7 +46,7 @@ def paper_000_numbers() -> pd.DataFrame:
 def encoder_from_pretrained(state: Mapping[str, Any]):
     """The :class:`~bus_paper.models.BusNet` of a :func:`~bus_paper.train.load_pretrained` state,
     with the pretrained encoder (and projection head) loaded, in eval mode on the CPU."""
-    from .models import build_network
+    from ...models import build_network
     missing = [k for k in ("encoder", "model_config") if k not in state]
     if missing:
         raise KeyError(f"not a pretrained-encoder state: no {missing} (use load_pretrained)")
@@ -59,7 +60,7 @@ def random_encoder(model_config: Mapping[str, Any], seed: int = 0):
     (``torch.manual_seed(0)`` then ``build_model``): the encoder *before* pretraining."""
     import torch
 
-    from .models import build_network
+    from ...models import build_network
     torch.manual_seed(seed)
     return build_network(model_config).eval()
 
@@ -72,10 +73,10 @@ def embedding_sample(profile, root, n_per_dataset: int, seed: int = 0):
     images never are, nor pool images that duplicate one) and ``group`` (patient, lesion and
     duplicate group, computed over the whole dataset, so a kNN probe can leave whole groups out).
     """
-    from .data.duplicates import load_duplicates
-    from .data.preprocess import load_images
-    from .data.splits import split_groups
-    from .train.data import load_pool, manifest_for, to_tensor
+    from ...data.duplicates import load_duplicates
+    from ...data.preprocess import load_images
+    from ...data.splits import split_groups
+    from ...train.data import load_pool, manifest_for, to_tensor
     if n_per_dataset < 1:
         raise ValueError(f"n_per_dataset must be >= 1, got {n_per_dataset}")
     datasets = tuple(profile.pretrain.pool) + tuple(profile.finetune.datasets)
@@ -94,7 +95,7 @@ def embed(model, x_u8, normalizer, run, batch_size: int = 64) -> np.ndarray:
     ``[N, 1, S, S]``, float32 ``[N, feature_dim]``; eval mode, batched, under the run's autocast."""
     import torch
 
-    from .train.engine import infer
+    from ...train.engine import infer
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x_u8 = torch.as_tensor(x_u8)
@@ -191,16 +192,30 @@ def aligned_test_predictions(results: Sequence[Mapping[str, Any]]
             [float(r["threshold"]) for r in results])
 
 
-def seed_mean_ci(y_true, probs: Sequence[np.ndarray], thresholds: Sequence[float],
-                 n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-                 ) -> dict[str, tuple[float, float, float]]:
-    """Mean over fine-tuning seeds of each metric, with a percentile-bootstrap CI over test images.
+def test_clusters(results: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+    """The cluster id (patient, lesion or duplicate group: the split's group) of each test image
+    of runs tested on the same images, in :func:`aligned_test_predictions`' order; None for runs
+    whose predictions do not record it (cached before clusters were written: every image is then
+    its own cluster)."""
+    tests = [r["predictions"][r["predictions"]["split"] == "test"].sort_values("path")
+             for r in results]
+    if not tests or any("cluster" not in t for t in tests):
+        return None
+    ids = tests[0]["cluster"].astype(str).to_numpy()
+    if any(not np.array_equal(t["cluster"].astype(str).to_numpy(), ids) for t in tests[1:]):
+        raise ValueError("the runs disagree on the test images' clusters")
+    return ids
 
-    All seeds predict the same test images (the split does not depend on the fine-tuning seed), so
-    each bootstrap resample of images is scored by every seed's model at its own threshold and the
-    seed-mean is taken: the interval reflects the test set's sampling error, the dominant one, for
-    the quantity reported. With one seed this is :func:`~bus_paper.metrics.bootstrap_ci`.
-    Returns ``{metric: (mean, lo, hi)}``.
+
+def seed_mean_ci(y_true, probs: Sequence[np.ndarray], thresholds: Sequence[float],
+                 n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, clusters=None
+                 ) -> dict[str, tuple[float, float, float]]:
+    """Mean over fine-tuning seeds of each metric, with a two-level bootstrap CI: every replicate
+    draws seeds with replacement, then clusters of test images (``clusters``, e.g. from
+    :func:`test_clusters`; None: images), so the interval counts both the seeds' spread and the
+    test set's sampling error (:func:`~bus_paper.core.stats.two_level_metrics`). All seeds predict
+    the same test images (the split does not depend on the fine-tuning seed).
+    Returns ``{metric: (mean, lo, hi)}`` (fractions).
     """
     y = np.asarray(y_true).astype(int)
     ps = [np.asarray(p, dtype=float) for p in probs]
@@ -209,22 +224,9 @@ def seed_mean_ci(y_true, probs: Sequence[np.ndarray], thresholds: Sequence[float
                          f"{len(thresholds)} thresholds")
     if any(p.shape != y.shape for p in ps):
         raise ValueError("every prediction set must have one probability per test image")
-
-    def mean_metrics(idx: np.ndarray) -> dict[str, float]:
-        runs = [binary_metrics(y[idx], p[idx], t) for p, t in zip(ps, thresholds)]
-        return {m: float(np.mean([r[m] for r in runs])) for m in METRICS}
-
-    point = mean_metrics(np.arange(y.size))
-    rng = np.random.default_rng(seed)
-    boots = [mean_metrics(rng.integers(0, y.size, y.size)) for _ in range(n_boot)]
-    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
-    out = {}
-    for m in METRICS:
-        v = np.array([b[m] for b in boots])
-        v = v[np.isfinite(v)]   # AUC of a one-class resample is undefined
-        low, high = np.percentile(v, [lo, hi]) if v.size else (np.nan, np.nan)
-        out[m] = (point[m], float(low), float(high))
-    return out
+    ci = two_level_metrics(y, np.stack(ps), list(thresholds), clusters, metrics=METRICS,
+                           n_boot=n_boot, seed=seed, alpha=alpha)
+    return {m: (ci[m].estimate, ci[m].lo, ci[m].hi) for m in METRICS}
 
 
 def comparison_table(results: Sequence[Mapping[str, Any]], n_boot: int = 1000,
@@ -246,13 +248,16 @@ def comparison_table(results: Sequence[Mapping[str, Any]], n_boot: int = 1000,
             y, probs, thresholds = aligned_test_predictions(runs)
         except ValueError as err:
             raise ValueError(f"{dataset}: {err}") from None
-        ci = seed_mean_ci(y, probs, thresholds, n_boot=n_boot)
+        clusters = test_clusters(runs)
+        ci = seed_mean_ci(y, probs, thresholds, n_boot=n_boot, clusters=clusters)
+        n_clusters = len(set(clusters)) if clusters is not None else len(y)
         for m in METRICS:
             values = [r["metrics"][m] for r in runs]
             sd = float(np.std(values, ddof=1)) * 100 if len(values) > 1 else float("nan")
             ref = float(reported.loc[dataset, m]) if dataset in reported.index else float("nan")
             mean, lo, hi = (100 * v for v in ci[m])
-            rows.append({"dataset": dataset, "metric": m, "seeds": len(runs), "measured": mean,
+            rows.append({"dataset": dataset, "metric": m, "seeds": len(runs), "test images": len(y),
+                         "clusters": n_clusters, "measured": mean,
                          "sd_over_seeds": sd, "ci_low": lo, "ci_high": hi, "paper": ref,
                          "paper_in_ci": bool(lo <= ref <= hi)
                          if np.isfinite([ref, lo, hi]).all() else pd.NA})

@@ -143,7 +143,7 @@ def explanation_maps(model: nn.Module, images_u8: np.ndarray | torch.Tensor, nor
     for all images or one per image): Grad-CAM, saliency, SmoothGrad and the positive part of
     SHAP (see the module docstring). ``background_u8``: the training images SHAP integrates from.
     Batched, in fp32, on the model's device."""
-    from .explain import heatmaps
+    from . import heatmaps
     if unknown := [m for m in methods if m not in METHODS]:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     x_u8 = _as_u8(images_u8)
@@ -182,7 +182,7 @@ def _as_u8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 def mask_share(explanation: np.ndarray, mask: np.ndarray) -> float:
     """Share of a non-negative map's total inside the mask (1: all of it; NaN: an all-zero map);
     what :func:`bus_paper.explain.energy_in_mask` computes, checked to be non-negative."""
-    from .explain import energy_in_mask
+    from . import energy_in_mask
     explanation = np.asarray(explanation, dtype=np.float64)
     if (explanation < 0).any():
         raise ValueError("the share inside the mask needs a non-negative map (take |.| or the "
@@ -195,7 +195,7 @@ def method_scores(maps: Mapping[str, np.ndarray], masks: np.ndarray,
     """Per method and image: :func:`bus_paper.explain.localisation_scores` (``energy`` = share
     inside the mask, ``hit`` = pointing game, ``mask_share`` = chance level) with a ``method``
     column, and the columns of ``meta`` (one row per image, e.g. path and label) in front."""
-    from .explain import localisation_scores
+    from . import localisation_scores
     frames = []
     for method, m in maps.items():
         if (np.asarray(m) < 0).any():

@@ -10,8 +10,8 @@ A run replaces a chapter and its results together, on success only (see :func:`e
 ``-p`` overrides it writes to ``runs/chapters`` and ``runs/results`` unless ``--update-book``.
 ``bus-paper book`` then builds the HTML with jupyter-book, warnings as errors.
 
-Inside a notebook, :func:`chapter` turns the papermill parameters into a :class:`Chapter` (profile,
-data root, results folder, provenance-stamped savers), so the notebooks stay thin.
+Inside a notebook, :func:`~bus_paper.book.chapter.chapter` (the one module notebooks import)
+turns the papermill parameters into a :class:`~bus_paper.book.chapter.Chapter`.
 """
 
 from __future__ import annotations
@@ -27,31 +27,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nbformat
 
-from . import pages, plotting
-from .config import PROFILE_NAMES, Profile, as_list, load_profile  # as_list: notebooks' name
-from .pages import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
-from .paths import PACKAGE_DIR, project_root, runs_dir  # project_root: tests' name
-from .paths import data_root as find_data_root
-from .provenance import (atomic_write_text, data_checksums, provenance, save_result, save_table,
-                         stamp)
+from ..config import PROFILE_NAMES, Profile, load_profile
+from ..paths import PACKAGE_DIR, project_root, runs_dir  # project_root: tests' name
+from ..paths import data_root as find_data_root
+from ..provenance import atomic_write_text, data_checksums, provenance
+from . import pages
+from .boxes import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
+from .chapter import READS, registry_datasets
 
 KERNEL = "python3"
 MAX_TEXT_CHARS = 20_000          # per text output; a runaway print must not bloat the book
 MAX_NOTEBOOK_BYTES = 5_000_000   # warn above this: figures are meant to be ~100 dpi PNGs
 BOOK_SOURCES = ("_config.yml", "_toc.yml")  # + the book/ folder, minus generated parts
 GENERATED = ("_build", "chapters", "results", "failed")  # under book/: outputs, not sources
-# Which chapters read which other chapters' result files: a reader's content hash includes those
-# files (it re-runs when one changes) and `run` executes it after them.
-READS: dict[str, tuple[str, ...]] = {
-    "claims": ("finetuning", "pretraining", "table1", "ablations", "label_efficiency", "heatmaps",
-               "literature", "paper001", "paper002", "paper004", "generalisation"),
-}
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -176,9 +170,6 @@ def _portable(path: str | os.PathLike, cwd: Path) -> str:
     return rel if not rel.startswith(os.pardir + os.sep + os.pardir) else str(Path(path).resolve())
 
 
-def _registry_datasets() -> tuple[str, ...]:
-    from .data.registry import DATASETS
-    return tuple(DATASETS)
 
 
 def data_state(profile: Profile, data_root: str | os.PathLike | None
@@ -191,89 +182,7 @@ def data_state(profile: Profile, data_root: str | os.PathLike | None
     if data_root is None and profile.data.synthetic:
         return None, {"synthetic": "phantom"}
     root = find_data_root(data_root)
-    return root, data_checksums(root, _registry_datasets())
-
-
-def resolve_data_root(profile: Profile | str, data_root: str | os.PathLike | None) -> Path:
-    """The data root a notebook reads: explicit > phantom (synthetic profile) > the default root."""
-    from .data.manifest import root_for
-    return root_for(load_profile(profile).data, data_root)
-
-
-# ----------------------------------------------------------------------------- inside a notebook
-@dataclass
-class Chapter:
-    """What a chapter notebook needs, built from its papermill parameters by :func:`chapter`."""
-    name: str
-    profile: Profile
-    data_root: Path
-    results_dir: Path
-    seed: int
-    datasets: tuple[str, ...]
-    started: float = field(default_factory=time.time)
-    _prov: dict[str, Any] | None = field(default=None, repr=False)
-
-    def provenance(self) -> dict[str, Any]:
-        """The chapter's provenance; git, checksums and hardware are gathered once per chapter."""
-        if self._prov is None:
-            self._prov = provenance(self.profile, self.seed, self.data_root, self.datasets,
-                                    self.started)
-        return {**self._prov, **stamp(self.started)}
-
-    def provenance_table(self, seeds: Sequence[int] | None = None, **extra: Any):
-        """The chapter's closing provenance table (a one-column DataFrame): profile, seed(s),
-        commit, data root, ``extra`` entries (e.g. an encoder key), data checksums, hardware,
-        time and wall time so far."""
-        import pandas as pd
-        prov = self.provenance()
-        git = prov["git"]
-        hw = prov["hardware"]
-        rows = {"profile": prov["profile"],
-                **({"seeds": ", ".join(map(str, seeds))} if seeds is not None
-                   else {"seed": prov["seed"]}),
-                "git commit": f"{git['commit'][:12]}{' (dirty)' if git['dirty'] else ''}",
-                "data root": prov["data_root"], **extra,
-                **{f"sha256 {k}": v[:16] for k, v in prov["data_checksums"].items()},
-                "cpu": f"{hw['cpu']} ({hw['cores_usable']} cores)", "torch": hw["torch"],
-                "time": prov["timestamp"], "wall (s)": prov["wall_s"]}
-        return pd.Series(rows, name="value").to_frame()
-
-    def sibling_results(self, name: str) -> Path:
-        """Another chapter's results folder: beside this chapter's own if there (a book run, or
-        one into runs/ or --out), else the book's (a run by hand or with -p reads the book)."""
-        own = self.results_dir.parent / name
-        return own if own.is_dir() else project_root() / "book" / "results" / name
-
-    def save_result(self, name: str, payload: Mapping[str, Any]) -> Path:
-        return save_result(self.results_dir, name, payload, self.provenance())
-
-    def save_table(self, name: str, table: Any) -> Path:
-        return save_table(self.results_dir, name, table, self.provenance())
-
-    def save_figure(self, name: str, fig: Any, data: Mapping[str, Any] | None = None) -> Path:
-        return plotting.save_figure(self.results_dir, name, fig, self.provenance(), data)
-
-
-def seed_list(seeds: Any, profile: str) -> list[int]:
-    """A chapter's ``seeds`` parameter as ints; None means the profile's fine-tuning seeds."""
-    return [int(s) for s in as_list(seeds if seeds is not None
-                                    else load_profile(profile).finetune.seeds)]
-
-
-def chapter(name: str, profile: str = "cpu", data_root: str | None = None,
-            results_dir: str | None = None, seed: int = 0) -> Chapter:
-    """Set up a chapter: figure style, profile, data root and where its results go.
-
-    ``results_dir`` None (the notebook run by hand, not by ``bus-paper run``) sends results to
-    ``runs/notebook-results/<name>`` so a manual run never overwrites the book's results; other
-    chapters' results are then read from the book (:meth:`Chapter.sibling_results`).
-    """
-    plotting.setup()
-    prof = load_profile(profile)
-    root = resolve_data_root(prof, data_root)
-    out = Path(results_dir) if results_dir else runs_dir() / "notebook-results" / name
-    out.mkdir(parents=True, exist_ok=True)
-    return Chapter(name, prof, root, out, int(seed), _registry_datasets())
+    return root, data_checksums(root, registry_datasets())
 
 
 # ----------------------------------------------------------------------------- execution
@@ -582,7 +491,7 @@ def build_book(chapters: str | os.PathLike | None = None, out: str | os.PathLike
 
 # ----------------------------------------------------------------------------- CLI
 def write_times_page(chapters_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Write :func:`~bus_paper.pages.times_markdown` of ``chapters_dir`` to ``target``."""
+    """Write :func:`~bus_paper.book.pages.times_markdown` of ``chapters_dir`` to ``target``."""
     return atomic_write_text(target, times_markdown(chapters_dir))
 
 

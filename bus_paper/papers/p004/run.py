@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import Profile
+from ...config import Profile
 from .classical import CLASSIFIERS, BlockReducer, select_and_fit
 from .evaluate import METRICS, Part, paired_difference, point_metrics, repeat_mean_ci
 from .features import LABELS as BACKBONE_LABELS
@@ -92,6 +92,16 @@ class Settings:
             raise ValueError(f"mias_pool must be 'all' or 'train', got {self.mias_pool!r}")
 
 
+def settings_for(profile: Profile, **overrides: Any) -> Settings:
+    """The chapter's :class:`Settings`: the defaults, then the profile's ``[papers.p004]``, then
+    ``overrides`` that are not None (the notebook's parameters)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**{**profile.section("p004"), **given})
+    except TypeError as err:
+        raise KeyError(f"[papers.p004] of profile {profile.name!r}: {err}") from None
+
+
 @dataclass(frozen=True)
 class FeatureSet:
     key: str
@@ -132,16 +142,16 @@ class Repeat:
 def task_frame(task: Task, profile: Profile, root: Path) -> pd.DataFrame:
     """All manifest rows of the task's data set (the smoke profile's cap applies to ultrasound)."""
     if task.dataset == "mias":
-        from ..data.mias import mias_manifest
+        from .mias import mias_manifest
         return mias_manifest(root)
-    from ..train.data import manifest_for
+    from ...train.data import manifest_for
     return manifest_for(profile, root, (task.dataset,))
 
 
 def task_repeats(task: Task, profile: Profile, root: Path, frame: pd.DataFrame,
                  seeds: Sequence[int], s: Settings) -> list[Repeat]:
     """The splits: the book's leak-free split for ultrasound (one), one per seed for mini-MIAS."""
-    from ..data.splits import make_splits
+    from ...data.splits import make_splits
     if task.dataset == "mias":
         cfg = dataclasses.replace(profile.data, val_fraction=0.0,
                                   test_fraction=s.mias_test_fraction)
@@ -150,7 +160,7 @@ def task_repeats(task: Task, profile: Profile, root: Path, frame: pd.DataFrame,
                 for seed in seeds]
     dups = None
     if task.dataset in ("busi", "udiat"):   # BUS-BRA: no near-duplicates (data chapter)
-        from ..data.duplicates import load_duplicates
+        from ...data.duplicates import load_duplicates
         dups = load_duplicates(frame, root, profile.data)
     split = make_splits(frame, task.dataset, profile.finetune.split_seed, scheme="holdout",
                         duplicates=dups, cfg=profile.data, labels=task.classes)
@@ -217,25 +227,24 @@ class TaskResult:
 
 
 def _encoders(task: Task, profile: Profile, root: Path, rep: Repeat, roi: RoiSet,
-              sets: list[FeatureSet], s: Settings, progress: bool) -> dict[tuple[str, str], Encoder]:
+              sets: list[FeatureSet], s: Settings) -> dict[tuple[str, str], Encoder]:
     need = sorted({(b, fs.init) for fs in sets if fs.init for b in fs.backbones})
     out = {}
     for b, init in need:
         if task.modality == "ultrasound":
-            out[b, init] = ultrasound_encoder(profile, root, b, init, progress)
+            out[b, init] = ultrasound_encoder(profile, root, b, init)
         else:
             if s.mias_pool == "all":        # every film, shared by both mini-MIAS tasks
-                from ..data.mias import mias_manifest
+                from .mias import mias_manifest
                 films = list(mias_manifest(root)["path"])
             else:                           # this split's training films only
                 films = list(np.asarray(roi.paths)[rep.train])
-            out[b, init] = mias_encoder(profile, root, b, films, s.prep, s.mias_pool_crops, init,
-                                        progress)
+            out[b, init] = mias_encoder(profile, root, b, films, s.prep, s.mias_pool_crops, init)
     return out
 
 
 def run_task(task_key: str, profile: Profile, root: str | Path, seeds: Sequence[int],
-             settings: Settings | None = None, progress: bool = False,
+             settings: Settings | None = None,
              log: Callable[[str], None] = lambda m: None) -> TaskResult:
     """Preprocess, extract (cached), fuse, select and fit every classifier on every feature set of
     one task, for every repeat; test predictions of all of them."""
@@ -245,7 +254,7 @@ def run_task(task_key: str, profile: Profile, root: str | Path, seeds: Sequence[
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if task.dataset == "mias":
-        from ..data.phantom_mias import mias_root
+        from .phantom_mias import mias_root
         root = mias_root(root, profile.data.synthetic)
     frame = task_frame(task, profile, root)
     repeats = task_repeats(task, profile, root, frame, seeds, s)
@@ -273,7 +282,7 @@ def run_task(task_key: str, profile: Profile, root: str | Path, seeds: Sequence[
     timings.update(pretraining=0.0, features=0.0, fusion=0.0, classifiers=0.0)
     for ri, rep in enumerate(repeats):
         t = time.perf_counter()
-        encs = _encoders(task, profile, root, rep, roi, sets, s, progress)
+        encs = _encoders(task, profile, root, rep, roi, sets, s)
         timings["pretraining"] += time.perf_counter() - t
         t = time.perf_counter()
         for (b, init), enc in encs.items():

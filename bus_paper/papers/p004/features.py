@@ -7,7 +7,7 @@ objective, views, optimiser and epochs as paper 000's baselines):
 
 - ultrasound: the unlabeled pool of BUS-BRA + BUS-UCLM (:func:`bus_paper.train.pretrain`, cached
   and shared with the Table 1 chapter (ResNet-50, and the DINO ViT-S/16) and paper 001's chapter
-  (VGG16, 2 epochs at the cpu profile, :func:`bus_paper.experiments.pretraining_profile`));
+  (VGG16, 2 epochs at the cpu profile, :func:`bus_paper.papers.p000.experiments.pretraining_profile`));
 - mammography: lesion-sized crops at random breast sites of mini-MIAS films
   (:func:`~.prep.tissue_pool`; no label and no lesion location of the film itself is used).
   With ``pool="all"`` every film of every woman is in the pool, the test women's films included
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Profile
-from ..paths import runs_dir
-from ..train.engine import releases_run_locks
+from ...config import Profile
+from ...paths import runs_dir
+from ...train.engine import releases_run_locks
 from .prep import ImageZ, Prep, RoiSet, augmented_copies, tissue_pool
 
 LABELS = {"resnet50": "ResNet-50", "vgg16": "VGG16", "efficientnet_b0": "EfficientNet-B0",
@@ -58,37 +58,36 @@ class Encoder:
 
 
 def _pretrain_profile(profile: Profile, backbone: str) -> Profile:
-    from ..experiments import pretraining_profile
+    from ..p000.experiments import pretraining_profile
     return pretraining_profile(profile, backbone)
 
 
-def ultrasound_encoder(profile: Profile, root, backbone: str, init: str = "ssl",
-                       progress: bool = False) -> Encoder:
+def ultrasound_encoder(profile: Profile, root, backbone: str, init: str = "ssl") -> Encoder:
     """The US encoder of ``backbone``: SimCLR on the US pool (``ssl``), DINO (``dino``, the Table 1
     DINO-ViT), or random."""
     if init == "random":
         return Encoder(backbone, "random", "ultrasound")
     if init == "dino":
-        from ..train.dino import dino_pretrain
+        from ...train.dino import dino_pretrain
         return Encoder(backbone, "dino", "ultrasound",
-                       dino_pretrain(profile, root, name=backbone, progress=progress))
-    from ..train.pretraining import pretrain
-    path = pretrain(_pretrain_profile(profile, backbone), root, progress=progress,
+                       dino_pretrain(profile, root, name=backbone))
+    from ...train.pretraining import pretrain
+    path = pretrain(_pretrain_profile(profile, backbone), root,
                     baseline=backbone)
     return Encoder(backbone, "ssl", "ultrasound", path)
 
 
 @releases_run_locks
 def mias_encoder(profile: Profile, root, backbone: str, films: list[str], prep: Prep,
-                 per_film: int = 2, init: str = "ssl", progress: bool = False) -> Encoder:
+                 per_film: int = 2, init: str = "ssl") -> Encoder:
     """SimCLR on mini-MIAS tissue crops of ``films`` (see the module docstring), cached."""
     if init == "random":
         return Encoder(backbone, "random", "mammography")
-    from ..data.checksum import dataset_checksum
-    from ..core.runs import SELECT_LAST_EPOCH, config_part, recipe_key
-    from ..train.data import to_tensor
-    from ..train.engine import checkpoint_intact, hold_run_lock, read_or_heal, save_checkpoint
-    from ..train.pretraining import PretrainStage, baseline_config
+    from ...core.runs import SELECT_LAST_EPOCH, config_part, recipe_key
+    from ...data.checksum import dataset_checksum
+    from ...train.data import to_tensor
+    from ...train.engine import checkpoint_intact, hold_run_lock, read_or_heal, save_checkpoint
+    from ...train.pretraining import PretrainStage, baseline_config
     prof = _pretrain_profile(profile, backbone)
     net = baseline_config(prof, backbone)
     key = recipe_key("paper004-mias-simclr", network=net, pretrain=config_part(prof.pretrain),
@@ -100,7 +99,7 @@ def mias_encoder(profile: Profile, root, backbone: str, films: list[str], prep: 
     hold_run_lock(run_dir)
     if not read_or_heal(out, checkpoint_intact):  # absent, or truncated (moved aside)
         images = to_tensor(tissue_pool(root, sorted(films), prep, prof.data.image_size, per_film))
-        stage = PretrainStage(prof, images, run_dir, key, progress=progress, baseline=backbone)
+        stage = PretrainStage(prof, images, run_dir, key, baseline=backbone)
         t0 = time.perf_counter()
         history = stage.fit()
         save_checkpoint(out, {"encoder": stage.model.m.encoder_state_dict(), "model_config": net,
@@ -114,9 +113,9 @@ def mias_encoder(profile: Profile, root, backbone: str, films: list[str], prep: 
 
 def load_encoder(profile: Profile, enc: Encoder, device: str = "cpu") -> torch.nn.Module:
     """The backbone (with heads) of ``enc`` in eval mode."""
-    from ..models import build_network
-    from ..train.engine import load_checkpoint, seed_everything
-    from ..train.pretraining import baseline_config
+    from ...models import build_network
+    from ...train.engine import load_checkpoint, seed_everything
+    from ...train.pretraining import baseline_config
     if enc.path is None:
         seed_everything(0)
         model = build_network(baseline_config(profile, enc.backbone))
@@ -131,7 +130,7 @@ def load_encoder(profile: Profile, enc: Encoder, device: str = "cpu") -> torch.n
 def extract(model: torch.nn.Module, images_u8: np.ndarray, zscore: bool, run,
             batch_size: int = 64) -> np.ndarray:
     """Pooled features ``[N, D]`` float32 of uint8 images ``[N, S, S]`` (eval, autocast)."""
-    from ..train.engine import autocast, prepare_input
+    from ...train.engine import autocast, prepare_input
     device = next(model.parameters()).device
     norm = ImageZ(zscore)
     out = []
@@ -147,8 +146,8 @@ def features(profile: Profile, enc: Encoder, roi: RoiSet, prep: Prep, copies: in
              model: torch.nn.Module | None = None) -> np.ndarray:
     """Features of every ROI and of ``copies`` augmented versions: float32 ``[1 + copies, N, D]``,
     each copy cached on disk (``runs/paper004/features``)."""
-    from ..core.runs import recipe_key
-    from ..train.engine import read_or_heal, select_device
+    from ...core.runs import recipe_key
+    from ...train.engine import read_or_heal, select_device
     out, todo = [], []
     folder = runs_dir() / "paper004" / "features"
     files = [folder / (recipe_key("paper004-features", encoder=enc.key, roi=roi.key,

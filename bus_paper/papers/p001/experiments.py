@@ -4,7 +4,7 @@ Only the abstract is available. It proposes a model built on MobileNetV2 and Den
 with feature fusion and attention mechanisms", reports an AUC of 0.9834 on BUSI (and 0.9320 on a
 private set), says that it "significantly" outperforms "traditional deep convolutional neural
 network models" and radiologists, and explains it with Grad-CAM, saliency maps and SHAP. Our
-reading of each part is in :mod:`bus_paper.models.fusion` (the model) and in the chapter.
+reading of each part is in :mod:`bus_paper.papers.p001.fusion` (the model) and in the chapter.
 
 Models (:data:`MODELS`), all trained by the book's engine with the same splits, epochs, optimiser,
 augmentation and model selection as every other chapter:
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Profile
-from .metrics import interval_side
+from ...config import Profile, load_profile
+from ...metrics import interval_side
 
 #: The abstract's numbers (AUC only; no other metric, interval, split or seed count is given).
 PAPER_001 = {"busi": {"auc": 98.34}, "private": {"auc": 93.20}}
@@ -103,24 +103,25 @@ def default_plan(profile: Profile | str, models: Sequence[str], seeds: Sequence[
                  random_init: Sequence[str] | None = None) -> Plan:
     """Seeds and initialisation of every model. ``one_seed``: models fine-tuned with the first
     seed only; ``random_init``: baselines trained from random initialisation instead of their own
-    SimCLR encoder. None means the profile's default: at ``cpu`` (2 cores, 20 minutes) only the
-    proposed model and ResNet-50 (whose runs Table 1 has cached) get every seed, and VGG16 (8x
-    ResNet-50's training cost at 96 px, 138 M parameters) is trained from random init, which
-    spares its SimCLR pretraining; elsewhere every model gets every seed and SSL.
+    SimCLR encoder. None means the profile's ``[papers.p001]``: ``all_seeds`` (the models that get
+    every seed; absent: all of them) and ``random_init``. The cpu profile (2 cores, 20 minutes)
+    gives every seed to the proposed model and ResNet-50 only (Table 1 has their runs cached) and
+    trains VGG16 (8x ResNet-50's cost at 96 px, 138 M parameters) from random init, sparing its
+    SimCLR pretraining.
 
     >>> p = default_plan("cpu", ["proposed", "vgg16"], [0, 1, 2])
     >>> p.seeds, p.ssl
     ({'proposed': [0, 1, 2], 'vgg16': [0]}, {'proposed': True, 'vgg16': False})
     """
-    name = profile if isinstance(profile, str) else profile.name
+    section = load_profile(profile).section("p001")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("need at least one seed")
-    cpu = name == "cpu"
     if one_seed is None:
-        one_seed = [k for k in models if k not in ("proposed", "resnet50")] if cpu else []
+        every = section.get("all_seeds")
+        one_seed = [] if every is None else [k for k in models if k not in every]
     if random_init is None:
-        random_init = ["vgg16"] if cpu else []
+        random_init = list(section.get("random_init", ()))
     for k in [*models, *one_seed, *random_init]:
         _model(k)
     if bad := [k for k in random_init if MODELS[k].group != "baseline"]:
@@ -133,7 +134,7 @@ def default_plan(profile: Profile | str, models: Sequence[str], seeds: Sequence[
 def network_for(profile: Profile, key: str) -> dict[str, Any] | None:
     """The fusion config of model ``key`` at ``profile`` (None for a Table 1 wrapper): the
     profile's image size and the heads of ``profile.model``, as the baselines get them."""
-    from .models.fusion import fusion_config
+    from .fusion import fusion_config
     m = _model(key)
     if m.baseline:
         return None
@@ -143,28 +144,28 @@ def network_for(profile: Profile, key: str) -> dict[str, Any] | None:
                          proj_dim=pm.proj_dim, drop_rate=pm.drop_rate)
 
 
-def baseline_encoder(profile: Profile, root, name: str, progress: bool = False) -> Path:
+def baseline_encoder(profile: Profile, root, name: str) -> Path:
     """The (cached) SimCLR ``encoder.pt`` of Table 1 wrapper ``name`` (VGG16 with the capped
-    epochs of :func:`bus_paper.experiments.pretraining_profile`, shared with paper 004)."""
-    from .experiments import pretraining_profile
-    from .train.pretraining import pretrain
-    return pretrain(pretraining_profile(profile, name), root, progress=progress, baseline=name)
+    epochs of :func:`bus_paper.papers.p000.experiments.pretraining_profile`, shared with paper 004)."""
+    from ...train.pretraining import pretrain
+    from ..p000.experiments import pretraining_profile
+    return pretrain(pretraining_profile(profile, name), root, baseline=name)
 
 
-def fusion_encoder(profile: Profile, root, cfg: Mapping[str, Any], progress: bool = False) -> Path:
+def fusion_encoder(profile: Profile, root, cfg: Mapping[str, Any]) -> Path:
     """An ``encoder.pt`` for fusion network ``cfg`` whose backbones are the SimCLR encoders of
     the baselines of the same names (:func:`baseline_encoder`): the attention modules and the
     projection head keep the network's initialisation at seed 0 (as pretraining seeds it), so
     the file loads strictly. Cached under ``runs/compose/<key>/`` with the source encoders' keys
     in its key; ``sources`` and ``not_pretrained`` inside say what came from where."""
-    from .models import build_network
-    from .models.fusion import compose_encoder_state
-    from .paths import runs_dir
-    from .core.runs import recipe_key
-    from .train.engine import save_checkpoint, seed_everything
-    from .train.pretraining import load_pretrained
+    from ...core.runs import recipe_key
+    from ...models import build_network
+    from ...paths import runs_dir
+    from ...train.engine import save_checkpoint, seed_everything
+    from ...train.pretraining import load_pretrained
+    from .fusion import compose_encoder_state
     cfg = dict(cfg)
-    states = {b: load_pretrained(baseline_encoder(profile, root, b, progress))
+    states = {b: load_pretrained(baseline_encoder(profile, root, b))
               for b in cfg["backbones"]}
     sources = {b: s["key"] for b, s in states.items()}
     key = recipe_key("compose", network=cfg, sources=sources, seed=0)
@@ -183,29 +184,28 @@ def fusion_encoder(profile: Profile, root, cfg: Mapping[str, Any], progress: boo
 
 
 def model_runs(profile: Profile, root, key: str, datasets: Sequence[str], seeds: Sequence[int],
-               ssl: bool | None = None, progress: bool = False) -> list[dict[str, Any]]:
+               ssl: bool | None = None) -> list[dict[str, Any]]:
     """Fine-tune model ``key`` on every dataset and seed (cached); ``ssl`` None: the model's own
     setting. Each result gets ``row`` (the key) and ``ssl``."""
-    from .train import finetune
+    from ...train import finetune
     m = _model(key)
     ssl = m.ssl if ssl is None else bool(ssl)
     cfg = network_for(profile, key)
     if cfg is None:
-        enc = baseline_encoder(profile, root, m.baseline, progress) if ssl else None
+        enc = baseline_encoder(profile, root, m.baseline) if ssl else None
         kw: dict[str, Any] = {"baseline": m.baseline}
     else:
-        enc = fusion_encoder(profile, root, cfg, progress) if ssl else None
+        enc = fusion_encoder(profile, root, cfg) if ssl else None
         kw = {"network": cfg}
-    return [finetune(profile, d, s, root, encoder_path=enc, progress=progress, **kw)
+    return [finetune(profile, d, s, root, encoder_path=enc, **kw)
             | {"row": key, "ssl": ssl} for d in datasets for s in seeds]
 
 
-def run_plan(profile: Profile, root, plan: Plan, datasets: Sequence[str],
-             progress: bool = False) -> list[dict[str, Any]]:
+def run_plan(profile: Profile, root, plan: Plan, datasets: Sequence[str]) -> list[dict[str, Any]]:
     """:func:`model_runs` of every model of ``plan`` (in its order)."""
     out: list[dict[str, Any]] = []
     for key, seeds in plan.seeds.items():
-        out += model_runs(profile, root, key, datasets, seeds, plan.ssl[key], progress)
+        out += model_runs(profile, root, key, datasets, seeds, plan.ssl[key])
     return out
 
 
@@ -217,10 +217,10 @@ def paired_table(results: Sequence[Mapping[str, Any]], reference: str = "propose
                  metrics: Sequence[str] = ("auc", "accuracy"), n_boot: int = 1000
                  ) -> pd.DataFrame:
     """``reference`` minus every other model, per dataset and metric, in points: seed means on the
-    same test images, paired bootstrap CI and p (:func:`bus_paper.experiments.paired_difference`),
+    same test images, paired bootstrap CI and p (:func:`bus_paper.papers.p000.experiments.paired_difference`),
     and a ``verdict``: ``higher`` / ``lower`` (the interval excludes 0), ``not detected`` (it
     contains 0) or ``not measurable`` (undefined)."""
-    from .experiments import paired_difference
+    from ..p000.experiments import paired_difference
     by: dict[tuple[str, str], list] = {}
     for r in results:
         by.setdefault((r["row"], r["dataset"]), []).append(r)
@@ -241,7 +241,7 @@ def paired_table(results: Sequence[Mapping[str, Any]], reference: str = "propose
 def auc_verdict(table: pd.DataFrame, dataset: str = "busi", model: str = "proposed",
                 reported: float | None = None) -> dict[str, Any]:
     """Where the paper's AUC (in %) falls against our 95% CI of ``model`` on ``dataset`` (a
-    :func:`bus_paper.experiments.seed_table` by ``row``): ``inside`` / ``above`` / ``below``."""
+    :func:`bus_paper.papers.p000.experiments.seed_table` by ``row``): ``inside`` / ``above`` / ``below``."""
     if reported is None:
         if dataset not in PAPER_001:
             raise KeyError(f"the paper reports no AUC on {dataset!r} (only {', '.join(PAPER_001)})")
@@ -264,7 +264,7 @@ def mean_roc(results: Sequence[Mapping[str, Any]], grid: int = 101
     sensitivity at each 1 - specificity of ``grid`` points; Fawcett 2006): (fpr, tpr, mean AUC)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from .analysis import aligned_test_predictions
+    from ..p000.analysis import aligned_test_predictions
     y, probs, _ = aligned_test_predictions(results)
     fpr = np.linspace(0, 1, grid)
     if not 0 < y.sum() < y.size:
@@ -284,7 +284,7 @@ def background_images(profile: Profile, root, dataset: str, n: int = 32, seed: i
                       ) -> np.ndarray:
     """``n`` training images of ``dataset`` (uint8 ``[n, S, S]``, drawn at random, both classes)
     for SHAP's expectation: the data the model was fitted to, never a test image."""
-    from .train.data import load_labelled
+    from ...train.data import load_labelled
     x = load_labelled(profile, Path(root), dataset).x["train"][:, 0].numpy()
     rng = np.random.default_rng(seed)
     return x[np.sort(rng.choice(len(x), size=min(n, len(x)), replace=False))]
@@ -298,9 +298,10 @@ def explain_run(result: Mapping[str, Any], profile: Profile, root, target: str =
     """Every explanation method on every test image of a fine-tuning ``result``, for the class
     ``target`` (:func:`bus_paper.explain.cam_targets`): (test predictions sorted by path, uint8
     images, masks, ``{method: maps}``, per-image scores with ``method``, ``dataset``, ``seed``)."""
-    from . import explain, saliency
-    from .data.preprocess import Normalizer
-    from .train import load_deployable
+    from ... import explain
+    from ...data.preprocess import Normalizer
+    from ...explain import saliency
+    from ...train import load_deployable
     methods = list(methods or saliency.METHODS)
     model, state = load_deployable(result["checkpoint"], device)
     test, images, masks = explain.load_test_with_masks(result, root, state["image_size"])

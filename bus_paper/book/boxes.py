@@ -1,0 +1,183 @@
+"""The executed chapters' own generated parts: the *rerun* box under each chapter's title (the
+``bus-paper run --only NAME`` command, the equivalent ``papermill`` command with the notebook's
+own parameters and the values this run used, and a download link to the executed ``.ipynb``),
+code cells hidden behind a toggle, and the chapters' run records (times, provenance)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from ..provenance import atomic_write_text
+from .format import md_table, short_commit
+
+RERUN_ID = "bus-paper-rerun"
+# Parameters that `bus-paper run` sets itself; the others are passed with -p.
+RUN_PARAMETERS = ("profile", "data_root", "results_dir")
+CHAPTER_STEM = re.compile(r"^(\d+)_(.+)$")   # 01_data: number, name
+
+
+# ----------------------------------------------------------------------------- chapters
+def chapter_records(chapters: Path) -> list[dict[str, Any]]:
+    """``metadata.bus_paper`` of every executed chapter (book order), with ``stem``/``name``."""
+    out = []
+    for path in sorted(chapters.glob("*.ipynb")):
+        m = CHAPTER_STEM.match(path.stem)
+        meta = nbformat.read(path, as_version=4).metadata.get("bus_paper")
+        if m and meta and meta.get("provenance"):
+            out.append({**meta, "stem": path.stem, "name": m.group(2), "path": path})
+    return out
+
+
+def chapter_times(chapters_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Profile, commit, time and wall time of the last execution of every executed chapter, from
+    :func:`chapter_records` (the table of the reproducibility page)."""
+    return [{"chapter": r["stem"], "profile": r["provenance"].get("profile"),
+             "commit": (r["provenance"].get("git") or {}).get("commit", "")[:12],
+             "finished": r["provenance"].get("timestamp"),
+             "minutes": r["provenance"].get("wall_s", 0) / 60}
+            for r in chapter_records(Path(chapters_dir))]
+
+
+def times_markdown(chapters_dir: str | os.PathLike) -> str:
+    """A Markdown table of :func:`chapter_times` (included by the reproducibility page)."""
+    rows = chapter_times(chapters_dir)
+    lines = ["| chapter | profile | finished (UTC) | commit | minutes |", "| --- | --- | --- | --- | ---: |"]
+    lines += [f"| {r['chapter']} | {r['profile']} | {str(r['finished'])[:19]} | `{r['commit']}` | "
+              f"{r['minutes']:.1f} |" for r in rows]
+    lines.append(f"| **total** | | | | **{sum(r['minutes'] for r in rows):.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def _cli_text(value: Any) -> str:
+    """A parameter value as papermill's ``-p`` takes it (lists as JSON text, as the notebooks
+    parse them with ``as_list``)."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return "None" if value is None else str(value)
+
+
+def _default_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # an expression: shown as written
+
+
+def rerun_markdown(meta: Mapping[str, Any], stem: str,
+                   declared: Mapping[str, Mapping[str, Any]]) -> str:
+    """The rerun box of one chapter (see the module docstring)."""
+    m = CHAPTER_STEM.match(stem)
+    name = m.group(2) if m else stem
+    used = dict(meta.get("parameters") or {})
+    prov = meta.get("provenance") or {}
+    source = f"notebooks/{meta.get('source') or stem + '.ipynb'}"
+    profile = used.get("profile", prov.get("profile", "cpu"))
+    values = {k: used[k] if k in used else _default_value(str(p.get("default")))
+              for k, p in declared.items()}
+    extra = [f" -p {k} {shlex.quote(_cli_text(v))}" for k, v in used.items()
+             if k not in RUN_PARAMETERS]
+    # with -p, `bus-paper run` writes to runs/ unless told to replace the book's chapter
+    run_cmd = f"bus-paper run --only {name} --profile {profile}" + "".join(extra) + (
+        " --update-book" if extra else "")
+    pm_lines = [f"papermill {source} {stem}.out.ipynb"]
+    pm_lines += [f"  -p {k} {shlex.quote(_cli_text(v))}" for k, v in values.items()
+                 if k != "results_dir"]
+    rows_ = [(f"`{k}`", f"`{_cli_text(v)}`", (declared[k].get("help") or "").strip())
+             for k, v in values.items()]
+    when = str(prov.get("timestamp") or "")[:16].replace("T", " ")
+    wall = prov.get("wall_s")
+    ran = (f"at the `{profile}` profile, commit {short_commit(prov.get('git'))}, finished {when} "
+           f"UTC after {wall / 60:.1f} min" if isinstance(wall, (int, float)) else
+           f"at the `{profile}` profile")
+    return "\n".join([
+        ":::{admonition} Download or re-run this chapter",
+        ":class: dropdown tip",
+        "",
+        (f"This page is `{source}` executed by `bus-paper run` {ran}. "
+         f"Download it: {{download}}`{stem}.ipynb <{stem}.ipynb>` (outputs included), or use "
+         "the download button at the top of the page."),
+        "",
+        ("Re-run it with the book's pipeline (skipped when nothing it depends on changed; "
+         f"results go to `book/results/{name}/`):"),
+        "",
+        "```bash",
+        run_cmd,
+        "```",
+        "",
+        ("or with papermill, from the repository root (results go to "
+         f"`runs/notebook-results/{name}/` unless `results_dir` is given):"),
+        "",
+        "```bash",
+        " \\\n".join(pm_lines),
+        "```",
+        "",
+        md_table(["parameter", "value in this run", "meaning"], rows_),
+        ":::",
+    ])
+
+
+def declared_parameters(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The notebook's parameters cell, as papermill reads it: name -> default, help."""
+    import papermill as pm
+    return dict(pm.inspect_notebook(str(path)))
+
+
+def add_rerun_cell(nb: nbformat.NotebookNode, stem: str,
+                   declared: Mapping[str, Mapping[str, Any]]) -> None:
+    """Put (or replace) the rerun box under the chapter's title cell. Outputs, the content hash
+    (of the *source* notebook) and the provenance are untouched."""
+    meta = nb.metadata.get("bus_paper")
+    if not meta:
+        return
+    cells = [c for c in nb.cells if c.get("id") != RERUN_ID
+             and RERUN_ID not in c.get("metadata", {}).get("tags", [])]
+    cell = nbformat.v4.new_markdown_cell(rerun_markdown(meta, stem, declared),
+                                         metadata={"tags": [RERUN_ID]})
+    if nb.get("nbformat_minor", 0) >= 5:
+        cell["id"] = RERUN_ID
+    else:
+        cell.pop("id", None)
+    first = cells[0] if cells else None
+    at = 1 if first is not None and first.cell_type == "markdown" \
+        and first.source.lstrip().startswith("# ") else 0
+    cells.insert(at, cell)
+    nb.cells = cells
+
+
+HIDE_INPUT = "hide-input"   # jupyter-book: the code sits behind a "show" toggle, outputs stay
+
+
+def hide_code(nb: nbformat.NotebookNode) -> None:
+    """Readers see a chapter's tables, figures and prose; its code is one click away. Tagged in
+    the executed copy only, so the source notebook (and its content hash) stays as it is."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+            if HIDE_INPUT not in tags:
+                tags.append(HIDE_INPUT)
+
+
+def refresh_chapter(path: Path, check: bool = False) -> bool:
+    """Add/refresh the rerun box of one executed chapter in place, with its code cells hidden;
+    True if it changed."""
+    text = path.read_text()
+    nb = nbformat.reads(text, as_version=4)
+    if not nb.metadata.get("bus_paper"):
+        return False
+    add_rerun_cell(nb, path.stem, declared_parameters(path))
+    hide_code(nb)
+    new = nbformat.writes(nb) + "\n"
+    if new == text:
+        return False
+    if not check:
+        atomic_write_text(path, new)
+    return True
