@@ -1,0 +1,61 @@
+"""The run keys of the shipped profiles are a record (tests/golden/recipe_keys.json): a refactor
+that moves or rewrites code must leave every key as it is, so that no cached run is retrained and
+none is silently reused for another recipe (issue 17). The keys hash recipes only (config
+sections, split, selection rule, recipe version, data checksums: stand-ins here), so this runs in
+seconds and needs no data.
+
+A change that is meant to change a recipe changes keys: bump the kind's RECIPE_VERSIONS entry in
+bus_paper/core/runs.py if the numbers change too, and rewrite the record with
+``BUS_PAPER_REGEN_GOLDEN=1 pytest tests/test_recipe_keys.py``. (The record was written by the
+commit that moved every paper into bus_paper/papers/, and was checked identical to the keys the
+code before that move computes.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from bus_paper.config import PROFILE_NAMES, load_profile
+from bus_paper.models.baselines import BASELINES
+from bus_paper.papers.beyond.generalisation import pooled_key
+from bus_paper.papers.p000.experiments import pretraining_profile
+from bus_paper.papers.p001.experiments import network_for
+from bus_paper.papers.p002.train import run_key, settings_for
+from bus_paper.train.dino import dino_key
+from bus_paper.train.finetuning import finetune_key
+from bus_paper.train.pretraining import pretrain_key
+
+RECORD = pathlib.Path(__file__).parent / "golden" / "recipe_keys.json"
+SUMS = {"busbra": "a" * 64, "busuclm": "b" * 64}
+
+
+def keys() -> dict[str, str]:
+    out = {}
+    for name in PROFILE_NAMES:
+        p = load_profile(name)
+        out[f"{name} pretrain proposed"] = pretrain_key(p, SUMS)
+        for b in sorted(BASELINES):
+            out[f"{name} pretrain {b}"] = pretrain_key(pretraining_profile(p, b), SUMS, baseline=b)
+        out[f"{name} dino"] = dino_key(p, "vit_small", p.dino, SUMS)
+        for d in ("busi", "udiat"):
+            for s in (0, 1, 2):
+                out[f"{name} finetune {d} {s}"] = finetune_key(p, d, s, "enc", "c" * 64)
+        out[f"{name} pooled"] = pooled_key(p, ["busi", "udiat", "busbra"], 0, "enc", {"x": 1},
+                                           {"busi": "d"})
+        out[f"{name} lesion"] = run_key(p, "lr", 0, 0, settings_for(p), 1.0, 1.0, "enc", "e")
+        out[f"{name} p001 fusion pretrain"] = pretrain_key(p, SUMS, network=network_for(p, "proposed"))
+    return out
+
+
+def test_a_refactor_keeps_every_run_key():
+    now = keys()
+    if os.environ.get("BUS_PAPER_REGEN_GOLDEN") == "1":
+        RECORD.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n")
+    record = json.loads(RECORD.read_text())
+    changed = sorted(k for k in record if now.get(k) != record[k])
+    assert not changed and set(now) == set(record), (
+        f"run keys changed: {changed[:6]}{' ...' if len(changed) > 6 else ''}; a refactor must keep "
+        "them (cached runs would retrain); if the recipe is meant to change, regenerate with "
+        "`BUS_PAPER_REGEN_GOLDEN=1 pytest tests/test_recipe_keys.py` (see the module docstring)")
