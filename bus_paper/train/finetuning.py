@@ -168,18 +168,10 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
                           encoder["encoder"] if encoder else None,
                           model_config=model_config, strict=same)
     history = stage.fit()
-    # the selected model: best validation epoch; threshold: chosen on validation
-    stage.model.load_state_dict(load_checkpoint(run_dir / "best.pt", stage.device)["model"])
-    probs = {s: predict_proba(stage.model, data.x[s], data.normalizer, profile.run)
-             for s in ("val", "test")}
-    threshold = choose_threshold(data.y["val"].numpy(), probs["val"])
+    probs, threshold, preds = select_and_predict(stage, data, profile)
     y_test = data.y["test"].numpy()
     metrics = binary_metrics(y_test, probs["test"], threshold)
     ci = bootstrap_ci(y_test, probs["test"], threshold, n_boot=1000, seed=seed)
-    preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s,
-                                     "label": data.y[s].numpy(), "prob": probs[s],
-                                     "cluster": data.clusters(s)})
-                       for s in ("val", "test")], ignore_index=True)
     result = {"dataset": dataset, "seed": seed, "profile": profile.name, "threshold": threshold,
               "recipe_version": recipe_version("finetune"),
               "metrics": metrics, "ci": ci, "history": history.epochs,
@@ -190,16 +182,41 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
               "seconds": time.perf_counter() - t0, "run_dir": str(run_dir),
               "checkpoint": str(run_dir / "model.pt")}
     if stage.dist.main:
-        save_checkpoint(run_dir / "model.pt", deployable_state(
+        write_finished_run(run_dir, deployable_state(
             stage.model, profile, data, threshold, dataset, model_config,
-            recipe=model_recipe(profile, dataset, seed, key, encoder is not None)))
-        write_predictions(preds, run_dir / "predictions.csv")
-        write_json(run_dir / "result.json", result)  # atomic: the mark of a finished run
-        for stale in ("best.pt", "last.pt"):  # ~2 x model + optimizer; model.pt has what is kept
-            (run_dir / stale).unlink(missing_ok=True)
+            recipe=model_recipe(profile, dataset, seed, key, encoder is not None)), preds, result)
     barrier(d)  # other ranks return only once model.pt exists
     result["predictions"] = preds
     return result
+
+
+def select_and_predict(stage: FinetuneStage, data: LabelledSplits, profile: Profile
+                       ) -> tuple[dict[str, np.ndarray], float, pd.DataFrame]:
+    """The end of every fine-tuning run, before it is written: reload the best validation epoch
+    (model selection on validation only), predict the validation and test parts, choose the
+    threshold on validation. Returns (probabilities per part, threshold, the predictions table:
+    path, split, label, prob and each image's cluster, for the two-level bootstraps)."""
+    stage.model.load_state_dict(load_checkpoint(stage.run_dir / "best.pt", stage.device)["model"])
+    probs = {s: predict_proba(stage.model, data.x[s], data.normalizer, profile.run)
+             for s in ("val", "test")}
+    threshold = choose_threshold(data.y["val"].numpy(), probs["val"])
+    preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s,
+                                     "label": data.y[s].numpy(), "prob": probs[s],
+                                     "cluster": data.clusters(s)})
+                       for s in ("val", "test")], ignore_index=True)
+    return probs, threshold, preds
+
+
+def write_finished_run(run_dir: Path, model_state: dict[str, Any], preds: pd.DataFrame,
+                       result: dict[str, Any]) -> None:
+    """Write a finished fine-tuning run: the deployable ``model.pt``, ``predictions.csv``, then
+    ``result.json`` (atomic: the mark of a finished run, written last), and drop the resume and
+    best-epoch checkpoints (~2 x model + optimizer; ``model.pt`` has what is kept)."""
+    save_checkpoint(run_dir / "model.pt", model_state)
+    write_predictions(preds, run_dir / "predictions.csv")
+    write_json(run_dir / "result.json", result)
+    for stale in ("best.pt", "last.pt"):
+        (run_dir / stale).unlink(missing_ok=True)
 
 
 def write_predictions(preds: pd.DataFrame, path: Path) -> None:

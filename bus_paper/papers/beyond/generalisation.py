@@ -35,7 +35,7 @@ import torch
 
 from ...config import Profile
 from ...core.calibration import expected_calibration_error, fit_temperature, scale  # noqa: F401 (re-exported)
-from ...metrics import METRICS, binary_metrics, choose_threshold
+from ...metrics import METRICS, binary_metrics
 from ...train.engine import releases_run_locks
 from ..p000.analysis import aligned_test_predictions, seed_mean_ci, test_clusters
 
@@ -169,20 +169,14 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
     from ...data.checksum import dataset_checksum
     from ...paths import runs_dir
     from ...train.data import resolve_root
-    from ...train.engine import (
-        hold_run_lock,
-        load_checkpoint,
-        read_cached_run,
-        save_checkpoint,
-        write_json,
-    )
+    from ...train.engine import hold_run_lock, read_cached_run
     from ...train.finetuning import (
         FinetuneStage,
         _canonical,
         deployable_state,
-        predict_proba,
         read_predictions,
-        write_predictions,
+        select_and_predict,
+        write_finished_run,
     )
     from ...train.pretraining import load_pretrained, network_config
     from ..p000.experiments import ROWS, encoder_for
@@ -205,24 +199,13 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
                           model_config=model_config,
                           strict=_canonical(encoder["model_config"]) == _canonical(model_config))
     history = stage.fit()
-    stage.model.load_state_dict(load_checkpoint(run_dir / "best.pt", stage.device)["model"])
-    probs = {s: predict_proba(stage.model, data.x[s], data.normalizer, profile.run)
-             for s in ("val", "test")}
-    threshold = choose_threshold(data.y["val"].numpy(), probs["val"])
-    preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s,
-                                     "label": data.y[s].numpy(), "prob": probs[s],
-                                     "cluster": data.clusters(s)})
-                       for s in ("val", "test")], ignore_index=True)
+    _, threshold, preds = select_and_predict(stage, data, profile)  # the same end as finetune's
     result = {"dataset": data.dataset, "threshold": threshold, "history": history.epochs,
               "n": {s: len(data.y[s]) for s in ("train", "val", "test")},
               "seconds": time.perf_counter() - t0, "encoder_key": encoder["key"],
               "recipe_version": recipe_version("pooled")}
-    save_checkpoint(run_dir / "model.pt", deployable_state(stage.model, profile, data, threshold,
-                                                           data.dataset, model_config))
-    write_predictions(preds, run_dir / "predictions.csv")
-    write_json(run_dir / "result.json", result)
-    for stale in ("best.pt", "last.pt"):
-        (run_dir / stale).unlink(missing_ok=True)
+    write_finished_run(run_dir, deployable_state(stage.model, profile, data, threshold,
+                                                 data.dataset, model_config), preds, result)
     return result | meta | {"predictions": preds}
 
 
