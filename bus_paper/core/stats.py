@@ -239,6 +239,56 @@ def _as_runs(prob, n: int) -> np.ndarray:
     return p
 
 
+def _replicates(n_clusters: int, ids: np.ndarray, runs: Sequence[int], n_boot: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Image weights [B, n] from cluster draws, and per side a [B, runs] draw of run indices."""
+    draws = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
+    counts = np.stack([np.bincount(d, minlength=n_clusters) for d in draws])
+    return counts[:, ids].astype(float), [rng.integers(0, r, size=(n_boot, r)) for r in runs]
+
+
+def _check_runs(y, probs, thresholds) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    y = np.asarray(y).astype(int).ravel()
+    p = _as_runs(probs, y.size)
+    t = [float(x) for x in np.atleast_1d(thresholds)]
+    if len(t) != len(p):
+        raise ValueError(f"need one threshold per run: {len(p)} runs, {len(t)} thresholds")
+    return y, p, t
+
+
+def _cluster_ids(clusters, n: int) -> tuple[np.ndarray, int]:
+    if clusters is None:
+        return np.arange(n), n
+    c = np.asarray(clusters)
+    if c.shape != (n,):
+        raise ValueError(f"{c.size} cluster ids for {n} images")
+    ids = np.unique(c, return_inverse=True)[1]
+    return ids, int(ids.max()) + 1 if n else 0
+
+
+def _drawn_mean(per_run: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Per replicate, the mean of the per-run statistics ``[B, runs]`` over its drawn runs."""
+    return np.take_along_axis(per_run, draws, axis=1).mean(1)
+
+
+def _mean_of_drawn(y, p, t, metric, weights, draws) -> np.ndarray:
+    return _drawn_mean(np.stack([weighted_metric(metric, y, p[r], t[r], weights)
+                                 for r in range(len(p))], axis=1), draws)
+
+
+def _whole(y, p, t, metric) -> float:
+    return float(np.mean([weighted_metric(metric, y, p[r], t[r], np.ones((1, y.size)))[0]
+                          for r in range(len(p))]))
+
+
+def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float, int]:
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return math.nan, math.nan, 0
+    lo, hi = np.percentile(values, 100 * np.array([alpha / 2, 1 - alpha / 2]))
+    return float(lo), float(hi), int(values.size)
+
+
 def two_level_bootstrap(y, prob_a, prob_b=None, clusters=None, *, statistic: Statistic = auc_points,
                         n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
                         paired_runs: bool = False) -> Interval:
@@ -258,21 +308,16 @@ def two_level_bootstrap(y, prob_a, prob_b=None, clusters=None, *, statistic: Sta
     pb = None if prob_b is None else _as_runs(prob_b, n)
     if paired_runs and pb is not None and len(pb) != len(pa):
         raise ValueError("paired runs need as many runs on both sides")
-    ids = np.arange(n) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
-    n_clusters = int(ids.max()) + 1 if n else 0
-    rng = np.random.default_rng(seed)
-    # cluster multiplicities -> image weights, all replicates at once: [B, n]
-    draws = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
-    counts = np.stack([np.bincount(d, minlength=n_clusters) for d in draws])
-    weights = counts[:, ids].astype(float)
-    runs_a = rng.integers(0, len(pa), size=(n_boot, len(pa)))
-    runs_b = (runs_a if paired_runs else rng.integers(0, len(pb), size=(n_boot, len(pb)))
-              ) if pb is not None else None
+    ids, n_clusters = _cluster_ids(clusters, n)
+    sides = [len(pa)] + ([len(pb)] if pb is not None and not paired_runs else [])
+    weights, draws = _replicates(n_clusters, ids, sides, n_boot, np.random.default_rng(seed))
+    runs_a = draws[0]
+    runs_b = (runs_a if paired_runs else draws[1]) if pb is not None else None
 
     def side(p: np.ndarray, draws_r: np.ndarray) -> np.ndarray:
         # statistic of every run under every replicate's weights, then the mean over drawn runs
-        per_run = np.stack([statistic(y, p[r], weights) for r in range(len(p))], axis=1)
-        return np.take_along_axis(per_run, draws_r, axis=1).mean(1)
+        return _drawn_mean(np.stack([statistic(y, p[r], weights) for r in range(len(p))], axis=1),
+                           draws_r)
 
     def whole(p: np.ndarray) -> float:
         return float(np.mean([statistic(y, r, np.ones((1, n)))[0] for r in p]))
@@ -282,10 +327,8 @@ def two_level_bootstrap(y, prob_a, prob_b=None, clusters=None, *, statistic: Sta
     if pb is not None:
         values = values - side(pb, runs_b)
         estimate -= whole(pb)
-    values = values[np.isfinite(values)]
-    q = 100 * np.array([alpha / 2, 1 - alpha / 2])
-    lo, hi = np.percentile(values, q) if values.size else (math.nan, math.nan)
-    return Interval(estimate, float(lo), float(hi), n, n_clusters, len(pa), int(values.size))
+    lo, hi, ok = _percentiles(values, alpha)
+    return Interval(estimate, lo, hi, n, n_clusters, len(pa), ok)
 
 
 # ----------------------------------------------------------------------------- metrics, two levels
@@ -315,52 +358,6 @@ def weighted_metric(metric: str, y, p, threshold: float, w) -> np.ndarray:
                 "precision": (tp, tp + fp), "specificity": (tn, tn + fp),
                 "f1": (2 * tp, 2 * tp + fp + fn)}[metric]
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-
-def _replicates(n_clusters: int, ids: np.ndarray, runs: Sequence[int], n_boot: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Image weights [B, n] from cluster draws, and per side a [B, runs] draw of run indices."""
-    draws = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
-    counts = np.stack([np.bincount(d, minlength=n_clusters) for d in draws])
-    return counts[:, ids].astype(float), [rng.integers(0, r, size=(n_boot, r)) for r in runs]
-
-
-def _check_runs(y, probs, thresholds) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    y = np.asarray(y).astype(int).ravel()
-    p = _as_runs(probs, y.size)
-    t = [float(x) for x in np.atleast_1d(thresholds)]
-    if len(t) != len(p):
-        raise ValueError(f"need one threshold per run: {len(p)} runs, {len(t)} thresholds")
-    return y, p, t
-
-
-def _cluster_ids(clusters, n: int) -> tuple[np.ndarray, int]:
-    if clusters is None:
-        return np.arange(n), n
-    c = np.asarray(clusters)
-    if c.shape != (n,):
-        raise ValueError(f"{c.size} cluster ids for {n} images")
-    ids = np.unique(c, return_inverse=True)[1]
-    return ids, int(ids.max()) + 1 if n else 0
-
-
-def _mean_of_drawn(y, p, t, metric, weights, draws) -> np.ndarray:
-    per_run = np.stack([weighted_metric(metric, y, p[r], t[r], weights) for r in range(len(p))],
-                       axis=1)
-    return np.take_along_axis(per_run, draws, axis=1).mean(1)
-
-
-def _whole(y, p, t, metric) -> float:
-    return float(np.mean([weighted_metric(metric, y, p[r], t[r], np.ones((1, y.size)))[0]
-                          for r in range(len(p))]))
-
-
-def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float, int]:
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return math.nan, math.nan, 0
-    lo, hi = np.percentile(values, 100 * np.array([alpha / 2, 1 - alpha / 2]))
-    return float(lo), float(hi), int(values.size)
 
 
 def two_level_metrics(y, probs, thresholds, clusters=None, *,
