@@ -142,8 +142,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     d = init_distributed(select_device(profile.run).type)
     root = main_first(d, resolve_root, profile, root)
     if encoder_path == "auto":
-        encoder_path = (pretrain(profile, root, baseline=baseline,
-                                 network=network)
+        encoder_path = (pretrain(profile, root, baseline=baseline, network=network)
                         if profile.pretrain.enabled else None)
     encoder = load_pretrained(Path(encoder_path)) if encoder_path else None
     model_config = network_config(profile, baseline, network)

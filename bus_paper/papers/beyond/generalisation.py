@@ -37,7 +37,7 @@ from ...config import Profile
 from ...core.calibration import expected_calibration_error, fit_temperature, scale  # noqa: F401 (re-exported)
 from ...metrics import METRICS, binary_metrics
 from ...train.engine import releases_run_locks
-from ..p000.analysis import aligned_test_predictions, seed_mean_ci, test_clusters
+from ..p000.analysis import aligned_test_predictions, cluster_count, seed_mean_ci, test_clusters
 
 
 # ----------------------------------------------------------------------------- single-site runs
@@ -105,7 +105,7 @@ def cross_site_table(transfers: Sequence[Mapping[str, Any]], n_boot: int = 1000
         ci = seed_mean_ci(y, probs, thr, n_boot=n_boot, clusters=clusters)
         out = {"row": row, "train": train, "test": test, "seeds": len(runs),
                "test images": len(y),
-               "clusters": len(set(clusters)) if clusters is not None else len(y),
+               "clusters": cluster_count(clusters, len(y)),
                "within": train == test}
         for m in METRICS:
             out[m], out[f"{m}_lo"], out[f"{m}_hi"] = (100 * v for v in ci[m])
@@ -277,7 +277,7 @@ def deployable_summary(runs: Sequence[Mapping[str, Any]], loo: pd.DataFrame,
     held = loo[loo["train"] == "pooled"] if "train" in loo else loo
     return {"seeds": [int(r["seed"]) for r in runs], "sites": list(runs[0]["calibration"]["sites"]),
             "n_test": int(y.size),
-            "n_clusters": int(len(set(clusters))) if clusters is not None else int(y.size),
+            "n_clusters": cluster_count(clusters, int(y.size)),
             "within": {m: [100 * v for v in ci[m]] for m in ("auc", "recall", "specificity")},
             "threshold": float(np.mean([r["threshold"] for r in runs])),
             "temperature": float(np.mean([r["calibration"]["temperature"] for r in runs])),

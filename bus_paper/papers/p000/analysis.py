@@ -3,8 +3,8 @@
 Two questions are asked of a pretrained encoder before any label is used: does its embedding carry
 label information (:func:`knn_label_agreement`, compared with the same encoder at its random
 initialisation), and what does it find similar (:func:`nearest`, :func:`embedding_2d`)? For the
-fine-tuned models, :func:`comparison_table` sets the measured metrics, with bootstrap confidence
-intervals over the test images, beside the numbers paper 000 reports (:func:`paper_000_numbers`).
+fine-tuned models, :func:`comparison_table` sets the measured metrics, with two-level bootstrap
+confidence intervals (seeds, then clusters of test images), beside the numbers paper 000 reports (:func:`paper_000_numbers`).
 
 torch, the models and t-SNE are imported inside the functions that need them, so the numeric
 helpers load fast; the plot helpers draw on a matplotlib ``Axes`` the caller owns.
@@ -178,12 +178,17 @@ def embedding_2d(emb: np.ndarray, seed: int = 0, min_tsne: int = 50) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------- fine-tuning results
+def _test_parts(results: Sequence[Mapping[str, Any]]) -> list[pd.DataFrame]:
+    """Each run's test predictions, sorted by image path."""
+    return [r["predictions"][r["predictions"]["split"] == "test"].sort_values("path")
+            for r in results]
+
+
 def aligned_test_predictions(results: Sequence[Mapping[str, Any]]
                              ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
     """(labels, per-run test probabilities, per-run thresholds) of fine-tuning runs that were
     tested on the same images (seeds of one dataset), aligned by image path; else a ValueError."""
-    tests = [r["predictions"][r["predictions"]["split"] == "test"].sort_values("path")
-             for r in results]
+    tests = _test_parts(results)
     if not tests:
         raise ValueError("no runs")
     if any(list(t["path"]) != list(tests[0]["path"]) for t in tests):
@@ -197,14 +202,18 @@ def test_clusters(results: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
     of runs tested on the same images, in :func:`aligned_test_predictions`' order; None for runs
     whose predictions do not record it (cached before clusters were written: every image is then
     its own cluster)."""
-    tests = [r["predictions"][r["predictions"]["split"] == "test"].sort_values("path")
-             for r in results]
+    tests = _test_parts(results)
     if not tests or any("cluster" not in t for t in tests):
         return None
     ids = tests[0]["cluster"].astype(str).to_numpy()
     if any(not np.array_equal(t["cluster"].astype(str).to_numpy(), ids) for t in tests[1:]):
         raise ValueError("the runs disagree on the test images' clusters")
     return ids
+
+
+def cluster_count(clusters, n_images: int) -> int:
+    """How many clusters the test images form (each image its own when ``clusters`` is None)."""
+    return len(set(clusters)) if clusters is not None else n_images
 
 
 def seed_mean_ci(y_true, probs: Sequence[np.ndarray], thresholds: Sequence[float],
@@ -250,7 +259,7 @@ def comparison_table(results: Sequence[Mapping[str, Any]], n_boot: int = 1000,
             raise ValueError(f"{dataset}: {err}") from None
         clusters = test_clusters(runs)
         ci = seed_mean_ci(y, probs, thresholds, n_boot=n_boot, clusters=clusters)
-        n_clusters = len(set(clusters)) if clusters is not None else len(y)
+        n_clusters = cluster_count(clusters, len(y))
         for m in METRICS:
             values = [r["metrics"][m] for r in runs]
             sd = float(np.std(values, ddof=1)) * 100 if len(values) > 1 else float("nan")

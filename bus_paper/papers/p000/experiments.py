@@ -30,7 +30,7 @@ import pandas as pd
 from ...config import Profile
 from ...core.stats import two_level_paired
 from ...metrics import METRICS, claim_verdict, interval_side
-from .analysis import aligned_test_predictions, seed_mean_ci, test_clusters
+from .analysis import aligned_test_predictions, cluster_count, seed_mean_ci, test_clusters
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -164,7 +164,7 @@ def seed_table(results: Sequence[dict[str, Any]], by: str = "row", n_boot: int =
         clusters = test_clusters(runs)
         ci = seed_mean_ci(y, probs, thr, n_boot=n_boot, clusters=clusters)
         row = {by: name, "dataset": dataset, "seeds": len(runs), "test images": len(y),
-               "clusters": len(set(clusters)) if clusters is not None else len(y)}
+               "clusters": cluster_count(clusters, len(y))}
         for m in METRICS:
             vals = 100 * np.array([r["metrics"][m] for r in runs], dtype=float)
             row[m] = 100 * ci[m][0]

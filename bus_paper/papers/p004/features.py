@@ -72,8 +72,7 @@ def ultrasound_encoder(profile: Profile, root, backbone: str, init: str = "ssl")
         return Encoder(backbone, "dino", "ultrasound",
                        dino_pretrain(profile, root, name=backbone))
     from ...train.pretraining import pretrain
-    path = pretrain(_pretrain_profile(profile, backbone), root,
-                    baseline=backbone)
+    path = pretrain(_pretrain_profile(profile, backbone), root, baseline=backbone)
     return Encoder(backbone, "ssl", "ultrasound", path)
 
 
