@@ -23,7 +23,7 @@ __all__ = ["READS", "Chapter", "as_list", "chapter", "resolve_data_root", "seed_
 # files (it re-runs when one changes) and `run` executes it after them.
 READS: dict[str, tuple[str, ...]] = {
     "claims": ("finetuning", "pretraining", "table1", "ablations", "label_efficiency", "heatmaps",
-               "literature", "paper001", "paper002", "paper004", "generalisation"),
+               "literature", "paper001", "paper002", "paper004", "generalisation", "ssl_budget"),
 }
 
 

@@ -132,6 +132,13 @@ def _cmd_experiment(args) -> int:
     every run is data-parallel; the chapter notebook then finds them all cached."""
     from ..papers.p000 import experiments as ex
     profile = _profile(args)
+    if args.chapter == "ssl_budget":  # its budgets, folds and data sets: [papers.p000]
+        from ..papers.p000 import budget
+        curve, _, _ = budget.budget_curve(profile, args.data_root)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(curve[["dataset", "ssl_epochs", "auc", "ci_low", "ci_high", "diff", "diff_low",
+                         "diff_high", "knn_auc"]].round(1).to_string(index=False))
+        return 0
     # the chapters' defaults: label efficiency on BUSI only; ablations pretrain per variant where
     # the profile says so ([papers.p000] ablations_own_pretraining: gpu)
     datasets = args.dataset or (["busi"] if args.chapter == "label_efficiency"
@@ -236,7 +243,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="the training runs behind a results chapter (cached; "
                        "e.g. under torchrun before running the chapter)")
     common(p)
-    p.add_argument("chapter", choices=["table1", "ablations", "label_efficiency"])
+    p.add_argument("chapter", choices=["table1", "ablations", "label_efficiency", "ssl_budget"])
     p.add_argument("--only", action="append", metavar="NAME",
                    help="Table 1 row or ablation variant (default: all), e.g. dino_vit, no_fusion")
     p.add_argument("--dataset", action="append", help="busi | udiat (default: the profile's)")

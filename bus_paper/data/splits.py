@@ -166,6 +166,37 @@ def make_splits(manifest: pd.DataFrame, dataset: str, seed: int, *, scheme: str 
     return out
 
 
+def cv_split(manifest: pd.DataFrame, dataset: str, seed: int, *, k: int, fold: int,
+             duplicates: pd.DataFrame | None = None, cfg: DataConfig = DataConfig(),
+             labels: Sequence[str] = ("benign", "malignant")) -> pd.DataFrame:
+    """Fold ``fold`` of a grouped, stratified ``k``-fold cross-validation as a train/val/test split.
+
+    ``test`` is fold ``fold`` of :func:`make_splits` (``scheme="kfold"``, ``seed``), so the k
+    splits of one seed test every image exactly once; ``val`` is a grouped, stratified share of the
+    other folds as large as a holdout's (``cfg.val_fraction`` of the whole), for epoch and
+    threshold selection; ``train`` is the rest. No group spans two parts (checked).
+    """
+    if not 0 <= fold < k:
+        raise ValueError(f"fold must be in 0..{k - 1}, got {fold}")
+    folds = make_splits(manifest, dataset, seed, scheme="kfold", k=k, duplicates=duplicates,
+                        cfg=cfg, labels=labels)
+    rest = folds[folds["fold"] != fold]
+    share = cfg.val_fraction / (1 - 1 / k)
+    if not 0 < share < 1:
+        raise ValueError(f"val_fraction {cfg.val_fraction} leaves no training data with k={k}")
+    counts = pd.crosstab(rest["group"], rest["label"])
+    # the fold's own seed: each fold's validation groups are drawn independently
+    part = _deal(counts.to_numpy(float), np.array([1 - share, share]),
+                 np.random.default_rng([seed, fold]))
+    is_val = rest["group"].map(pd.Series(part == 1, index=counts.index))
+    split = pd.Series("test", index=folds.index)
+    split[rest.index] = np.where(is_val, "val", "train")
+    out = folds.drop(columns="fold").assign(split=split)
+    assert_no_leak(out, manifest, duplicates)
+    out.attrs.update(folds.attrs, scheme="kfold", k=k, fold=fold)
+    return out
+
+
 def assert_no_leak(splits: pd.DataFrame, manifest: pd.DataFrame,
                    duplicates: pd.DataFrame | None = None) -> None:
     """Raise :class:`LeakError` if a group, patient, lesion or duplicate group spans two parts.

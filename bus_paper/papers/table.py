@@ -53,9 +53,11 @@ def row(claim: Claim, m: Measured) -> dict[str, Any]:
 
 def claims_table(results: str | os.PathLike | Callable[[str], Path],
                  profile: str | Profile = "cpu",
-                 papers: Iterable[str] | None = None) -> pd.DataFrame:
+                 papers: Iterable[str] | None = None,
+                 only: Callable[[Claim], bool] | None = None) -> pd.DataFrame:
     """Every claim of ``papers`` (default all) measured from ``results`` (``book/results`` or a
-    chapter name -> folder function) at ``profile`` (its batch sizes give the SSL chance levels).
+    chapter name -> folder function) at ``profile`` (its batch sizes give the SSL chance levels);
+    ``only`` keeps the claims it accepts (a chapter showing its own claims).
 
     A claim whose result files are absent (its chapter has not run) or give no interval (a
     degenerate test set, as on the smoke profile's phantoms) is left out and named, with the
@@ -66,6 +68,8 @@ def claims_table(results: str | os.PathLike | Callable[[str], Path],
     for key in papers or PAPERS:
         module = PAPERS[key]
         for claim in module.CLAIMS:
+            if only is not None and not only(claim):
+                continue
             try:
                 rows.append(row(claim, module.measure(claim, r)))
             except MissingResult as err:

@@ -83,16 +83,39 @@ class LabelledSplits:
         return [of[p] for p in self.paths[part]]
 
 
+@dataclass(frozen=True)
+class Fold:
+    """Fold ``index`` of ``k`` of repeat ``repeat`` of a grouped, stratified cross-validation
+    (:func:`~bus_paper.data.splits.cv_split`): every repeat deals the groups anew (split seed
+    ``finetune.split_seed + repeat``) and its k folds test every image once."""
+    k: int
+    index: int
+    repeat: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 2 or not 0 <= self.index < self.k or self.repeat < 0:
+            raise ValueError(f"need k >= 2, 0 <= index < k and repeat >= 0, got {self}")
+
+    def split_seed(self, profile: Profile) -> int:
+        return profile.finetune.split_seed + self.repeat
+
+
 def load_labelled(profile: Profile, root: Path, dataset: str, label_fraction: float = 1.0,
-                  label_seed: int = 0) -> LabelledSplits:
-    """Leak-free 70/10/20 split of one dataset (benign vs malignant), tensors and normaliser."""
+                  label_seed: int = 0, fold: Fold | None = None) -> LabelledSplits:
+    """Leak-free split of one dataset (benign vs malignant), tensors and normaliser: the
+    70/10/20 holdout of ``profile.data``, or with ``fold`` that fold of a grouped k-fold
+    cross-validation (test = the fold, validation a grouped share of the rest)."""
     from ..data.duplicates import load_duplicates
     from ..data.preprocess import load_images
-    from ..data.splits import label_subset, make_splits
+    from ..data.splits import cv_split, label_subset, make_splits
     frame = manifest_for(profile, root, (dataset,))
     dups = load_duplicates(frame, root, profile.data)
-    splits = make_splits(frame, dataset, profile.finetune.split_seed, scheme="holdout",
-                         duplicates=dups, cfg=profile.data, labels=LABELS)
+    if fold is None:
+        splits = make_splits(frame, dataset, profile.finetune.split_seed, scheme="holdout",
+                             duplicates=dups, cfg=profile.data, labels=LABELS)
+    else:
+        splits = cv_split(frame, dataset, fold.split_seed(profile), k=fold.k, fold=fold.index,
+                          duplicates=dups, cfg=profile.data, labels=LABELS)
     if label_fraction < 1.0:
         train = label_subset(splits[splits.split == "train"], label_fraction, label_seed)
         splits = pd.concat([train, splits[splits.split != "train"]], ignore_index=True)

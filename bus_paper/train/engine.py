@@ -479,6 +479,11 @@ class Stage:
     def validate(self) -> dict[str, float]:
         return {}
 
+    def after_epoch(self, epoch: int) -> None:
+        """Called on the main process after epoch ``epoch`` (0-based), before its ``last.pt``: a
+        file written here (e.g. an encoder snapshot) exists whenever the epoch counts as done,
+        and a run killed in between redoes the epoch and writes it again."""
+
     def extra_state(self) -> dict[str, Any]:
         """What a checkpoint carries besides weights (config, normaliser, ...)."""
         return {}
@@ -577,6 +582,7 @@ class Stage:
                 if improved:  # model selection on validation only
                     save_checkpoint(self.run_dir / "best.pt", {"model": self.model.state_dict(),
                                                                "epoch": epoch, **self.extra_state()})
+                self.after_epoch(epoch)
                 save_checkpoint(self.run_dir / "last.pt", self._state(epoch))
                 # rewritten from the checkpointed history, so log and checkpoint never disagree
                 atomic_write_text(self.run_dir / "log.jsonl",

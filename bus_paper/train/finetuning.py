@@ -25,6 +25,7 @@ from ..models import build_network
 from ..paths import runs_dir
 from .data import (
     LABELS,
+    Fold,
     LabelledSplits,
     Normalizer,
     load_labelled,
@@ -101,22 +102,28 @@ class FinetuneStage(Stage):
         return {"normalizer": self.data.normalizer.to_dict()}
 
 
-def holdout_split(profile: Profile, dataset: str, seed: int) -> dict[str, Any]:
+def holdout_split(profile: Profile, dataset: str, seed: int, fold: Fold | None = None
+                  ) -> dict[str, Any]:
     """What carves a fine-tuning run's data (:func:`~bus_paper.train.data.load_labelled`): the
-    dataset's leak-free holdout split (fractions and duplicate rules are in ``profile.data``) and
-    the run seed's subset of training labels."""
+    dataset's leak-free holdout split (fractions and duplicate rules are in ``profile.data``), or
+    one fold of its grouped cross-validation, and the run seed's subset of training labels."""
+    if fold is not None:
+        return {"dataset": dataset, "scheme": "kfold", "k": fold.k, "fold": fold.index,
+                "split_seed": fold.split_seed(profile),
+                "label_fraction": profile.finetune.label_fraction, "label_seed": seed}
     return {"dataset": dataset, "scheme": "holdout", "split_seed": profile.finetune.split_seed,
             "label_fraction": profile.finetune.label_fraction, "label_seed": seed}
 
 
 def finetune_key(profile: Profile, dataset: str, seed: int, encoder_key: str | None,
-                 checksum: str, model_config: dict[str, Any] | None = None) -> str:
+                 checksum: str, model_config: dict[str, Any] | None = None,
+                 fold: Fold | None = None) -> str:
     """The run key of a fine-tuning: its recipe (:mod:`bus_paper.core.runs`). The fields that
     list what to run (``finetune.datasets``, ``finetune.seeds``) are not in it."""
     model = model_config or dataclasses.asdict(profile.model)
     return recipe_key("finetune", network=model,
                       finetune=config_part(profile.finetune, without=("datasets", "seeds")),
-                      data=config_part(profile.data), split=holdout_split(profile, dataset, seed),
+                      data=config_part(profile.data), split=holdout_split(profile, dataset, seed, fold),
                       seed=seed, encoder=encoder_key, checksum=checksum,
                       selection=SELECT_VAL_AUC_YOUDEN)
 
@@ -125,7 +132,7 @@ def finetune_key(profile: Profile, dataset: str, seed: int, encoder_key: str | N
 def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | None = None,
              encoder_path: Path | None | str = "auto",
              force: bool = False, baseline: str | None = None,
-             network: dict[str, Any] | None = None) -> dict[str, Any]:
+             network: dict[str, Any] | None = None, fold: Fold | None = None) -> dict[str, Any]:
     """Fine-tune and evaluate on ``dataset``; returns metrics, CIs, predictions and paths.
 
     ``encoder_path="auto"`` pretrains (or reuses the cached) encoder when ``profile.pretrain.enabled``;
@@ -134,6 +141,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     fine-tunes a Table 1 baseline instead of the proposed model (``"auto"``: SimCLR-pretrained;
     a DINO encoder comes as a path from :func:`~bus_paper.train.dino.dino_pretrain`); ``network``
     any network config (see :func:`~bus_paper.models.build_network`), pretrained the same way.
+    ``fold`` trains and tests on that fold of a grouped cross-validation instead of the holdout.
     Results are cached under ``runs/finetune/<key>/``; only ``model.pt`` (the deployable model),
     ``predictions.csv``, ``result.json`` and the log stay there.
     """
@@ -151,7 +159,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
         raise ValueError(f"encoder {encoder_path} is a {network_name(encoder['model_config'])} "
                          f"encoder, but fine-tuning builds {name}")
     key = finetune_key(profile, dataset, seed, encoder["key"] if encoder else None,
-                       dataset_checksum(root, dataset), model_config)
+                       dataset_checksum(root, dataset), model_config, fold)
     run_dir = runs_dir() / "finetune" / key
     hold_run_lock(run_dir, d)  # a second process of this key waits here, then finds the result
     result = None if force else read_cached_run(run_dir, read_predictions, heal=d.main)
@@ -161,7 +169,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
         clear_run_dir(run_dir, d)
     t0 = time.perf_counter()
     data = main_first(d, load_labelled, profile, root, dataset, profile.finetune.label_fraction,
-                      label_seed=seed)
+                      label_seed=seed, fold=fold)
     same = encoder is None or _canonical(encoder["model_config"]) == _canonical(model_config)
     stage = FinetuneStage(profile, data, seed, run_dir, key,
                           encoder["encoder"] if encoder else None,
@@ -176,6 +184,7 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
               "metrics": metrics, "ci": ci, "history": history.epochs,
               "pretrained": encoder is not None, "encoder_key": encoder["key"] if encoder else None,
               "model": name, "label_fraction": profile.finetune.label_fraction,
+              "fold": dataclasses.asdict(fold) if fold else None,
               "encoder_weights_not_loaded": stage.skipped,
               "n": {s: len(data.y[s]) for s in ("train", "val", "test")},
               "seconds": time.perf_counter() - t0, "run_dir": str(run_dir),

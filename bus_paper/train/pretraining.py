@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ from .engine import (
     select_device,
 )
 
+log = logging.getLogger(__name__)
+
 
 class _Project(nn.Module):
     """forward = encoder + projection head of both views, in one call that DDP wraps and syncs.
@@ -71,15 +74,19 @@ class PretrainStage(Stage):
     name = "pretrain"
 
     def __init__(self, profile: Profile, images: torch.Tensor, run_dir: Path, key: str, baseline: str | None = None,
-                 network: Mapping[str, Any] | None = None):
+                 network: Mapping[str, Any] | None = None, snapshots: Sequence[int] = ()):
         p = profile.pretrain
+        if bad := [e for e in snapshots if not 1 <= e <= p.epochs]:
+            raise ValueError(f"snapshot epochs {bad} are outside 1..{p.epochs} (pretrain.epochs)")
+        self.snapshots = frozenset(int(e) for e in snapshots)
+        self.model_config = network_config(profile, baseline, network)
         self.profile = profile
         self.images = images
         self.normalizer = Normalizer.fit(images.numpy())
         self.augment = build_augment(p.augment)
         self.loss_fn = NTXentLoss(p.temperature)
         seed_everything(0)  # initial weights
-        super().__init__(_Project(build_network(network_config(profile, baseline, network))), run_dir, epochs=p.epochs,
+        super().__init__(_Project(build_network(self.model_config)), run_dir, epochs=p.epochs,
                          batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
                          seed=0, run=profile.run, n_train=len(images), max_steps=p.max_steps,
                          key=key)
@@ -95,6 +102,28 @@ class PretrainStage(Stage):
 
     def extra_state(self) -> dict[str, Any]:
         return {"normalizer": self.normalizer.to_dict()}
+
+    def after_epoch(self, epoch: int) -> None:
+        if epoch + 1 in self.snapshots:
+            save_checkpoint(snapshot_path(self.run_dir, epoch + 1), self.encoder_file(epoch + 1))
+
+    def encoder_file(self, epochs: int | None = None) -> dict[str, Any]:
+        """What ``encoder.pt`` holds, for the weights as they are now (after ``epochs`` epochs:
+        a snapshot's key is the run's key plus ``@e<epochs>``, so fine-tunings from different
+        snapshots never share a cache entry)."""
+        history = self.history.epochs if epochs is None else self.history.epochs[:epochs]
+        return {"encoder": self.model.m.encoder_state_dict(), "model_config": self.model_config,
+                "recipe_version": recipe_version("pretrain"),
+                "normalizer": self.normalizer.to_dict(),
+                "key": self.key if epochs is None else f"{self.key}@e{epochs}",
+                "pool": list(self.profile.pretrain.pool), "n_images": len(self.images),
+                "epochs": len(history), "history": json.dumps(history),
+                "seconds": float(sum(r["train_seconds"] for r in history))}
+
+
+def snapshot_path(run_dir: Path, epochs: int) -> Path:
+    """The encoder of a pretraining run after ``epochs`` epochs (see :func:`pretrain_snapshots`)."""
+    return Path(run_dir) / f"encoder_e{epochs}.pt"
 
 
 def baseline_config(profile: Profile, name: str, dynamic_size: bool = False) -> dict[str, Any]:
@@ -200,10 +229,44 @@ def pretrain(profile: Profile, root: str | Path | None = None,
         profile, root, "pretrain", lambda sums: pretrain_key(profile, sums, baseline, network),
         lambda images, run_dir, key: PretrainStage(profile, images, run_dir, key, baseline=baseline,
                                                    network=network),
-        lambda stage: {"encoder": stage.model.m.encoder_state_dict(),
-                       "model_config": network_config(profile, baseline, network),
-                       "recipe_version": recipe_version("pretrain")},
-        force)
+        lambda stage: stage.encoder_file(), force)
+
+
+def pretrain_snapshots(profile: Profile, epochs: Sequence[int], root: str | Path | None = None,
+                       baseline: str | None = None, network: Mapping[str, Any] | None = None
+                       ) -> dict[int, Path]:
+    """The encoder after each of ``epochs`` epochs, from ONE run of ``max(epochs)`` epochs:
+    ``{epochs: path of an encoder.pt-format file}``.
+
+    Pretraining uses a constant learning rate and seeds every epoch on its own, so the snapshot
+    after 5 epochs of a 20-epoch run is the encoder a 5-epoch run would give: one run yields a
+    whole budget curve. The longest budget is the run's own ``encoder.pt`` (the same key as a
+    plain :func:`pretrain` with ``pretrain.epochs = max(epochs)``, so the two share the cache);
+    the shorter ones are ``encoder_e<N>.pt`` beside it. When that run is cached without them (it
+    was a plain :func:`pretrain`), they come from a run of the longest missing budget instead,
+    which costs only those epochs.
+    """
+    budgets = sorted({int(e) for e in epochs})
+    if not budgets or budgets[0] < 1:
+        raise ValueError(f"epochs must be a non-empty list of positive numbers, got {list(epochs)}")
+    long = profile.replace(**{"pretrain.epochs": budgets[-1]})
+    shorter = budgets[:-1]
+
+    def run(force: bool) -> Path:
+        return run_pretraining(
+            long, root, "pretrain", lambda sums: pretrain_key(long, sums, baseline, network),
+            lambda images, run_dir, key: PretrainStage(long, images, run_dir, key, baseline=baseline,
+                                                       network=network, snapshots=shorter),
+            lambda stage: stage.encoder_file(), force)
+
+    out = run(force=False)
+    have = {e: snapshot_path(out.parent, e) for e in shorter}
+    missing = [e for e, path in have.items() if not path.exists()]
+    if missing:  # a cached run trained without them: a shorter run gives the same encoders
+        log.info("%s has no snapshots at epochs %s; taking them from a %d-epoch run",
+                 out.parent, missing, missing[-1])
+        have.update(pretrain_snapshots(profile, missing, root, baseline, network))
+    return {**have, budgets[-1]: out}
 
 
 def load_pretrained(path: Path) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Paper 000 (Wang et al. 2025, the multiscale SSL CoAtNet): its claims as data, and how each is
-measured from the book's result files (chapters 02-08 and 13).
+measured from the book's result files (chapters 02-08, 13 and 14).
 
 The paper's numbers come from its tables (``bus_paper/papers/literature/paper_000.toml``); a claim it makes
 without a number ("beats", "helps", "focuses on") is a difference with ``paper_value`` NaN and the
@@ -49,6 +49,10 @@ CLAIMS: tuple[Claim, ...] = (
     *(_c(f"{label} lowers AUC on {SETS[d]} (Tables 4-5)", "difference",
          _gap(_AB, v, "full", d, "auc"), f"ablation {d} {v} auc") for d in SETS
       for v, label in ABLATIONS.items()),
+    *(_c(f"SSL pretraining raises AUC over random init on {SETS[d]} (Tables 4-5), every image "
+         "tested once: grouped k-fold cross-validation at the longest SSL budget of the budget "
+         "curve", "difference", _gap(_AB, "full", "no_ssl", d, "auc"), f"ssl_budget {d}")
+      for d in SETS),
     *(_c(f"removing SSL costs 7-9 accuracy points on {SETS[d]} (Tables 4-5)", "difference",
          _gap(_AB, "no_ssl", "full", d, "accuracy"), f"ablation {d} no_ssl accuracy")
       for d in SETS),
@@ -138,6 +142,22 @@ def _heatmaps(r: Results, d: str) -> Measured:
                     tuple(proposed_checks(r, d)))
 
 
+def _ssl_budget(r: Results, d: str) -> Measured:
+    """SSL minus random init, out of fold, at the curve's longest budget (chapter 14)."""
+    curve = r.csv("ssl_budget", "curve")
+    at = curve[curve["dataset"] == d]
+    if at.empty:  # the profile's [papers.p000] cv_datasets leave it out: not run at this budget
+        return Measured(source="ssl_budget/curve.csv", checks=(Check(
+            f"cross-validated at this budget ({SETS[d]})", False,
+            f"{d} is not in the profile's [papers.p000] cv_datasets"),))
+    t = at[at["ssl_epochs"] == at["ssl_epochs"].max()].iloc[0]
+    checks = [r.ssl_check(f"{PROPOSED}, {int(t['ssl_epochs'])} SSL epochs", [t["ssl_loss"]]),
+              named(f"{PROPOSED}, out of fold", auc_above_chance_check(t["ci_low"], "test"))]
+    return Measured(t["diff"], t["diff_low"], t["diff_high"], int(t["images"]),
+                    int(t["clusters"]), f"{int(t['repeats'])} x {int(t['folds'])} folds",
+                    "ssl_budget/curve.csv", tuple(checks))
+
+
 def _robust(r: Results, tr: str, te: str) -> Measured:
     t = r.one("generalisation", "transfer_drop", model="proposed", **{"tested on": te,
                                                                       "fine-tuned on": tr})
@@ -151,6 +171,7 @@ def _robust(r: Results, tr: str, te: str) -> Measured:
 
 MEASURES = {"headline": _headline, "beats": _beats, "ablation": _ablation,
             "label_efficiency": _label_efficiency, "heatmaps": _heatmaps, "robust": _robust,
+            "ssl_budget": _ssl_budget,
             "untestable": lambda r, source="": not_testable(source)}
 
 
