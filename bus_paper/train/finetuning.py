@@ -102,7 +102,7 @@ class FinetuneStage(Stage):
         return {"normalizer": self.data.normalizer.to_dict()}
 
 
-def holdout_split(profile: Profile, dataset: str, seed: int, fold: Fold | None = None
+def split_recipe(profile: Profile, dataset: str, seed: int, fold: Fold | None = None
                   ) -> dict[str, Any]:
     """What carves a fine-tuning run's data (:func:`~bus_paper.train.data.load_labelled`): the
     dataset's leak-free holdout split (fractions and duplicate rules are in ``profile.data``), or
@@ -123,7 +123,7 @@ def finetune_key(profile: Profile, dataset: str, seed: int, encoder_key: str | N
     model = model_config or dataclasses.asdict(profile.model)
     return recipe_key("finetune", network=model,
                       finetune=config_part(profile.finetune, without=("datasets", "seeds")),
-                      data=config_part(profile.data), split=holdout_split(profile, dataset, seed, fold),
+                      data=config_part(profile.data), split=split_recipe(profile, dataset, seed, fold),
                       seed=seed, encoder=encoder_key, checksum=checksum,
                       selection=SELECT_VAL_AUC_YOUDEN)
 

@@ -104,21 +104,20 @@ class PretrainStage(Stage):
         return {"normalizer": self.normalizer.to_dict()}
 
     def after_epoch(self, epoch: int) -> None:
-        if epoch + 1 in self.snapshots:
-            save_checkpoint(snapshot_path(self.run_dir, epoch + 1), self.encoder_file(epoch + 1))
-
-    def encoder_file(self, epochs: int | None = None) -> dict[str, Any]:
-        """What ``encoder.pt`` holds, for the weights as they are now (after ``epochs`` epochs:
-        a snapshot's key is the run's key plus ``@e<epochs>``, so fine-tunings from different
-        snapshots never share a cache entry)."""
-        history = self.history.epochs if epochs is None else self.history.epochs[:epochs]
-        return {"encoder": self.model.m.encoder_state_dict(), "model_config": self.model_config,
-                "recipe_version": recipe_version("pretrain"),
-                "normalizer": self.normalizer.to_dict(),
-                "key": self.key if epochs is None else f"{self.key}@e{epochs}",
+        e = epoch + 1
+        if e in self.snapshots:  # the rest of what run_pretraining writes into encoder.pt
+            history = self.history.epochs[:e]
+            save_checkpoint(snapshot_path(self.run_dir, e), {
+                **self.export(), "normalizer": self.normalizer.to_dict(),
+                "key": f"{self.key}@e{e}",  # fine-tunings from different snapshots never share
                 "pool": list(self.profile.pretrain.pool), "n_images": len(self.images),
-                "epochs": len(history), "history": json.dumps(history),
-                "seconds": float(sum(r["train_seconds"] for r in history))}
+                "epochs": e, "history": json.dumps(history),
+                "seconds": float(sum(r["train_seconds"] for r in history))})
+
+    def export(self) -> dict[str, Any]:
+        """This objective's own entries of ``encoder.pt`` (:func:`run_pretraining` adds the rest)."""
+        return {"encoder": self.model.m.encoder_state_dict(), "model_config": self.model_config,
+                "recipe_version": recipe_version("pretrain")}
 
 
 def snapshot_path(run_dir: Path, epochs: int) -> Path:
@@ -225,11 +224,18 @@ def pretrain(profile: Profile, root: str | Path | None = None,
     version of :mod:`bus_paper.core.runs`): every fine-tuning
     (any seed, any dataset) of the same profile shares it. A killed run resumes from ``last.pt``.
     """
+    return _simclr(profile, root, baseline, network, force=force)
+
+
+def _simclr(profile: Profile, root: str | Path | None, baseline: str | None,
+            network: Mapping[str, Any] | None, force: bool = False,
+            snapshots: Sequence[int] = ()) -> Path:
+    """:func:`run_pretraining` of the SimCLR objective (see :func:`pretrain`)."""
     return run_pretraining(
         profile, root, "pretrain", lambda sums: pretrain_key(profile, sums, baseline, network),
         lambda images, run_dir, key: PretrainStage(profile, images, run_dir, key, baseline=baseline,
-                                                   network=network),
-        lambda stage: stage.encoder_file(), force)
+                                                   network=network, snapshots=snapshots),
+        PretrainStage.export, force)
 
 
 def pretrain_snapshots(profile: Profile, epochs: Sequence[int], root: str | Path | None = None,
@@ -249,17 +255,9 @@ def pretrain_snapshots(profile: Profile, epochs: Sequence[int], root: str | Path
     budgets = sorted({int(e) for e in epochs})
     if not budgets or budgets[0] < 1:
         raise ValueError(f"epochs must be a non-empty list of positive numbers, got {list(epochs)}")
-    long = profile.replace(**{"pretrain.epochs": budgets[-1]})
     shorter = budgets[:-1]
-
-    def run(force: bool) -> Path:
-        return run_pretraining(
-            long, root, "pretrain", lambda sums: pretrain_key(long, sums, baseline, network),
-            lambda images, run_dir, key: PretrainStage(long, images, run_dir, key, baseline=baseline,
-                                                       network=network, snapshots=shorter),
-            lambda stage: stage.encoder_file(), force)
-
-    out = run(force=False)
+    out = _simclr(profile.replace(**{"pretrain.epochs": budgets[-1]}), root, baseline, network,
+                  snapshots=shorter)
     have = {e: snapshot_path(out.parent, e) for e in shorter}
     missing = [e for e, path in have.items() if not path.exists()]
     if missing:  # a cached run trained without them: a shorter run gives the same encoders

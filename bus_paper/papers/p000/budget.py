@@ -27,8 +27,9 @@ import pandas as pd
 
 from ...config import Profile
 from ...core.stats import nt_xent_chance, ssl_loss_check, two_level_metrics, two_level_paired
+from ...data.preprocess import Normalizer
 from ...train import finetune
-from ...train.data import Fold, load_labelled
+from ...train.data import Fold, load_labelled, resolve_root
 from ...train.pretraining import load_pretrained, pretrain_snapshots
 from .analysis import embed, encoder_from_pretrained, knn_label_agreement, random_encoder
 
@@ -92,16 +93,17 @@ def out_of_fold(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return oof[["repeat", "fold", "path", "label", "prob", "cluster"]]
 
 
-def _matrix(oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels [n], probabilities [repeats, n], clusters [n]) of :func:`out_of_fold`."""
+def _matrix(oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(labels [n], probabilities [repeats, n], clusters [n], paths [n]) of :func:`out_of_fold`."""
     first = oof[oof["repeat"] == oof["repeat"].min()]
     probs = np.stack([g["prob"].to_numpy(float) for _, g in oof.groupby("repeat")])
-    return first["label"].to_numpy(int), probs, first["cluster"].astype(str).to_numpy()
+    return (first["label"].to_numpy(int), probs, first["cluster"].astype(str).to_numpy(),
+            first["path"].tolist())
 
 
 def cv_auc(oof: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
     """Out-of-fold AUC (points, mean over repeats) with its two-level 95 % interval."""
-    y, p, c = _matrix(oof)
+    y, p, c, _ = _matrix(oof)
     iv = two_level_metrics(y, p, [0.5] * len(p), c, metrics=("auc",), n_boot=n_boot,
                            seed=seed)["auc"]
     return {"auc": 100 * iv.estimate, "ci_low": 100 * iv.lo, "ci_high": 100 * iv.hi,
@@ -111,41 +113,36 @@ def cv_auc(oof: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict[str, fl
 def cv_paired(oof_a: pd.DataFrame, oof_b: pd.DataFrame, n_boot: int = 2000, seed: int = 0
               ) -> dict[str, float]:
     """Out-of-fold AUC of a minus b on the same images (points), paired two-level interval, p."""
-    ya, pa, c = _matrix(oof_a)
-    yb, pb, _ = _matrix(oof_b)
-    if oof_a[["path"]].drop_duplicates().values.tolist() != \
-            oof_b[["path"]].drop_duplicates().values.tolist() or not np.array_equal(ya, yb):
+    ya, pa, c, paths_a = _matrix(oof_a)
+    yb, pb, _, paths_b = _matrix(oof_b)
+    if paths_a != paths_b or not np.array_equal(ya, yb):
         raise ValueError("the two cross-validations tested different images")
     iv, p = two_level_paired(ya, pa, [0.5] * len(pa), pb, [0.5] * len(pb), c, n_boot=n_boot,
                              seed=seed)
     return {"diff": 100 * iv.estimate, "diff_low": 100 * iv.lo, "diff_high": 100 * iv.hi, "p": p}
 
 
-def knn_probe(profile: Profile, dataset: str, encoder: Path | None, like: Path,
-              root: str | Path | None = None, k: int = 5) -> float:
-    """Label-free probe of an encoder: leave-one-group-out kNN AUC (points) over every labelled
-    image of ``dataset`` (:func:`~bus_paper.papers.p000.analysis.knn_label_agreement`; features
-    centred on the data set). ``encoder`` None: a random encoder of ``like``'s architecture."""
+def probe_images(profile: Profile, dataset: str, root: str | Path | None = None
+                 ) -> tuple[Any, np.ndarray, list[str]]:
+    """Every labelled image of ``dataset`` for the kNN probe: (uint8 images, benign/malignant
+    labels, split groups)."""
     import torch
-    data = load_labelled(profile, Path(root) if root else _root(profile), dataset,
+    data = load_labelled(profile, resolve_root(profile, root), dataset,
                          fold=Fold(2, 0))  # any fold: all images, with their groups
     parts = ("train", "val", "test")
-    x = torch.cat([data.x[s] for s in parts])
     y = np.concatenate([data.y[s].numpy() for s in parts])
-    groups = [g for s in parts for g in data.clusters(s)]
-    state = load_pretrained(like)
-    model = (encoder_from_pretrained(load_pretrained(encoder)) if encoder
-             else random_encoder(state["model_config"]))
-    from ...data import Normalizer
-    e = embed(model, x, Normalizer.from_dict(state["normalizer"]), profile.run)
-    e = e - e.mean(axis=0)
-    labels = np.where(y == 1, "malignant", "benign")
-    return 100 * knn_label_agreement(e, labels, groups, k=k)["auc"]
+    return (torch.cat([data.x[s] for s in parts]), np.where(y == 1, "malignant", "benign"),
+            [g for s in parts for g in data.clusters(s)])
 
 
-def _root(profile: Profile) -> Path:
-    from ...train.data import resolve_root
-    return resolve_root(profile)
+def knn_probe(model, images: tuple[Any, np.ndarray, list[str]], normalizer, run,
+              k: int = 5) -> float:
+    """Label-free probe of an encoder: leave-one-group-out kNN AUC (points) over ``images``
+    (:func:`probe_images`; :func:`~bus_paper.papers.p000.analysis.knn_label_agreement`,
+    features centred on the data set)."""
+    x, labels, groups = images
+    e = embed(model, x, normalizer, run)
+    return 100 * knn_label_agreement(e - e.mean(axis=0), labels, groups, k=k)["auc"]
 
 
 def budget_curve(profile: Profile, root: str | Path | None = None, n_boot: int = 2000
@@ -162,35 +159,35 @@ def budget_curve(profile: Profile, root: str | Path | None = None, n_boot: int =
     """
     plan = BudgetPlan.of(profile)
     enc = encoders(profile, plan, root)
-    longest = enc[plan.budgets[-1]]
-    assert longest is not None
+    states = {e: load_pretrained(p) for e, p in enc.items() if p is not None}
+    like = states[plan.budgets[-1]]   # random init: the same architecture and normaliser
+    normalizer = Normalizer.from_dict(like["normalizer"])
     chance = nt_xent_chance(profile.pretrain.batch_size)
     rows, oofs, runs = [], {}, []
     for dataset in plan.datasets:
-        for epochs, path in enc.items():
+        images = probe_images(profile, dataset, root)
+        for epochs, path in enc.items():   # random init first: the others are paired with it
             rs = cv_runs(profile, dataset, path, plan, root)
             runs += [r | {"ssl_epochs": epochs} for r in rs]
-            oofs[dataset, epochs] = out_of_fold(rs)
-        for epochs, path in enc.items():
+            oofs[dataset, epochs] = oof = out_of_fold(rs)
+            state = states.get(epochs)
+            model = (encoder_from_pretrained(state) if state
+                     else random_encoder(like["model_config"]))
             row: dict[str, Any] = {"ssl_epochs": epochs, "dataset": dataset,
-                                   "init": "random" if path is None else "ssl",
-                                   **cv_auc(oofs[dataset, epochs], n_boot)}
-            row.update(cv_paired(oofs[dataset, epochs], oofs[dataset, RANDOM], n_boot)
-                       if path is not None else
+                                   "init": "ssl" if state else "random", **cv_auc(oof, n_boot)}
+            row.update(cv_paired(oof, oofs[dataset, RANDOM], n_boot) if state else
                        {"diff": math.nan, "diff_low": math.nan, "diff_high": math.nan,
                         "p": math.nan})
             # beside the pooled AUC: the mean of the folds' own test AUCs, which does not
             # penalise fold models whose probabilities sit on different scales
-            row["fold_auc"] = 100 * float(np.mean([r["metrics"]["auc"] for r in runs
-                                                   if r["dataset"] == dataset
-                                                   and r["ssl_epochs"] == epochs]))
-            row["knn_auc"] = knn_probe(profile, dataset, path, longest, root)
-            if path is None:
-                row.update(ssl_loss=math.nan, ssl_loss_chance=chance, ssl_learned=math.nan)
-            else:
-                losses = [h["train_loss"] for h in load_pretrained(path)["history"]]
+            row["fold_auc"] = 100 * float(np.mean([r["metrics"]["auc"] for r in rs]))
+            row["knn_auc"] = knn_probe(model, images, normalizer, profile.run)
+            if state:
+                losses = [h["train_loss"] for h in state["history"]]
                 row.update(ssl_loss=losses[-1], ssl_loss_chance=chance,
                            ssl_learned=ssl_loss_check(losses, chance).passed)
+            else:
+                row.update(ssl_loss=math.nan, ssl_loss_chance=chance, ssl_learned=math.nan)
             row.update(folds=plan.k, repeats=plan.repeats)
             rows.append(row)
     return pd.DataFrame(rows), oofs, runs
