@@ -163,6 +163,9 @@ def test_the_claims_table_judges_the_longest_budget(tmp_path):
             for e, d, loss, lo in ((0, np.nan, np.nan, 70.0), (1, -20.0, 3.0, 70.0),
                                    (5, 5.0, 0.9, 72.0))]
     save_table(tmp_path / "ssl_budget", "curve", pd.DataFrame(rows), {"profile": "cpu"})
+    runs = [{"dataset": "udiat", "ssl_epochs": e, "repeat": 0, "fold": f, "test AUC": 0.6 + 0.01 * f}
+            for e in (0, 1, 5) for f in range(5)]
+    save_table(tmp_path / "ssl_budget", "runs", pd.DataFrame(runs), {"profile": "cpu"})
     t = papers.claims_table(tmp_path, "cpu", ["000"], only=lambda c: c.measure.startswith("ssl_budget"))
     assert len(t) == 2 and not t.attrs["missing"]
     udiat = t[t["claim"].str.contains("UDIAT")].iloc[0]
@@ -170,8 +173,16 @@ def test_the_claims_table_judges_the_longest_budget(tmp_path):
     assert udiat["paper_value"] == budget.paper_difference("udiat") > 0
     assert udiat["verdict"] == S.verdict("difference", udiat["paper_value"], 1.0, 9.0)
     assert udiat["seeds"] == "2 x 5 folds" and udiat["n_test"] == 163
+    assert udiat["mechanism"] == "passed"
     busi = t[t["claim"].str.contains("BUSI")].iloc[0]
     assert busi["verdict"] == S.NOT_TESTED and "cross-validated" in busi["mechanism"]
+    # one random-init fold at chance: the comparison rests on a model that did not learn there
+    runs[0]["test AUC"] = 0.48
+    save_table(tmp_path / "ssl_budget", "runs", pd.DataFrame(runs), {"profile": "cpu"})
+    t = papers.claims_table(tmp_path, "cpu", ["000"], only=lambda c: c.measure.startswith("ssl_budget"))
+    udiat = t[t["claim"].str.contains("UDIAT")].iloc[0]
+    assert udiat["verdict"] == S.NOT_TESTED and "random init, UDIAT" in udiat["mechanism"]
+    runs[0]["test AUC"] = 0.6
     # a curve whose longest encoder did not learn is not tested either
     rows[-1]["ssl_loss"] = 4.8
     save_table(tmp_path / "ssl_budget", "curve", pd.DataFrame(rows), {"profile": "cpu"})
