@@ -97,23 +97,33 @@ def interval_side(lo: float, hi: float) -> int | None:
     return 1 if lo > 0 else -1 if hi < 0 else 0
 
 
-def claim_verdict(lo: float, hi: float, claimed: float) -> str:
-    """A paper's claimed difference against our 95% interval ``[lo, hi]`` of the same difference:
-    ``reproduced`` when the interval excludes 0 on the claim's side, ``contradicted`` when it
-    excludes 0 on the other side, ``not detected`` when it contains 0 (``not measurable`` for an
-    undefined interval, ``no claim`` for an undefined claim).
+#: how an interval lies against a reference value (0 for a difference), in words: a description
+#: for comparisons that are not a paper's claim (those get a word of
+#: :data:`bus_paper.core.stats.LEGEND`)
+POSITION_WORDS = {1: "above {}", -1: "below {}", 0: "contains {}", None: "undefined"}
 
-    >>> claim_verdict(-3.1, -0.4, -7.5), claim_verdict(-1.0, 2.0, 1.5), claim_verdict(0.2, 1.0, -2.0)
-    ('reproduced', 'not detected', 'contradicted')
+
+def interval_position(lo: float, hi: float, reference: float = 0.0, name: str = "0") -> str:
+    """``above 0``, ``below 0``, ``contains 0`` or ``undefined`` for the interval ``[lo, hi]``
+    (against ``reference``, called ``name``: ``interval_position(lo, hi, 12.0, "chance")``).
+
+    >>> interval_position(0.2, 1.0), interval_position(-1.0, 2.0), interval_position(-3.0, -0.1)
+    ('above 0', 'contains 0', 'below 0')
+    >>> interval_position(10.0, 14.0, reference=15.0, name="chance")
+    'below chance'
     """
-    side = interval_side(lo, hi)
-    if side is None:
-        return "not measurable"
-    if not np.isfinite(claimed):
-        return "no claim"
-    if side == 0:
-        return "not detected"
-    return "reproduced" if (side > 0) == (claimed > 0) else "contradicted"
+    return POSITION_WORDS[interval_side(lo - reference, hi - reference)].format(name)
+
+
+def position_counts(lo, hi) -> str:
+    """How many intervals ``[lo[i], hi[i]]`` lie above 0, below 0 or contain it, in words.
+
+    >>> position_counts([0.5, -2.0, -1.0, 0.1], [2.0, -0.5, 1.0, 3.0])
+    '2 above 0, 1 below 0, 1 contains 0'
+    """
+    sides = [interval_position(a, b) for a, b in zip(lo, hi)]
+    words = [w.format("0") for w in POSITION_WORDS.values()]
+    return ", ".join(f"{sides.count(w)} {w}" for w in words if w in sides)
 
 
 def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,

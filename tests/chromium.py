@@ -202,6 +202,10 @@ PAGE_SCRIPT = r"""
     links: [...document.querySelectorAll("a[href]")].map(a => a.href),
     nav: nav.map(a => a.href),
     prevnext: [...document.querySelectorAll(".prev-next-area a")].map(a => a.href),
+    // tables wider than the page column (they scroll sideways, the scrollbar at their foot)
+    tables: [...document.querySelectorAll("article table")].map(t => ({
+      first: ((t.querySelector("th, td") || {}).textContent || "").trim().slice(0, 40),
+      rows: t.rows.length, width: t.scrollWidth, column: t.parentElement.clientWidth})),
   };
 })()
 """
@@ -214,6 +218,12 @@ class PageReport:
     images: int = 0
     links: int = 0
     problems: list[str] = field(default_factory=list)
+    tables: list[dict[str, Any]] = field(default_factory=list)   # first cell, rows, widths
+
+    @property
+    def wide_tables(self) -> list[dict[str, Any]]:
+        """Tables wider than the page column (readable only by scrolling sideways)."""
+        return [t for t in self.tables if t["width"] > t["column"] + 2]
 
 
 @dataclass
@@ -343,6 +353,7 @@ def check_book(html_dir: str | os.PathLike, pages: list[str], *,
                 rep.problems.append(f"{typeset[0]} equations left as raw TeX (MathJax did not run)")
             rep.title = info["title"]
             rep.images = len(info["images"])
+            rep.tables = info["tables"]
             if not info["title"].strip() or not info["h1"]:
                 rep.problems.append("no title or no <h1>: the page did not render")
             missing = sorted(expected - {u.partition("#")[0] for u in info["nav"]})

@@ -77,6 +77,38 @@ def test_knn_checks_its_input():
     assert analysis.knn_label_agreement(emb, y, np.arange(10) // 5, k=50)["k"] == 5  # capped
 
 
+def test_knn_probe_table_pairs_the_encoders_and_resamples_groups():
+    # a separable embedding against a random one, on groups of 3 near-copies: the difference is
+    # clearly positive, the AUCs are knn_label_agreement's, and the intervals count groups
+    rng = np.random.default_rng(3)
+    centres, labels = two_clusters(n=60, gap=1.5, seed=1)
+    emb_sep = np.repeat(centres, 3, axis=0) + 0.01 * rng.normal(size=(180, 16))
+    emb_rand = rng.normal(size=(180, 16))
+    rows = pd.DataFrame({"dataset": "busi", "label": np.repeat(labels, 3),
+                         "group": np.repeat(np.arange(60), 3)})
+    rows.loc[0, "label"] = "normal"   # normal images are not probed
+    probe, diff = analysis.knn_probe_table({"SSL": emb_sep, "random": emb_rand}, rows,
+                                           ["busi", "udiat"], n_boot=500)
+    assert list(probe["encoder"]) == ["SSL", "random"] and list(diff["dataset"]) == ["busi"]
+    m = (rows["label"] != "normal").to_numpy()
+    for name, emb in (("SSL", emb_sep), ("random", emb_rand)):
+        r = probe.set_index("encoder").loc[name]
+        plain = analysis.knn_label_agreement(emb[m], rows.loc[m, "label"], rows.loc[m, "group"])
+        assert r["auc_pct"] == pytest.approx(100 * plain["auc"])
+        assert r["ci_low"] <= r["auc_pct"] <= r["ci_high"] and r["groups"] == 60
+    d = diff.iloc[0]
+    assert d["n"] == 179 and d["groups"] == 60
+    assert d["difference"] == pytest.approx(probe["auc_pct"].iloc[0] - probe["auc_pct"].iloc[1])
+    assert d["ci_low"] > 0
+    assert "carries more label information than the random one" in \
+        analysis.describe_knn_probe(probe, diff)
+    # the same embedding on both sides: a difference of exactly 0, an interval that includes it
+    probe0, diff0 = analysis.knn_probe_table({"a": emb_rand, "b": emb_rand}, rows, ["busi"],
+                                             n_boot=200)
+    assert diff0.iloc[0][["difference", "ci_low", "ci_high"]].tolist() == [0, 0, 0]
+    assert "includes 0" in analysis.describe_knn_probe(probe0, diff0)
+
+
 def test_embedding_2d_pca_and_tsne():
     emb, _ = two_clusters(n=20)
     few = analysis.embedding_2d(emb, seed=0)            # PCA only below min_tsne

@@ -127,3 +127,20 @@ def test_equations_render_offline_and_the_checker_sees_raw_tex(built_book, pages
     (site / "_static" / "mathjax" / "MathJax.js").unlink()
     problems = "\n".join(chromium.check_book(site, page, binary=browser_binary).problems)
     assert re.search(r"book/methods.html: \d+ equations left as raw TeX", problems)
+
+
+def test_the_claims_tables_fit_the_page_column(built_book, browser_binary, tmp_path):
+    # the claims tables were wider than the page (the claim wrapped word by word, the last column
+    # sat behind a scrollbar at the foot of a 27-row table)
+    page = ["book/chapters/09_claims.html"]
+    report = chromium.check_book(built_book, page, binary=browser_binary).pages[0]
+    claims = [t for t in report.tables if t["first"] in ("claim", "paper")]
+    assert len(claims) >= 4 and report.wide_tables == []
+    # and the checker sees a table that does not fit
+    site = _copy(built_book, tmp_path)
+    html = site / page[0]
+    cells = "".join(f'<td style="white-space: nowrap">column number {i}</td>' for i in range(30))
+    wide = f"<table><tr>{cells}"
+    html.write_text(html.read_text().replace("</article>", wide + "</tr></table></article>", 1))
+    seen = chromium.check_book(site, page, binary=browser_binary).pages[0].wide_tables
+    assert [t["first"] for t in seen] == ["column number 0"]

@@ -121,6 +121,15 @@ def test_claims_table_follows_the_legend_and_the_learning_checks(results):
     counts = papers.verdict_counts(t)
     assert counts.loc["002", S.NOT_TESTED] == 1 and list(counts.index) == ["000", "001", "002",
                                                                             "004"]
+    # a chapter's own claims: the legend's counts, the failed checks, the sources
+    p2 = t[t["paper"] == "002"]
+    text = papers.summary(p2)
+    assert text.startswith(f"{len(p2)} claim") and f"1 *{S.NOT_TESTED}*" in text
+    assert "contrastive loss moved (LR)" in text and "untested, not refuted" in text
+    assert papers.source_files(t, "002") == ["paper002/verdicts.csv"]
+    assert "tested on" in shown.columns and "source" not in shown.columns
+    html = papers.styled(shown).to_html()
+    assert "min-width: 16em" in html and "row_heading" not in html   # no row numbers
 
 
 def test_direction_only_claims_and_seed_checks():

@@ -89,9 +89,9 @@ def test_runs_on_different_images_are_refused():
         ex.paired_difference([a], [b])
 
 
-def test_ablation_differences_and_verdicts():
-    """A variant clearly worse than the full model reproduces the paper's drop; a twin of the full
-    model does not detect it; the paper's differences come from Tables 4-5."""
+def test_ablation_differences():
+    """A variant clearly worse than the full model has an interval below 0; a twin of the full
+    model a difference of 0; the paper's differences come from Tables 4-5."""
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, 200)
     good = np.clip(y * 0.5 + rng.random(200) * 0.6, 0, 1)
@@ -106,12 +106,7 @@ def test_ablation_differences_and_verdicts():
     assert row["paper difference"] == pytest.approx(paper.loc[("no_ssl", "udiat"), "auc"]
                                                     - paper.loc[("full", "udiat"), "auc"])
     assert row["label"] == ex.ABLATIONS["no_ssl"].label and row["ci_high"] < 0
-    v = ex.ablation_verdicts(d[d["metric"] == "auc"]).set_index("variant")["verdict"]
-    assert v[ex.ABLATIONS["no_ssl"].label] == "reproduced (significant drop)"
-    assert v[ex.ABLATIONS["no_fusion"].label] == "not detected"
-    # a variant better than the full model contradicts the paper's drop
-    flipped = d.assign(ci_low=-d["ci_high"], ci_high=-d["ci_low"], difference=-d["difference"])
-    v = ex.ablation_verdicts(flipped[flipped["metric"] == "auc"]).set_index("variant")["verdict"]
-    assert v[ex.ABLATIONS["no_ssl"].label] == "contradicted (the variant is better)"
-    with pytest.raises(ValueError, match="one metric"):
-        ex.ablation_verdicts(d)
+    # the verdict words are the claims table's (tests/test_claims.py), not this table's
+    assert "verdict" not in d.columns
+    twin = d[(d["variant"] == "no_fusion") & (d["metric"] == "auc")].iloc[0]
+    assert twin["difference"] == 0 and twin["ci_low"] <= 0 <= twin["ci_high"]

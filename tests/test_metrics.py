@@ -7,7 +7,7 @@ from bus_paper.metrics import (
     binary_metrics,
     bootstrap_ci,
     choose_threshold,
-    claim_verdict,
+    interval_position,
     interval_side,
     paired_bootstrap,
 )
@@ -99,16 +99,14 @@ def test_paired_bootstrap_of_seed_sets_is_the_difference_of_seed_means():
         paired_bootstrap(y, a, b, threshold_a=[0.5, 0.5])
 
 
-def test_every_verdict_reads_the_same_side_of_zero():
+def test_every_interval_reads_the_same_side_of_zero():
     nan = float("nan")
     assert [interval_side(*ci) for ci in [(0.1, 2), (-2, -0.1), (-1, 1), (0, 1), (nan, 1)]] == \
         [1, -1, 0, 0, None]
-    from bus_paper.papers.p001.experiments import SIDE_WORDS
-    from bus_paper.papers.p004.report import diff_verdict
-    for lo, hi in [(0.1, 2), (-2, -0.1), (-1, 1), (nan, nan)]:
-        claim = claim_verdict(lo, hi, claimed=1.0)       # a claim that the difference is positive
-        words = (SIDE_WORDS[interval_side(lo, hi)], diff_verdict(lo, hi))
-        expected = {"reproduced": ("higher", "reproduced"), "contradicted": ("lower", "contradicted"),
-                    "not detected": ("not detected", "not detected"),
-                    "not measurable": ("not measurable", "not measurable")}[claim]
-        assert words[0] == expected[0] and words[1].startswith(expected[1]), (lo, hi, words)
+    assert [interval_position(*ci) for ci in [(0.1, 2), (-2, -0.1), (-1, 1), (nan, nan)]] == \
+        ["above 0", "below 0", "contains 0", "undefined"]
+    # the legend agrees: a claim that the difference is positive, with no size
+    from bus_paper.core import stats
+    assert [stats.verdict("difference", nan, lo, hi, sign=+1)
+            for lo, hi in [(0.1, 2), (-2, -0.1), (-1, 1)]] == \
+        [stats.REPRODUCED, stats.CONTRADICTED, stats.NOT_RESOLVED]

@@ -161,4 +161,4 @@ def test_summary_text_orders_methods_and_compares_with_chance():
                             "energy_hi": [25.0, 50.0], "chance": [18.0, 18.0]})
     (line,) = sal.summary_text(summary)
     assert line.index("Grad-CAM 40.0%") < line.index("saliency 20.0%")
-    assert "above chance" in line and "not distinguishable from chance" in line
+    assert "interval above chance" in line and "interval contains chance" in line

@@ -139,8 +139,9 @@ def test_core_doctests():
     """The examples in the core library's docstrings are true (they once went stale unseen)."""
     import doctest
 
+    from bus_paper import metrics
     from bus_paper.core import calibration, runs, stats
-    for module in (stats, runs, calibration):
+    for module in (stats, runs, calibration, metrics):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
@@ -192,3 +193,29 @@ def test_duplicates_do_not_narrow_a_cluster_interval():
         width = one[m].hi - one[m].lo
         assert clustered[m].hi - clustered[m].lo == pytest.approx(width, rel=0.15), m
         assert naive[m].hi - naive[m].lo < 0.75 * width, m
+
+
+def test_the_one_cluster_draw_and_what_the_papers_take_from_it():
+    # cluster_weights: each image weighs as often as its cluster was drawn (a plain loop)
+    clusters = np.array(["b", "a", "b", "c", "a", "d"])
+    w = S.cluster_weights(clusters, 6, 50, np.random.default_rng(4))
+    rng = np.random.default_rng(4)
+    ids = np.unique(clusters, return_inverse=True)[1]
+    for row in w:
+        draw = rng.integers(0, 4, 4)
+        assert row.tolist() == [float((draw == ids[i]).sum()) for i in range(6)]
+    # paper 004's weights are this draw, on the same generator: its numbers did not move
+    from bus_paper.papers.p004.evaluate import cluster_weights
+    old_rng, new_rng = np.random.default_rng(9), np.random.default_rng(9)
+    g = np.array([3, 1, 3, 10, 2, 10])
+    _, inverse = np.unique(g.astype(str), return_inverse=True)   # the code it replaced
+    counts = np.zeros((40, inverse.max() + 1))
+    draws = old_rng.integers(0, inverse.max() + 1, size=(40, inverse.max() + 1))
+    np.add.at(counts, (np.repeat(np.arange(40), inverse.max() + 1), draws.ravel()), 1)
+    assert (cluster_weights(g, 40, new_rng) == counts[:, inverse]).all()
+    # the interval and p of a difference
+    d = np.r_[np.linspace(-1, 3, 99), np.nan]
+    lo, hi, ok = S.percentile_interval(d)
+    assert ok == 99 and (lo, hi) == tuple(np.percentile(d[:-1], [2.5, 97.5]))
+    assert S.bootstrap_p(d) == pytest.approx(2 * (d[:-1] <= 0).mean())
+    assert math.isnan(S.bootstrap_p([np.nan])) and S.bootstrap_p([1.0, 2.0]) == 0.0

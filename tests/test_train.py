@@ -89,7 +89,7 @@ def test_network_argument_and_model_families(runs, monkeypatch):
     is built by ``bus_paper.models.<family>.build_from_config``."""
     import types
 
-    from bus_paper.models import build_network, family_module
+    from bus_paper.models import build_network, family_builder
     from bus_paper.train.pretraining import baseline_config
     cfg = baseline_config(SMOKE, "mobilenetv2")
     enc = pretrain(SMOKE, network=cfg)
@@ -103,9 +103,9 @@ def test_network_argument_and_model_families(runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "bus_paper.models.toyfam", toy)
     assert build_network({"family": "toyfam", "width": 3}) == ("built", 3)
     with pytest.raises(KeyError, match="unknown model family"):
-        family_module("no_such_family")
+        family_builder("no_such_family")
     with pytest.raises(ValueError, match="module name"):
-        family_module("../evil")
+        family_builder("../evil")
 
 
 def test_same_seed_same_metrics(runs, tmp_path, monkeypatch):

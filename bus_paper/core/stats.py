@@ -239,12 +239,41 @@ def _as_runs(prob, n: int) -> np.ndarray:
     return p
 
 
+def _cluster_draws(n_clusters: int, ids: np.ndarray, n_boot: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    draws = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
+    counts = np.stack([np.bincount(d, minlength=n_clusters) for d in draws]) if n_boot else \
+        np.zeros((0, n_clusters), dtype=int)
+    return counts[:, ids].astype(float)
+
+
+def cluster_weights(clusters, n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n] weights of the n images in ``n_boot`` resamples that draw whole clusters with
+    replacement (``clusters``: n ids, e.g. patient, lesion or duplicate group; None: every image its
+    own): each image weighs as often as its cluster was drawn. The one cluster draw of the book:
+    :func:`two_level_bootstrap`, :func:`two_level_metrics` and the papers' own statistics use it."""
+    ids, n_clusters = _cluster_ids(clusters, n)
+    return _cluster_draws(n_clusters, ids, n_boot, rng)
+
+
+def percentile_interval(values, alpha: float = 0.05) -> tuple[float, float, int]:
+    """(lower, upper, replicates used) of the finite bootstrap ``values``; NaN when none is."""
+    return _percentiles(np.asarray(values, dtype=float).ravel(), alpha)
+
+
+def bootstrap_p(values) -> float:
+    """Two-sided bootstrap p of a difference: the share of finite replicates on the other side of
+    0, doubled (at most 1; NaN when no replicate is finite)."""
+    d = np.asarray(values, dtype=float).ravel()
+    d = d[np.isfinite(d)]
+    return float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if d.size else math.nan
+
+
 def _replicates(n_clusters: int, ids: np.ndarray, runs: Sequence[int], n_boot: int,
                 rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
     """Image weights [B, n] from cluster draws, and per side a [B, runs] draw of run indices."""
-    draws = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
-    counts = np.stack([np.bincount(d, minlength=n_clusters) for d in draws])
-    return counts[:, ids].astype(float), [rng.integers(0, r, size=(n_boot, r)) for r in runs]
+    weights = _cluster_draws(n_clusters, ids, n_boot, rng)
+    return weights, [rng.integers(0, r, size=(n_boot, r)) for r in runs]
 
 
 def _check_runs(y, probs, thresholds) -> tuple[np.ndarray, np.ndarray, list[float]]:
@@ -393,7 +422,6 @@ def two_level_paired(y, probs_a, thresholds_a, probs_b, thresholds_b, clusters=N
     d = (_mean_of_drawn(y, pa, ta, metric, weights, da)
          - _mean_of_drawn(y, pb, tb, metric, weights, db))
     lo, hi, ok = _percentiles(d, alpha)
-    d = d[np.isfinite(d)]
-    p = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())) if d.size else math.nan
+    p = bootstrap_p(d)
     estimate = _whole(y, pa, ta, metric) - _whole(y, pb, tb, metric)
-    return Interval(estimate, lo, hi, y.size, n_clusters, len(pa) + len(pb), ok), float(p)
+    return Interval(estimate, lo, hi, y.size, n_clusters, len(pa) + len(pb), ok), p

@@ -35,6 +35,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..metrics import interval_position
+
 METHODS = ("Grad-CAM", "saliency", "SmoothGrad", "SHAP")
 
 
@@ -227,10 +229,9 @@ def summary_text(summary: pd.DataFrame, methods: Sequence[str] = METHODS) -> lis
         t = t.set_index("method").reindex([m for m in methods if m in set(t["method"])])
         parts = []
         for m, r in t.sort_values("energy", ascending=False).iterrows():
-            rel = ("above" if r["energy_lo"] > r["chance"] else
-                   "below" if r["energy_hi"] < r["chance"] else "not distinguishable from")
+            rel = interval_position(r["energy_lo"], r["energy_hi"], r["chance"], "chance")
             parts.append(f"{m} {r['energy']:.1f}% (95% CI {r['energy_lo']:.1f}–"
-                         f"{r['energy_hi']:.1f}; {rel} chance)")
+                         f"{r['energy_hi']:.1f}; interval {rel})")
         lines.append(f"- **{str(d).upper()}** ({int(t['images'].iloc[0])} images, lesion "
                      f"{t['chance'].iloc[0]:.1f}% of the image): " + "; ".join(parts) + ".")
     return lines

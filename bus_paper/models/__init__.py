@@ -25,7 +25,7 @@ def build_network(cfg: Any):
     Checkpoints store either, so loaders call this rather than :func:`build_model`. A config with
     the key ``family`` is built by ``bus_paper.models.<family>.build_from_config``."""
     if isinstance(cfg, Mapping) and "family" in cfg:
-        return family_module(cfg["family"]).build_from_config(cfg)
+        return family_builder(cfg["family"])(cfg)
     if isinstance(cfg, Mapping) and "baseline" in cfg:
         from .baselines import build_baseline_from_config
         return build_baseline_from_config(cfg)
@@ -55,12 +55,12 @@ def register_family(family: str):
     return register
 
 
-def family_module(family: str):
-    """What builds configs with ``"family": family``: a registered family (an object with
-    ``build_from_config``), else the library module ``bus_paper.models.<family>``."""
+def family_builder(family: str) -> Callable[[Mapping[str, Any]], Any]:
+    """What builds configs with ``"family": family``: the registered function, else the library
+    module ``bus_paper.models.<family>``'s ``build_from_config``."""
     _check_name(family)
     if family in _FAMILIES:
-        return _Registered(_FAMILIES[family])
+        return _FAMILIES[family]
     try:
         module = importlib.import_module(f"{__name__}.{family}")
     except ModuleNotFoundError as e:
@@ -69,12 +69,7 @@ def family_module(family: str):
                        f"bus_paper/models/{family}.py") from e
     if not hasattr(module, "build_from_config"):
         raise TypeError(f"bus_paper.models.{family} has no build_from_config(cfg)")
-    return module
-
-
-class _Registered:
-    def __init__(self, build):
-        self.build_from_config = build
+    return module.build_from_config
 
 
 __all__ = [
@@ -90,6 +85,6 @@ __all__ = [
     "build_model",
     "build_network",
     "dilate_stage",
-    "family_module",
+    "family_builder",
     "register_family",
 ]

@@ -10,6 +10,18 @@ the chapters' result files (:func:`claims_table`; the claims chapter writes it t
 """
 
 from . import p001  # noqa: F401  (registers paper 001's model family: its checkpoints then load anywhere)
-from .table import COLUMNS, PAPERS, TITLES, claims_table, display, sources, verdict_counts
+from .table import (
+    COLUMNS,
+    PAPERS,
+    TITLES,
+    claims_table,
+    display,
+    source_files,
+    sources,
+    styled,
+    summary,
+    verdict_counts,
+)
 
-__all__ = ["COLUMNS", "PAPERS", "TITLES", "claims_table", "display", "sources", "verdict_counts"]
+__all__ = ["COLUMNS", "PAPERS", "TITLES", "claims_table", "display", "source_files", "sources",
+           "styled", "summary", "verdict_counts"]

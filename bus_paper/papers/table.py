@@ -106,16 +106,22 @@ def _measured(r: pd.Series) -> str:
             f"{_num(r['ci_high'], signed)})")
 
 
-def _n(r: pd.Series) -> str:
+def _tested_on(r: pd.Series) -> str:
     if pd.isna(r["n_test"]):
         return "–"
-    return f"{int(r['n_test'])}" + ("" if pd.isna(r["n_clusters"])
-                                    else f" ({int(r['n_clusters'])} clusters)")
+    text = f"{int(r['n_test'])} images" + ("" if pd.isna(r["n_clusters"])
+                                          else f" ({int(r['n_clusters'])} clusters)")
+    seeds = "" if pd.isna(r["seeds"]) else str(r["seeds"]).strip()
+    if seeds:
+        text += ", " + (f"seeds {seeds}" if seeds[0].isdigit() and "fold" not in seeds
+                        else seeds)
+    return text
 
 
 def display(table: pd.DataFrame, paper: str) -> pd.DataFrame:
     """One paper's rows for reading: numbers in percent with one decimal (the paper's as
-    printed), intervals in words, no NaN."""
+    printed), intervals in words, no NaN. The result files each row was read from are not a
+    column (they made the table too wide to read); :func:`source_files` lists them."""
     t = table[table["paper"].astype(str) == paper]
     return pd.DataFrame({
         "claim": t["claim"],
@@ -123,10 +129,47 @@ def display(table: pd.DataFrame, paper: str) -> pd.DataFrame:
         "measured (95% CI)": t.apply(_measured, axis=1),
         "verdict": t["verdict"],
         "learning checks": t["mechanism"],
-        "test images": t.apply(_n, axis=1),
-        "seeds": t["seeds"].fillna("").astype(str).replace("", "–"),
-        "source": t["source"].fillna("").astype(str).replace("", "–"),
+        "tested on": t.apply(_tested_on, axis=1),
     }).reset_index(drop=True)
+
+
+def source_files(table: pd.DataFrame, paper: str) -> list[str]:
+    """The result files (under ``book/results/``) one paper's rows were measured from."""
+    t = table[table["paper"].astype(str) == paper]
+    return sorted({s for s in t["source"].dropna().astype(str) if s})
+
+
+# Column widths for the claims tables: the claim's words need room; the verdict and the numbers
+# should not break inside an interval. Scoped to the table by pandas' Styler (its own id).
+_STYLE = [{"selector": "", "props": "font-size: 0.85em; border-collapse: collapse;"},
+          {"selector": "th, td", "props": "vertical-align: top; padding: 0.25em 0.5em;"},
+          {"selector": "td.col0", "props": "min-width: 16em;"},
+          {"selector": "td.col2", "props": "white-space: nowrap;"},
+          {"selector": "td.col4", "props": "min-width: 9em;"}]
+
+
+def styled(rows: pd.DataFrame):
+    """:func:`display`'s rows as an HTML table for the book: no row numbers, the claim column wide
+    enough to read, the numbers kept on one line."""
+    return rows.style.hide(axis="index").set_table_styles(_STYLE)
+
+
+def summary(table: pd.DataFrame) -> str:
+    """Markdown for a chapter that shows its own claims: how many got each word of the legend, the
+    learning checks that failed, and the claims that could not be measured (with the reason)."""
+    words = [f"{int((table['verdict'] == w).sum())} *{w}*" for w in LEGEND
+             if (table["verdict"] == w).any()]
+    text = (f"{len(table)} claim{'s' if len(table) != 1 else ''}, judged by the book's one legend "
+            "(the claims chapter): " + (", ".join(words) if words else "none measured") + ".")
+    failed = sorted({c for m in table["mechanism"].dropna().astype(str) if m.startswith("failed")
+                     for c in m.removeprefix("failed: ").split("; ")})
+    if failed:
+        text += (" *Not tested at this budget* means a model the claim rests on failed a learning "
+                 "check; untested, not refuted. Failed here: " + "; ".join(failed) + ".")
+    missing = table.attrs.get("missing") or []
+    if missing:
+        text += "\n\nNot measured:\n\n" + "\n".join(f"- {m}" for m in missing)
+    return text
 
 
 def verdict_counts(table: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -198,29 +199,45 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     return result
 
 
-def select_and_predict(stage: FinetuneStage, data: LabelledSplits, profile: Profile
+PARTS = ("val", "test")
+
+
+def predict_best_epoch(stage: Stage, predict: Callable[[str], np.ndarray],
+                       labels: Mapping[str, np.ndarray],
+                       columns: Callable[[str], Mapping[str, Any]]
                        ) -> tuple[dict[str, np.ndarray], float, pd.DataFrame]:
-    """The end of every fine-tuning run, before it is written: reload the best validation epoch
-    (model selection on validation only), predict the validation and test parts, choose the
-    threshold on validation. Returns (probabilities per part, threshold, the predictions table:
-    path, split, label, prob and each image's cluster, for the two-level bootstraps)."""
+    """The end of every fine-tuning run, before it is written (the library's, the generalisation
+    chapter's, paper 002's): reload the best validation epoch (model selection on validation
+    only), predict the validation and test parts (``predict(part)``), choose the threshold on
+    validation. Returns (probabilities per part, threshold, the predictions table: the caller's
+    ``columns(part)`` (path first), split, label, prob)."""
     stage.model.load_state_dict(load_checkpoint(stage.run_dir / "best.pt", stage.device)["model"])
-    probs = {s: predict_proba(stage.model, data.x[s], data.normalizer, profile.run)
-             for s in ("val", "test")}
-    threshold = choose_threshold(data.y["val"].numpy(), probs["val"])
-    preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s,
-                                     "label": data.y[s].numpy(), "prob": probs[s],
-                                     "cluster": data.clusters(s)})
-                       for s in ("val", "test")], ignore_index=True)
+    probs = {s: predict(s) for s in PARTS}
+    threshold = choose_threshold(np.asarray(labels["val"]), probs["val"])
+    preds = pd.concat([pd.DataFrame({**columns(s), "split": s, "label": np.asarray(labels[s]),
+                                     "prob": probs[s]}) for s in PARTS], ignore_index=True)
     return probs, threshold, preds
 
 
-def write_finished_run(run_dir: Path, model_state: dict[str, Any], preds: pd.DataFrame,
+def select_and_predict(stage: FinetuneStage, data: LabelledSplits, profile: Profile
+                       ) -> tuple[dict[str, np.ndarray], float, pd.DataFrame]:
+    """:func:`predict_best_epoch` for a classifier on :class:`LabelledSplits`: predictions
+    ``path, split, label, prob, cluster`` (each image's cluster, for the two-level bootstraps)."""
+    probs, threshold, preds = predict_best_epoch(
+        stage, lambda s: predict_proba(stage.model, data.x[s], data.normalizer, profile.run),
+        {s: data.y[s].numpy() for s in PARTS},
+        lambda s: {"path": data.paths[s], "cluster": data.clusters(s)})
+    return probs, threshold, preds[["path", "split", "label", "prob", "cluster"]]
+
+
+def write_finished_run(run_dir: Path, model_state: dict[str, Any] | None, preds: pd.DataFrame,
                        result: dict[str, Any]) -> None:
-    """Write a finished fine-tuning run: the deployable ``model.pt``, ``predictions.csv``, then
+    """Write a finished fine-tuning run: the deployable ``model.pt`` (unless ``model_state`` is
+    None: a run whose predictions are all that is kept), ``predictions.csv``, then
     ``result.json`` (atomic: the mark of a finished run, written last), and drop the resume and
     best-epoch checkpoints (~2 x model + optimizer; ``model.pt`` has what is kept)."""
-    save_checkpoint(run_dir / "model.pt", model_state)
+    if model_state is not None:
+        save_checkpoint(run_dir / "model.pt", model_state)
     write_predictions(preds, run_dir / "predictions.csv")
     write_json(run_dir / "result.json", result)
     for stale in ("best.pt", "last.pt"):

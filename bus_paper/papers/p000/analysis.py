@@ -126,17 +126,13 @@ def nearest(emb_q: np.ndarray, emb_db: np.ndarray, k: int) -> tuple[np.ndarray, 
     return idx, np.take_along_axis(sim, idx, axis=1)
 
 
-def knn_label_agreement(emb: np.ndarray, labels: Sequence[Any], groups: Sequence[Any],
-                        k: int = 5, positive: Any = "malignant") -> dict[str, float]:
-    """How much label information an embedding carries: leave-one-group-out kNN classification.
-
-    Each image is scored by the share of ``positive`` labels among its ``k`` cosine-nearest
-    images *of other groups*: an image's duplicates and same-patient images are left out, otherwise
-    the probe would measure recognition of the same scan or patient, not of the label. Returns the
-    accuracy of the majority vote (score > 0.5), the balanced accuracy, the AUC of the score, the
-    accuracy of always guessing the majority class (the floor accuracy must beat), ``n`` and ``k``.
-    Random embeddings give AUC ~0.5; an embedding that separates the classes gives ~1.
-    """
+def knn_scores(emb: np.ndarray, labels: Sequence[Any], groups: Sequence[Any], k: int = 5,
+               positive: Any = "malignant") -> tuple[np.ndarray, np.ndarray, int]:
+    """Leave-one-group-out kNN scores: for each image, the share of ``positive`` labels among its
+    ``k`` cosine-nearest images *of other groups* (an image's duplicates and same-patient images are
+    left out, otherwise the probe would measure recognition of the same scan or patient, not of
+    the label). Returns the 0/1 labels, the scores and the ``k`` used (fewer when a group leaves
+    fewer neighbours)."""
     y = np.asarray([lab == positive for lab in labels], dtype=int)
     g = np.asarray(pd.Series(list(groups)).astype(str))
     u = _unit(emb)
@@ -151,13 +147,102 @@ def knn_label_agreement(emb: np.ndarray, labels: Sequence[Any], groups: Sequence
     k_eff = int(min(k, others.min()))
     sim = np.where(same, -np.inf, u @ u.T)
     idx = np.argsort(-sim, axis=1, kind="stable")[:, :k_eff]
-    score = y[idx].mean(axis=1)
+    return y, y[idx].mean(axis=1), k_eff
+
+
+def knn_label_agreement(emb: np.ndarray, labels: Sequence[Any], groups: Sequence[Any],
+                        k: int = 5, positive: Any = "malignant") -> dict[str, float]:
+    """How much label information an embedding carries: leave-one-group-out kNN classification
+    (:func:`knn_scores`). Returns the accuracy of the majority vote (score > 0.5), the balanced
+    accuracy, the AUC of the score, the accuracy of always guessing the majority class (the floor
+    accuracy must beat), ``n`` and ``k``. Random embeddings give AUC ~0.5; an embedding that
+    separates the classes gives ~1.
+    """
+    y, score, k_eff = knn_scores(emb, labels, groups, k, positive)
     pred = (score > 0.5).astype(int)
     m = binary_metrics(y, score, threshold=0.5 + 1e-9)  # vote: strictly more than half
     balanced = np.nanmean([m["recall"], m["specificity"]])
     return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(balanced),
             "auc": m["auc"], "majority_baseline": float(max(y.mean(), 1 - y.mean())),
             "n": len(y), "k": k_eff}
+
+
+def knn_probe_table(embeddings: Mapping[str, np.ndarray], rows: pd.DataFrame,
+                    datasets: Sequence[str], *, k: int = 5, n_boot: int = 2000,
+                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The kNN probe (:func:`knn_label_agreement`) of each embedding on the benign and malignant
+    images of each data set, and the paired difference between the first two embeddings.
+
+    ``embeddings``: name -> [N, D] features of the images of ``rows`` (columns ``dataset``,
+    ``label``, ``group``). Intervals resample the groups (patients, duplicate groups) with
+    replacement, one draw for both embeddings (:func:`~bus_paper.core.stats.two_level_bootstrap`);
+    each image keeps the score its neighbours gave it, so the interval counts which images were
+    sampled, not a re-drawn neighbourhood. Returns ``(probe, difference)``: one row per data set and
+    embedding (AUC and interval in %), and one row per data set with the difference first minus
+    second in percentage points.
+    """
+    from ...core.stats import two_level_bootstrap
+    names = list(embeddings)
+    probe, diff = [], []
+    for dataset in datasets:
+        m = ((rows["dataset"] == dataset) & rows["label"].isin(["benign", "malignant"])).to_numpy()
+        if not m.any():
+            continue
+        labels, groups = rows.loc[m, "label"], rows.loc[m, "group"].astype(str).to_numpy()
+        scores = {}
+        for name in names:
+            r = knn_label_agreement(embeddings[name][m], labels, groups, k=k)
+            y, scores[name], _ = knn_scores(embeddings[name][m], labels, groups, k)
+            ci = two_level_bootstrap(y, scores[name], clusters=groups, n_boot=n_boot, seed=seed)
+            probe.append({"dataset": dataset, "encoder": name, "groups": ci.n_clusters, **r,
+                          "auc_pct": 100 * r["auc"], "ci_low": ci.lo, "ci_high": ci.hi})
+        if len(names) >= 2:
+            d = two_level_bootstrap(y, scores[names[0]], scores[names[1]], clusters=groups,
+                                    n_boot=n_boot, seed=seed)
+            diff.append({"dataset": dataset, "comparison": f"{names[0]} - {names[1]}",
+                         "difference": d.estimate, "ci_low": d.lo, "ci_high": d.hi,
+                         "n": d.n_images, "groups": d.n_clusters})
+    return pd.DataFrame(probe), pd.DataFrame(diff)
+
+
+def knn_probe_readable(probe: pd.DataFrame) -> pd.DataFrame:
+    """:func:`knn_probe_table`'s probe rows for reading: percent with one decimal, the interval in
+    words."""
+    def pct(column: str) -> pd.Series:
+        return (100 * probe[column]).map("{:.1f}".format)
+
+    return pd.DataFrame({
+        "data set": probe["dataset"], "encoder": probe["encoder"],
+        "images": probe["n"].astype(int), "groups": probe["groups"].astype(int),
+        "kNN AUC % (95 % CI)": [f"{r.auc_pct:.1f} ({r.ci_low:.1f} to {r.ci_high:.1f})"
+                                for r in probe.itertuples()],
+        "accuracy %": pct("accuracy"), "balanced accuracy %": pct("balanced_accuracy"),
+        "majority-class accuracy %": pct("majority_baseline")}).reset_index(drop=True)
+
+
+def describe_knn_probe(probe: pd.DataFrame, difference: pd.DataFrame) -> str:
+    """Markdown, one bullet per data set: both AUCs with intervals and the paired difference,
+    and what its interval allows one to say (it includes 0, or lies on one side of it)."""
+    lines = []
+    for _, d in difference.iterrows():
+        a, b = d["comparison"].split(" - ")
+        side = probe[probe["dataset"] == d["dataset"]].set_index("encoder")
+        auc = {name: f"{r['auc_pct']:.1f} % ({r['ci_low']:.1f} to {r['ci_high']:.1f})"
+               for name, r in side.iterrows()}
+
+        if d["ci_low"] > 0:
+            reading = f"the {a} embedding carries more label information than the {b} one"
+        elif d["ci_high"] < 0:
+            reading = f"the {a} embedding carries less label information than the {b} one"
+        else:
+            reading = ("the interval includes 0: at this sample the probe cannot tell the two "
+                       "embeddings apart")
+        lines.append(
+            f"- **{d['dataset']}** ({int(d['n'])} images in {int(d['groups'])} groups): kNN AUC "
+            f"{auc[a]} for the {a} encoder against {auc[b]} for the {b} one; difference "
+            f"{d['difference']:+.1f} points (95 % CI {d['ci_low']:+.1f} to {d['ci_high']:+.1f}, "
+            f"groups resampled): {reading}.")
+    return "\n".join(lines)
 
 
 def embedding_2d(emb: np.ndarray, seed: int = 0, min_tsne: int = 50) -> np.ndarray:

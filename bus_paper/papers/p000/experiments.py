@@ -29,7 +29,7 @@ import pandas as pd
 
 from ...config import Profile
 from ...core.stats import two_level_paired
-from ...metrics import METRICS, claim_verdict, interval_side
+from ...metrics import METRICS
 from .analysis import aligned_test_predictions, cluster_count, seed_mean_ci, test_clusters
 
 
@@ -226,30 +226,6 @@ def ablation_differences(results: Sequence[dict[str, Any]], datasets: Sequence[s
     return pd.DataFrame(rows)
 
 
-def ablation_verdicts(differences: pd.DataFrame) -> pd.DataFrame:
-    """One verdict per row of :func:`ablation_differences` (rows of one metric): the paper's
-    change is *reproduced* when our interval excludes 0 on the paper's side, *contradicted* when
-    on the other side, else *not detected* (:func:`~bus_paper.metrics.claim_verdict`), with the
-    direction measured and whether the paper's value lies inside our interval."""
-    metrics = set(differences["metric"])
-    if len(metrics) != 1:
-        raise ValueError(f"give the differences of one metric, not {sorted(metrics)}")
-    name = "AUC" if metrics == {"auc"} else metrics.pop()
-    rows = []
-    for _, r in differences.iterrows():
-        v = claim_verdict(r["ci_low"], r["ci_high"], r["paper difference"])
-        v += {-1: " (significant drop)", 1: " (the variant is better)"}.get(
-            interval_side(r["ci_low"], r["ci_high"]), "")
-        inside = r["ci_low"] <= r["paper difference"] <= r["ci_high"]
-        rows.append({"dataset": r["dataset"], "variant": r["label"], "verdict": v,
-                     f"measured {name} difference": round(r["difference"], 1),
-                     "95% CI": f"{r['ci_low']:.1f} to {r['ci_high']:.1f}",
-                     "paper's difference": round(r["paper difference"], 1),
-                     "paper's difference inside CI": "yes" if inside else "no"})
-    return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- heavy backbones
 def pretraining_profile(profile: Profile, name: str) -> Profile:
     """The profile to SSL-pretrain backbone ``name`` with: its epochs capped by the profile's
     ``[papers.p000] pretrain_epochs_cap`` (the cpu profile caps VGG16, ~4x ResNet-50's compute,

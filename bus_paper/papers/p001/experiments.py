@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import Profile, load_profile
-from ...metrics import interval_side
+from ...metrics import interval_position
 
 #: The abstract's numbers (AUC only; no other metric, interval, split or seed count is given).
 PAPER_001 = {"busi": {"auc": 98.34}, "private": {"auc": 93.20}}
@@ -210,16 +210,13 @@ def run_plan(profile: Profile, root, plan: Plan, datasets: Sequence[str]) -> lis
 
 
 # ----------------------------------------------------------------------------- comparisons
-SIDE_WORDS = {1: "higher", -1: "lower", 0: "not detected", None: "not measurable"}
-
-
 def paired_table(results: Sequence[Mapping[str, Any]], reference: str = "proposed",
                  metrics: Sequence[str] = ("auc", "accuracy"), n_boot: int = 1000
                  ) -> pd.DataFrame:
     """``reference`` minus every other model, per dataset and metric, in points: seed means on the
     same test images, paired bootstrap CI and p (:func:`bus_paper.papers.p000.experiments.paired_difference`),
-    and a ``verdict``: ``higher`` / ``lower`` (the interval excludes 0), ``not detected`` (it
-    contains 0) or ``not measurable`` (undefined)."""
+    and where the interval lies against 0 (``interval``: ``above 0``, ``below 0``, ``contains 0``;
+    a description: the paper's claims get their verdicts in the claims table)."""
     from ..p000.experiments import paired_difference
     by: dict[tuple[str, str], list] = {}
     for r in results:
@@ -230,32 +227,11 @@ def paired_table(results: Sequence[Mapping[str, Any]], reference: str = "propose
             continue
         for m in metrics:
             p = paired_difference(by[reference, d], runs, m, n_boot=n_boot)
-            verdict = SIDE_WORDS[interval_side(p["lo"], p["hi"])]
             rows.append({"dataset": d, "model": key, "metric": m, "difference": p["diff"],
                          "ci_low": p["lo"], "ci_high": p["hi"], "p": p["p"],
                          "seeds": f"{len(by[reference, d])} vs {len(runs)}",
-                         "verdict": verdict})
+                         "interval": interval_position(p["lo"], p["hi"])})
     return pd.DataFrame(rows)
-
-
-def auc_verdict(table: pd.DataFrame, dataset: str = "busi", model: str = "proposed",
-                reported: float | None = None) -> dict[str, Any]:
-    """Where the paper's AUC (in %) falls against our 95% CI of ``model`` on ``dataset`` (a
-    :func:`bus_paper.papers.p000.experiments.seed_table` by ``row``): ``inside`` / ``above`` / ``below``."""
-    if reported is None:
-        if dataset not in PAPER_001:
-            raise KeyError(f"the paper reports no AUC on {dataset!r} (only {', '.join(PAPER_001)})")
-        reported = PAPER_001[dataset]["auc"]
-    reported = float(reported)
-    row = table[(table["row"] == model) & (table["dataset"] == dataset)]
-    if len(row) != 1:
-        raise ValueError(f"need one row of {model} on {dataset}, got {len(row)}")
-    r = row.iloc[0]
-    where = ("above" if reported > r["auc_hi"] else "below" if reported < r["auc_lo"]
-             else "inside")
-    return {"dataset": dataset, "reported": reported, "measured": float(r["auc"]),
-            "lo": float(r["auc_lo"]), "hi": float(r["auc_hi"]), "seeds": int(r["seeds"]),
-            "where": where, "gap": reported - float(r["auc"])}
 
 
 def mean_roc(results: Sequence[Mapping[str, Any]], grid: int = 101

@@ -44,7 +44,7 @@ from torch import nn
 from ...config import Profile, load_profile
 from ...core.runs import SELECT_VAL_AUC_YOUDEN, config_part, recipe_key, recipe_version
 from ...data.preprocess import Normalizer
-from ...metrics import binary_metrics, choose_threshold
+from ...metrics import binary_metrics
 from ...paths import runs_dir
 from ...train.data import LABELS, resolve_root, to_tensor
 from ...train.engine import (
@@ -54,14 +54,13 @@ from ...train.engine import (
     hold_run_lock,
     infer,
     init_distributed,
-    load_checkpoint,
     prepare_input,
     read_cached_run,
     releases_run_locks,
     seed_everything,
     select_device,
-    write_json,
 )
+from ...train.finetuning import predict_best_epoch, write_finished_run
 from .loss import VARIANTS, LesionContrastiveLoss
 
 #: every variant of Tables 1-2, in the order the chapter shows them
@@ -406,15 +405,14 @@ def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int,
     stage = LesionStage(model, data, variant, settings, alpha, temperature, seed, run_dir, key,
                         profile.run)
     history = stage.fit()
-    stage.model.load_state_dict(load_checkpoint(run_dir / "best.pt", stage.device)["model"])
-    probs = {s: predict_proba(stage.model.m, data.x[s], data.normalizer, settings.image_size,
-                              profile.run) for s in ("val", "test")}
-    threshold = choose_threshold(data.y["val"].numpy(), probs["val"])
+    # the library's end of a fine-tuning run: best validation epoch, Youden threshold on val
+    probs, threshold, preds = predict_best_epoch(
+        stage, lambda s: predict_proba(stage.model.m, data.x[s], data.normalizer,
+                                       settings.image_size, profile.run),
+        {s: data.y[s].numpy() for s in ("val", "test")},
+        lambda s: {"path": data.paths[s], "fold": fold, "lesion": data.lesion[s]})
+    preds = preds[["path", "split", "fold", "lesion", "label", "prob"]]
     metrics = binary_metrics(data.y["test"].numpy(), probs["test"], threshold)
-    preds = pd.concat([pd.DataFrame({"path": data.paths[s], "split": s, "fold": fold,
-                                     "lesion": data.lesion[s], "label": data.y[s].numpy(),
-                                     "prob": probs[s]}) for s in ("val", "test")],
-                      ignore_index=True)
     result = {"variant": variant, "fold": fold, "seed": seed, "profile": profile.name,
               "settings": dataclasses.asdict(settings), "alpha": alpha,
               "temperature": temperature, "init": init,
@@ -425,9 +423,6 @@ def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int,
               "n_lesions": {s: len(set(data.lesion[s])) for s in ("train", "val", "test")},
               "seconds": time.perf_counter() - t0, "run_dir": str(run_dir), "key": key}
     if stage.dist.main:
-        preds.to_csv(run_dir / "predictions.csv", index=False, float_format="%.9g")
-        write_json(run_dir / "result.json", result)
-        for stale in ("best.pt", "last.pt"):
-            (run_dir / stale).unlink(missing_ok=True)
+        write_finished_run(run_dir, None, preds, result)   # no weights: 30 runs x 100 MB
     result["predictions"] = preds
     return result

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...core import stats
 from ...metrics import weighted_auc
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -80,13 +81,10 @@ def point_metrics(part: Part) -> dict[str, float]:
 
 
 def cluster_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_boot, N] multiplicities of a bootstrap that draws whole groups with replacement."""
-    _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    g = inverse.max() + 1
-    counts = np.zeros((n_boot, g))
-    draws = rng.integers(0, g, size=(n_boot, g))
-    np.add.at(counts, (np.repeat(np.arange(n_boot), g), draws.ravel()), 1)
-    return counts[:, inverse]
+    """[n_boot, N] multiplicities of a bootstrap that draws whole groups with replacement
+    (:func:`bus_paper.core.stats.cluster_weights`; groups compared as strings)."""
+    g = np.asarray(groups).astype(str)
+    return stats.cluster_weights(g, g.size, n_boot, rng)
 
 
 def repeat_mean_ci(parts: Sequence[Part], n_boot: int = 1000, seed: int = 0,
@@ -100,10 +98,8 @@ def repeat_mean_ci(parts: Sequence[Part], n_boot: int = 1000, seed: int = 0,
         with _quiet():           # a metric undefined in every repeat (e.g. no positive call)
             mean = float(np.nanmean([pt[m] for pt in points]))
             dist = np.nanmean(np.stack([b[m] for b in boots]), axis=0)
-        dist = dist[~np.isnan(dist)]
-        lo, hi = (np.percentile(dist, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if dist.size
-                  else (np.nan, np.nan))
-        out[m] = (mean, float(lo), float(hi))
+        lo, hi, _ = stats.percentile_interval(dist, alpha)
+        out[m] = (mean, lo, hi)
     return out
 
 
@@ -123,11 +119,9 @@ def paired_difference(parts_a: Sequence[Part], parts_b: Sequence[Part], metric: 
         points.append(point_metrics(a)[metric] - point_metrics(b)[metric])
     with _quiet():
         d = np.nanmean(np.stack(diffs), axis=0)
-    d = d[~np.isnan(d)]
-    p = 2 * min((d <= 0).mean(), (d >= 0).mean()) if d.size else np.nan
-    lo, hi = np.percentile(d, [2.5, 97.5]) if d.size else (np.nan, np.nan)
-    return {"diff": float(np.mean(points)), "lo": float(lo), "hi": float(hi),
-            "p": float(min(p, 1.0)), "n_boot": int(d.size)}
+    lo, hi, ok = stats.percentile_interval(d)
+    return {"diff": float(np.mean(points)), "lo": lo, "hi": hi, "p": stats.bootstrap_p(d),
+            "n_boot": ok}
 
 
 class _quiet:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import Profile
-from ...metrics import interval_side
+from ...metrics import interval_position
 from .evaluate import METRICS
 from .features import load_encoder
 from .fusion import FeatureClassifier, MLPHead
@@ -124,33 +124,11 @@ def gradcam_task(result: TaskResult, profile: Profile, batch_size: int = 16,
 
 
 # ----------------------------------------------------------------------------- verdicts
-def range_verdict(value: float, lo: float, hi: float, claim: tuple[float, float]) -> str:
-    """Where a measured value and its 95% CI lie relative to a claimed range (or a single
-    claimed value, ``claim = (v, v)``)."""
-    if not np.isfinite(value):
-        return "not measurable"
-    point = claim[0] == claim[1]
-    if hi < claim[0]:
-        return "below the claim (CI excludes it)" if point else "below the claimed range"
-    if lo > claim[1]:
-        return "above the claim (CI excludes it)" if point else "above the claimed range"
-    if point:
-        return "consistent (CI contains the claim)"
-    if claim[0] <= value <= claim[1]:
-        return "inside the claimed range"
-    return "outside the range, CI overlaps it"
-
-
-def diff_verdict(lo: float, hi: float, what: str = "better") -> str:
-    """The paper's claim that fusion is ``what`` against our interval of fused minus single."""
-    return {1: f"reproduced ({what}, CI above 0)", -1: "contradicted (CI below 0)",
-            0: "not detected (CI contains 0)", None: "not measurable (no CI)"}[interval_side(lo, hi)]
-
-
 def range_claims(tables: Mapping[str, pd.DataFrame], fused: str = "attention",
                  classifier: str = "nn") -> pd.DataFrame:
-    """The paper's model (``fused`` features + ``classifier``) against section 4.1's ranges, and
-    the NN's MIAS accuracy against the conclusion's 94.5 %, per task."""
+    """The paper's model (``fused`` features + ``classifier``) measured for section 4.1's ranges,
+    and the NN's MIAS accuracy for the conclusion's 94.5 %, per task (the verdicts are the claims
+    table's: :mod:`bus_paper.papers.p004.claims`)."""
     rows = []
     for task, t in tables.items():
         sel = t[(t["set"] == fused) & (t["classifier"] == classifier)]
@@ -159,22 +137,20 @@ def range_claims(tables: Mapping[str, pd.DataFrame], fused: str = "attention",
         r = sel.iloc[0]
         for m, claim in PAPER_RANGES.items():
             rows.append({"task": task, "claim": f"{METRIC_NAMES[m]} {claim[0]:g}–{claim[1]:g} %",
-                         "measured": r[m], "lo": r[f"{m}_lo"], "hi": r[f"{m}_hi"],
-                         "verdict": range_verdict(r[m], r[f"{m}_lo"], r[f"{m}_hi"], claim)})
+                         "measured": r[m], "lo": r[f"{m}_lo"], "hi": r[f"{m}_hi"]})
         if task.startswith("mias"):
             v = PAPER_MIAS_NN_ACCURACY
             rows.append({"task": task, "claim": f"MIAS accuracy of the NN classifier {v} %",
                          "measured": r["accuracy"], "lo": r["accuracy_lo"],
-                         "hi": r["accuracy_hi"],
-                         "verdict": range_verdict(r["accuracy"], r["accuracy_lo"],
-                                                  r["accuracy_hi"], (v, v))})
+                         "hi": r["accuracy_hi"]})
     return pd.DataFrame(rows)
 
 
 def fusion_claims(results: Mapping[str, TaskResult], metric: str = "auc",
                   n_boot: int | None = None) -> pd.DataFrame:
     """Paired differences: each fused set minus each single backbone, and SSL minus random init,
-    per classifier (same test images and repeats), with a verdict."""
+    per classifier (same test images and repeats), with where the interval lies against 0
+    (``interval``: a description; the paper's claims get their verdicts in the claims table)."""
     rows = []
     for task, res in results.items():
         keys = {fs.key for fs in res.sets}
@@ -189,7 +165,7 @@ def fusion_claims(results: Mapping[str, TaskResult], metric: str = "auc",
             continue
         t = paired_table(res, pairs, metric, n_boot)
         t.insert(0, "task", task)
-        t["verdict"] = [diff_verdict(lo, hi) for lo, hi in zip(t["lo"], t["hi"])]
+        t["interval"] = [interval_position(lo, hi) for lo, hi in zip(t["lo"], t["hi"])]
         rows.append(t)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
@@ -257,5 +233,5 @@ def summary_metrics(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 __all__ = ["METRICS", "PAPER_MIAS_NN_ACCURACY", "PAPER_RANGES", "best_classifier",
-           "confusion_figure", "diff_verdict", "fusion_claims", "gradcam_models", "gradcam_task",
-           "prep_figure", "range_claims", "range_verdict", "summary_metrics"]
+           "confusion_figure", "fusion_claims", "gradcam_models", "gradcam_task",
+           "prep_figure", "range_claims", "summary_metrics"]
