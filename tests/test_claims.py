@@ -129,7 +129,7 @@ def test_claims_table_follows_the_legend_and_the_learning_checks(results):
     assert papers.source_files(t, "002") == ["paper002/verdicts.csv"]
     assert "tested on" in shown.columns and "source" not in shown.columns
     html = papers.styled(shown).to_html()
-    assert "min-width: 16em" in html and "row_heading" not in html   # no row numbers
+    assert "min-width: 14em" in html and "row_heading" not in html   # no row numbers
 
 
 def test_direction_only_claims_and_seed_checks():

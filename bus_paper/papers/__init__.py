@@ -15,6 +15,7 @@ from .table import (
     PAPERS,
     TITLES,
     claims_table,
+    compact,
     display,
     source_files,
     sources,
@@ -23,5 +24,5 @@ from .table import (
     verdict_counts,
 )
 
-__all__ = ["COLUMNS", "PAPERS", "TITLES", "claims_table", "display", "source_files", "sources",
+__all__ = ["COLUMNS", "PAPERS", "TITLES", "claims_table", "compact", "display", "source_files", "sources",
            "styled", "summary", "verdict_counts"]

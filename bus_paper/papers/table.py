@@ -141,17 +141,24 @@ def source_files(table: pd.DataFrame, paper: str) -> list[str]:
 
 # Column widths for the claims tables: the claim's words need room; the verdict and the numbers
 # should not break inside an interval. Scoped to the table by pandas' Styler (its own id).
-_STYLE = [{"selector": "", "props": "font-size: 0.85em; border-collapse: collapse;"},
-          {"selector": "th, td", "props": "vertical-align: top; padding: 0.25em 0.5em;"},
-          {"selector": "td.col0", "props": "min-width: 16em;"},
+_STYLE = [{"selector": "", "props": "border-collapse: collapse;"},
+          {"selector": "th, td", "props": "font-size: 0.85rem; vertical-align: top; "
+                                          "padding: 0.2em 0.45em;"},
+          {"selector": "td.col0", "props": "min-width: 14em;"},
           {"selector": "td.col2", "props": "white-space: nowrap;"},
-          {"selector": "td.col4", "props": "min-width: 9em;"}]
+          {"selector": "td.col4", "props": "min-width: 8em;"}]
 
 
 def styled(rows: pd.DataFrame):
     """:func:`display`'s rows as an HTML table for the book: no row numbers, the claim column wide
     enough to read, the numbers kept on one line."""
     return rows.style.hide(axis="index").set_table_styles(_STYLE)
+
+
+def compact(table: pd.DataFrame):
+    """Any small table of the claims pages (counts, sources) in the claims tables' type size,
+    without row numbers."""
+    return table.style.hide(axis="index").set_table_styles(_STYLE[:2])
 
 
 def summary(table: pd.DataFrame) -> str:
