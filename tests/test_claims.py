@@ -175,8 +175,9 @@ def test_findings_block_is_made_from_the_claims_table(tmp_path):
     block = pages.intro_blocks(book, book / "chapters")["findings"]
     assert "**AUC on BUSI**: 81.1 (73.0–88.2) % against the paper's 97.25: *smaller than " \
            "claimed*" in block
-    assert f"| paper | {S.SMALLER} | {S.NOT_TESTED} | claims |" in block
-    assert f"| {pages.PAPER_NAMES['002']} | 0 | 1 | 1 |" in block
+    assert "| verdict | 000 Wang | 002 Guo | all |" in block
+    assert f"| {S.SMALLER} | 1 | 0 | 1 |" in block and f"| {S.NOT_TESTED} | 0 | 1 | 1 |" in block
+    assert "| claims | 1 | 1 | 2 |" in block
     assert "untested, not refuted" in block
     assert "Cross-site performance has not been measured yet" in block
     cpu = load_profile("cpu")
