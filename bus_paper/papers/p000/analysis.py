@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ...core.stats import two_level_metrics
-from ...metrics import METRICS, binary_metrics
+from ...metrics import METRICS, binary_metrics, interval_side
 from ..literature import METRICS as REPORTED
 from ..literature import paper_000
 
@@ -158,7 +158,11 @@ def knn_label_agreement(emb: np.ndarray, labels: Sequence[Any], groups: Sequence
     accuracy must beat), ``n`` and ``k``. Random embeddings give AUC ~0.5; an embedding that
     separates the classes gives ~1.
     """
-    y, score, k_eff = knn_scores(emb, labels, groups, k, positive)
+    return _agreement(*knn_scores(emb, labels, groups, k, positive))
+
+
+def _agreement(y: np.ndarray, score: np.ndarray, k_eff: int) -> dict[str, float]:
+    """:func:`knn_label_agreement`'s numbers from :func:`knn_scores`' labels and scores."""
     pred = (score > 0.5).astype(int)
     m = binary_metrics(y, score, threshold=0.5 + 1e-9)  # vote: strictly more than half
     balanced = np.nanmean([m["recall"], m["specificity"]])
@@ -191,8 +195,8 @@ def knn_probe_table(embeddings: Mapping[str, np.ndarray], rows: pd.DataFrame,
         labels, groups = rows.loc[m, "label"], rows.loc[m, "group"].astype(str).to_numpy()
         scores = {}
         for name in names:
-            r = knn_label_agreement(embeddings[name][m], labels, groups, k=k)
-            y, scores[name], _ = knn_scores(embeddings[name][m], labels, groups, k)
+            y, scores[name], k_eff = knn_scores(embeddings[name][m], labels, groups, k)
+            r = _agreement(y, scores[name], k_eff)
             ci = two_level_bootstrap(y, scores[name], clusters=groups, n_boot=n_boot, seed=seed)
             probe.append({"dataset": dataset, "encoder": name, "groups": ci.n_clusters, **r,
                           "auc_pct": 100 * r["auc"], "ci_low": ci.lo, "ci_high": ci.hi})
@@ -230,10 +234,10 @@ def describe_knn_probe(probe: pd.DataFrame, difference: pd.DataFrame) -> str:
         auc = {name: f"{r['auc_pct']:.1f} % ({r['ci_low']:.1f} to {r['ci_high']:.1f})"
                for name, r in side.iterrows()}
 
-        if d["ci_low"] > 0:
-            reading = f"the {a} embedding carries more label information than the {b} one"
-        elif d["ci_high"] < 0:
-            reading = f"the {a} embedding carries less label information than the {b} one"
+        side = interval_side(d["ci_low"], d["ci_high"])
+        if side:
+            more = "more" if side > 0 else "less"
+            reading = f"the {a} embedding carries {more} label information than the {b} one"
         else:
             reading = ("the interval includes 0: at this sample the probe cannot tell the two "
                        "embeddings apart")

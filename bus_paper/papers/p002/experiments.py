@@ -32,7 +32,12 @@ import numpy as np
 import pandas as pd
 
 from ...config import as_list
-from ...core.stats import weighted_auc, weighted_metric  # weighted_auc: re-exported
+from ...core.stats import (  # weighted_auc: re-exported
+    bootstrap_p,
+    percentile_interval,
+    weighted_auc,
+    weighted_metric,
+)
 from ...metrics import binary_metrics, choose_threshold
 from ..literature import load_numbers
 from .train import N_FOLDS, PAPER_SETTINGS, VARIANT_NAMES, Settings, settings_for
@@ -292,15 +297,14 @@ def paired_difference(results: Sequence[dict[str, Any]], a: str, b: str, metric:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN rows: an undefined resample
             d = np.nanmean(np.vstack(boots), axis=0)
-    d = 100 * d[np.isfinite(d)]
+    d = 100 * d
     delta = 100 * float(np.nanmean(observed)) if np.isfinite(observed).any() else float("nan")
-    p = 2 * min((d <= 0).mean(), (d >= 0).mean()) if d.size else float("nan")
-    lo, hi = (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))) if d.size else (
-        float("nan"), float("nan"))   # the metric is undefined in every resample (e.g. no errors)
+    # NaN interval and p when the metric is undefined in every resample (e.g. no errors)
+    lo, hi, ok = percentile_interval(d)
     return {"a": a, "b": b, "metric": metric, "level": level, "diff": delta, "lo": lo, "hi": hi,
-            "p": float(min(p, 1.0)), "folds": [100 * x for x in observed],
+            "p": bootstrap_p(d), "folds": [100 * x for x in observed],
             "a_better_folds": int(sum(x > 0 for x in observed)), "n_folds": len(folds),
-            "n_boot": int(d.size)}
+            "n_boot": ok}
 
 
 # ----------------------------------------------------------------------------- claims and verdicts

@@ -60,7 +60,7 @@ from ...train.engine import (
     seed_everything,
     select_device,
 )
-from ...train.finetuning import predict_best_epoch, write_finished_run
+from ...train.finetuning import PARTS, predict_best_epoch, write_finished_run
 from .loss import VARIANTS, LesionContrastiveLoss
 
 #: every variant of Tables 1-2, in the order the chapter shows them
@@ -409,7 +409,7 @@ def run_fold(profile: Profile, root: str | Path | None, variant: str, fold: int,
     probs, threshold, preds = predict_best_epoch(
         stage, lambda s: predict_proba(stage.model.m, data.x[s], data.normalizer,
                                        settings.image_size, profile.run),
-        {s: data.y[s].numpy() for s in ("val", "test")},
+        {s: data.y[s].numpy() for s in PARTS},
         lambda s: {"path": data.paths[s], "fold": fold, "lesion": data.lesion[s]})
     preds = preds[["path", "split", "fold", "lesion", "label", "prob"]]
     metrics = binary_metrics(data.y["test"].numpy(), probs["test"], threshold)
