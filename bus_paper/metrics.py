@@ -127,64 +127,16 @@ def position_counts(lo, hi) -> str:
 
 
 def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap (1 - alpha) intervals of every metric, resampling images."""
+                 alpha: float = 0.05, clusters=None) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap (1 - alpha) intervals of every metric of one run, as fractions,
+    resampling clusters of images (``clusters``: one id per image, e.g. the split group; None:
+    every image its own): :func:`bus_paper.core.stats.two_level_metrics` with a single run (the
+    same draws, and numbers, as the image loop this function once was)."""
+    from .core.stats import two_level_metrics
     y, p = _check(y_true, prob)
-    rng = np.random.default_rng(seed)
-    samples = {m: [] for m in METRICS}
-    for _ in range(n_boot):
-        idx = rng.integers(0, y.size, y.size)
-        m = binary_metrics(y[idx], p[idx], threshold)
-        for k in METRICS:
-            samples[k].append(m[k])
-    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
-    return {k: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi)))
-            for k, v in samples.items()}
-
-
-def _runs(y: np.ndarray, prob, threshold) -> tuple[list[np.ndarray], list[float]]:
-    """One probability array (one run) or several (e.g. one per fine-tuning seed), with one
-    threshold for all or one per run."""
-    arr = np.asarray(prob, dtype=float)
-    probs = [arr] if arr.ndim == 1 else list(arr)
-    probs = [_check(y, p)[1] for p in probs]
-    thresholds = ([float(threshold)] * len(probs) if np.isscalar(threshold)
-                  else [float(t) for t in threshold])
-    if len(thresholds) != len(probs):
-        raise ValueError(f"{len(thresholds)} thresholds for {len(probs)} runs")
-    return probs, thresholds
-
-
-def paired_bootstrap(y_true, prob_a, prob_b, metric: str = "auc", threshold_a=0.5,
-                     threshold_b=0.5, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Difference ``metric(a) - metric(b)`` on the same images, with a paired bootstrap CI and p-value.
-
-    Each side is one run (a probability array and its threshold) or several runs of one model
-    (a list of arrays, e.g. one per fine-tuning seed, with one threshold each): its value is then
-    the mean of ``metric`` over its runs, and every resample of images scores every run.
-    ``n_boot`` in the result counts the resamples where the metric was defined.
-    """
-    y = np.asarray(y_true).astype(int).ravel()   # _runs checks it against every run
-    pa, ta = _runs(y, prob_a, threshold_a)
-    pb, tb = _runs(y, prob_b, threshold_b)
-
-    def side(idx: np.ndarray, probs: list[np.ndarray], thresholds: list[float]) -> float:
-        return float(np.mean([binary_metrics(y[idx], p[idx], t)[metric]
-                              for p, t in zip(probs, thresholds)]))
-
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, y.size, y.size)
-        diffs.append(side(idx, pa, ta) - side(idx, pb, tb))
-    d = np.asarray(diffs)
-    d = d[~np.isnan(d)]
-    every = np.arange(y.size)
-    delta = side(every, pa, ta) - side(every, pb, tb)
-    # two-sided p: how often the resampled difference falls on the other side of zero
-    p = 2 * min((d <= 0).mean(), (d >= 0).mean()) if d.size else float("nan")
-    return {"delta": float(delta), "lo": float(np.percentile(d, 2.5)),
-            "hi": float(np.percentile(d, 97.5)), "p": float(min(p, 1.0)), "n_boot": int(d.size)}
+    iv = two_level_metrics(y, p[None], [threshold], clusters, metrics=METRICS, n_boot=n_boot,
+                           seed=seed, alpha=alpha)
+    return {m: (iv[m].lo, iv[m].hi) for m in METRICS}
 
 
 def summarize_runs(rows: list[dict[str, float]], metrics=METRICS) -> dict[str, tuple[float, float]]:

@@ -186,6 +186,27 @@ def test_paired_localisation_finds_a_real_difference_and_not_a_null_one():
     assert null.loc["energy", "diff"] == 0 and null.loc["energy", "p"] == 1.0
 
 
+def test_localisation_intervals_count_clusters_and_seeds():
+    """Four images of one lesion are one piece of evidence: with their cluster the interval widens
+    (as if 40 images, not 160); two seeds that disagree widen it too."""
+    rng = np.random.default_rng(3)
+    base = _scores(rng)
+    base = base[(base.model == "base") & (base.seed == 0) & base.energy.notna()]
+    copies = pd.concat([base.assign(path=base.path + f"_{k}", cluster=base.path) for k in range(4)])
+    naive = explain.localisation_summary(copies.drop(columns="cluster"), n_boot=1000).iloc[0]
+    grouped = explain.localisation_summary(copies, n_boot=1000).iloc[0]
+    assert (naive["images"], naive["clusters"], grouped["clusters"]) == (160, 160, 40)
+    assert grouped["energy"] == pytest.approx(naive["energy"])
+    assert grouped["energy_hi"] - grouped["energy_lo"] > 1.5 * (naive["energy_hi"] - naive["energy_lo"])
+    other = base.assign(seed=1, energy=np.clip(base.energy + 0.3, 0, 1))
+    one = explain.localisation_summary(base, n_boot=1000).iloc[0]
+    two = explain.localisation_summary(pd.concat([base, other]), n_boot=1000).iloc[0]
+    assert two["seeds"] == 2 and two["energy"] == pytest.approx(one["energy"] + 15)
+    assert two["energy_hi"] - two["energy_lo"] > 3 * (one["energy_hi"] - one["energy_lo"])
+    with pytest.raises(ValueError, match="disagree"):
+        explain.localisation_summary(pd.concat([copies, copies.assign(seed=1, cluster="x")]))
+
+
 def test_load_test_with_masks_matches_the_training_preprocessing(phantom_root):
     frame = build_manifest(phantom_root, ["busi"]).frame
     frame = frame[frame["label"].isin(["benign", "malignant"])]

@@ -9,7 +9,6 @@ from bus_paper.metrics import (
     choose_threshold,
     interval_position,
     interval_side,
-    paired_bootstrap,
 )
 
 
@@ -73,30 +72,26 @@ def test_bootstrap_ci_brackets_point_estimate_and_shrinks_with_n():
     assert width(1000) < width(60)
 
 
-def test_paired_bootstrap_detects_real_difference_only():
-    rng = np.random.default_rng(2)
-    y = rng.integers(0, 2, 300)
-    good = np.clip(0.5 * y + 0.5 * rng.random(300), 0, 1)
-    bad = rng.random(300)
-    res = paired_bootstrap(y, good, bad, n_boot=300)
-    assert res["delta"] > 0.2 and res["lo"] > 0 and res["p"] < 0.01
-    same = paired_bootstrap(y, good, good, n_boot=100)
-    assert same["delta"] == 0 and same["p"] == 1.0
-
-
-def test_paired_bootstrap_of_seed_sets_is_the_difference_of_seed_means():
-    rng = np.random.default_rng(4)
-    y = rng.integers(0, 2, 120)
-    a = [np.clip(0.4 * y + 0.6 * rng.random(120), 0, 1) for _ in range(3)]
-    b = [rng.random(120) for _ in range(2)]
-    res = paired_bootstrap(y, a, b, "accuracy", [0.4, 0.5, 0.6], 0.5, n_boot=200)
-    expect = (np.mean([binary_metrics(y, p, t)["accuracy"] for p, t in zip(a, [0.4, 0.5, 0.6])])
-              - np.mean([binary_metrics(y, p, 0.5)["accuracy"] for p in b]))
-    assert res["delta"] == pytest.approx(expect) and res["n_boot"] == 200
-    one = paired_bootstrap(y, a[:1], b[:1], n_boot=100)   # a list of one run = that run
-    assert one == paired_bootstrap(y, a[0], b[0], n_boot=100)
-    with pytest.raises(ValueError, match="2 thresholds for 3 runs"):
-        paired_bootstrap(y, a, b, threshold_a=[0.5, 0.5])
+def test_bootstrap_ci_is_the_image_loop_and_counts_clusters():
+    """Without clusters: the same numbers as the loop that resampled images and scored each
+    resample with binary_metrics (what this function was). With clusters of duplicates: wider."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    p = np.clip(0.3 * y + 0.7 * rng.random(60), 0, 1)
+    got = bootstrap_ci(y, p, 0.5, n_boot=400, seed=7)
+    draw = np.random.default_rng(7)
+    loop = {m: [] for m in got}
+    for _ in range(400):
+        idx = draw.integers(0, 60, 60)
+        for m, v in binary_metrics(y[idx], p[idx], 0.5).items():
+            if m in loop:
+                loop[m].append(v)
+    for m, (lo, hi) in got.items():
+        assert (lo, hi) == pytest.approx(tuple(np.nanpercentile(loop[m], [2.5, 97.5])), abs=1e-12)
+    y4, p4 = np.repeat(y, 4), np.repeat(p, 4)
+    naive = bootstrap_ci(y4, p4, 0.5, n_boot=400)["auc"]
+    grouped = bootstrap_ci(y4, p4, 0.5, n_boot=400, clusters=np.repeat(np.arange(60), 4))["auc"]
+    assert grouped[1] - grouped[0] > 1.5 * (naive[1] - naive[0])
 
 
 def test_every_interval_reads_the_same_side_of_zero():

@@ -135,6 +135,45 @@ def test_paired_runs_use_one_draw():
         S.two_level_bootstrap(y, pa, pa[:2], paired_runs=True)
 
 
+def test_mean_points_two_level_equals_a_literal_loop():
+    """Scores that are not predictions (a heatmap's share in the lesion): the two-level interval of
+    their mean is the loop that draws clusters, then runs, and averages the drawn images' scores,
+    leaving out the unscored (NaN) ones."""
+    rng = np.random.default_rng(4)
+    n, runs, B, seed = 30, 3, 150, 5
+    va, vb = rng.random((runs, n)), rng.random((2, n)) * 0.5
+    va[:, 7] = vb[:, 7] = np.nan                       # an image without a mask
+    clusters = np.arange(n) // 2
+    got = S.two_level_bootstrap(np.zeros(n), va, vb, clusters, statistic=S.mean_points,
+                                n_boot=B, seed=seed)
+    rng = np.random.default_rng(seed)
+    C = n // 2
+    draws = rng.integers(0, C, size=(B, C))
+    ra, rb = rng.integers(0, runs, size=(B, runs)), rng.integers(0, 2, size=(B, 2))
+    ref = []
+    for b in range(B):
+        idx = np.concatenate([np.flatnonzero(clusters == c) for c in draws[b]])
+        ref.append(100 * (np.mean([np.nanmean(va[r][idx]) for r in ra[b]])
+                          - np.mean([np.nanmean(vb[r][idx]) for r in rb[b]])))
+    assert got.lo == pytest.approx(np.percentile(ref, 2.5), abs=1e-9)
+    assert got.hi == pytest.approx(np.percentile(ref, 97.5), abs=1e-9)
+    assert got.estimate == pytest.approx(100 * (np.nanmean(va) - np.nanmean(vb)), abs=1e-9)
+    assert got.p == pytest.approx(S.bootstrap_p(ref)) and got.p < 0.01
+    assert math.isnan(S.two_level_bootstrap(np.zeros(n), va, statistic=S.mean_points, n_boot=10).p)
+
+
+def test_ece_points_is_the_calibration_error_of_the_drawn_images():
+    from bus_paper.core.calibration import expected_calibration_error
+    y, p = _data(n=90, runs=2)
+    w = np.random.default_rng(0).multinomial(90, np.full(90, 1 / 90), size=5)
+    got = S.ece_points(10)(y, p[0], w)
+    for b in range(5):
+        idx = np.repeat(np.arange(90), w[b])
+        assert got[b] == pytest.approx(100 * expected_calibration_error(y[idx], p[0][idx], 10))
+    assert S.ece_points(10)(y, p[0], np.ones((1, 90)))[0] == pytest.approx(
+        100 * expected_calibration_error(y, p[0], 10))
+
+
 def test_core_doctests():
     """The examples in the core library's docstrings are true (they once went stale unseen)."""
     import doctest

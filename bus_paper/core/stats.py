@@ -230,6 +230,7 @@ class Interval:
     n_clusters: int
     n_runs: int
     n_boot: int   # replicates where the statistic was defined
+    p: float = math.nan   # two-sided bootstrap p of a difference (NaN for a single side)
 
 
 def _as_runs(prob, n: int) -> np.ndarray:
@@ -357,7 +358,39 @@ def two_level_bootstrap(y, prob_a, prob_b=None, clusters=None, *, statistic: Sta
         values = values - side(pb, runs_b)
         estimate -= whole(pb)
     lo, hi, ok = _percentiles(values, alpha)
-    return Interval(estimate, lo, hi, n, n_clusters, len(pa), ok)
+    return Interval(estimate, lo, hi, n, n_clusters, len(pa), ok,
+                    bootstrap_p(values) if pb is not None else math.nan)
+
+
+def mean_points(y: np.ndarray, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """A :data:`Statistic` for per-image scores that are not predictions (a heatmap's share of
+    energy in the lesion, a pointing-game hit): 100 x their weighted mean for each row of
+    ``weights`` [B, n]; NaN scores (an image without a mask) count with weight 0. ``y`` is unused.
+
+    >>> mean_points(None, np.array([0.2, np.nan, 0.6]), np.array([[1, 1, 1], [0, 5, 3]])).round(6).tolist()
+    [40.0, 60.0]
+    """
+    v = np.asarray(values, dtype=float)
+    w = np.atleast_2d(np.asarray(weights, dtype=float)) * np.isfinite(v)
+    total = w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100 * np.where(total > 0, (w * np.nan_to_num(v)).sum(1) / total, np.nan)
+
+
+def ece_points(bins: int = 10) -> Statistic:
+    """A :data:`Statistic`: the expected calibration error (count-weighted mean |observed
+    frequency - mean prediction| over ``bins`` equal-width bins of predicted probability, as
+    :func:`bus_paper.core.calibration.expected_calibration_error`) in percentage points, for each
+    row of case weights [B, n]."""
+    def ece(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+        w = np.atleast_2d(np.asarray(weights, dtype=float))
+        onehot = np.eye(bins)[np.clip((p * bins).astype(int), 0, bins - 1)]   # [n, bins]
+        gap = w @ (onehot * (y - p)[:, None])                                # [B, bins]
+        total = w.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 100 * np.where(total > 0, np.abs(gap).sum(1) / total, np.nan)
+    return ece
 
 
 # ----------------------------------------------------------------------------- metrics, two levels

@@ -166,14 +166,15 @@ def load_test_with_masks(result: Mapping[str, Any], root: str | Path, image_size
     """The test images of a fine-tuning ``result`` with their lesion masks, preprocessed as in
     training (padded to a square, resized; nearest for the masks, the union of an image's masks).
 
-    Returns (``path, label, prob`` of the run's test predictions, sorted by path; uint8 images
+    Returns (``path, label, prob`` of the run's test predictions, sorted by path, and ``cluster``
+    where the predictions record it: the two-level intervals resample it; uint8 images
     ``[N, S, S]``; bool masks ``[N, S, S]``), in the same order.
     """
     from ..data.manifest import build_manifest
     from ..data.preprocess import load_images
     pred = result["predictions"]
-    test = (pred[pred["split"] == "test"].sort_values("path")[["path", "label", "prob"]]
-            .reset_index(drop=True))
+    cols = ["path", "label", "prob", *(["cluster"] if "cluster" in pred.columns else [])]
+    test = pred[pred["split"] == "test"].sort_values("path")[cols].reset_index(drop=True)
     if test.empty:
         raise ValueError(f"run {result.get('run_dir', '?')} has no test predictions")
     frame = build_manifest(root, [result["dataset"]]).frame.set_index("path")
@@ -197,75 +198,96 @@ def pick_examples(labels: Sequence[int], masks: np.ndarray, n_per_class: int = 2
 
 
 # ----------------------------------------------------------------------------- summaries
-def _boot_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    idx = rng.integers(0, values.size, (n_boot, values.size))
-    return values[idx].mean(axis=1)
-
-
-def _per_image(scores: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Seed-mean of each image's scores (the split does not depend on the seed), scored images."""
+def _scored(scores: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The scored rows (an image without a mask has NaN scores), with the columns checked."""
     need = set(keys) | {"path", "energy", "hit", "mask_share"}
     if missing := need - set(scores.columns):
         raise ValueError(f"scores lack column(s) {sorted(missing)}")
-    scored = scores[scores["energy"].notna() & scores["hit"].notna()]
-    extra = [c for c in ("empty_cam",) if c in scored.columns]
-    agg = {"energy": "mean", "hit": "mean", "mask_share": "mean", **{c: "mean" for c in extra}}
-    if "seed" in scored.columns:
-        agg["seed"] = "nunique"
-    return scored.groupby([*keys, "path"], sort=False).agg(agg).reset_index()
+    return scores[scores["energy"].notna() & scores["hit"].notna()]
+
+
+def _runs_by_image(g: pd.DataFrame, paths: Sequence[str], score: str) -> np.ndarray:
+    """[runs, images] of one score: a row per fine-tuning seed (one row without a seed column),
+    a column per image in ``paths``; NaN where a run did not score the image."""
+    run = g["seed"] if "seed" in g.columns else pd.Series(0, index=g.index)
+    wide = g.assign(_run=run).pivot_table(index="_run", columns="path", values=score,
+                                          aggfunc="mean", dropna=False)
+    return wide.reindex(columns=list(paths)).to_numpy(dtype=float)
+
+
+def _clusters(g: pd.DataFrame, paths: Sequence[str]) -> np.ndarray | None:
+    """Each image's cluster (patient, lesion or duplicate group: the ``cluster`` column of the run's
+    predictions), in ``paths``' order; None when the scores do not carry it (every image is then
+    its own cluster)."""
+    if "cluster" not in g.columns or g["cluster"].isna().any():
+        return None
+    ids = g.groupby("path", sort=False)["cluster"].agg(lambda c: c.astype(str).unique().tolist())
+    if (ids.str.len() > 1).any():
+        raise ValueError("the runs disagree on an image's cluster")
+    return ids.reindex(list(paths)).str[0].to_numpy()
 
 
 def localisation_summary(scores: pd.DataFrame, by: Sequence[str] = ("dataset", "model"),
                          n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
-    """Per group: mean share of heatmap energy in the mask and pointing-game hit rate (each
-    image's seed-mean, then the mean over images) with percentile-bootstrap CIs over images, in %,
-    beside the chance level (mean mask share of the image). Unscored images (no mask) are left out.
+    """Per group: mean share of heatmap energy in the mask and pointing-game hit rate (mean over
+    seeds of the mean over images), in %, beside the chance level (mean mask share of the image).
+    The intervals are two-level (:func:`bus_paper.core.stats.two_level_bootstrap`): each replicate
+    draws the seeds, then clusters of test images (a ``cluster`` column of ``scores``; without it
+    every image is its own). Unscored images (no mask) are left out.
     """
+    from ..core.stats import mean_points, two_level_bootstrap
     by = list(by)
-    img = _per_image(scores, by)
-    q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+    scored = _scored(scores, by)
     rows = []
-    for key, g in img.groupby(by, sort=False):
+    for key, g in scored.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        rng = np.random.default_rng(seed)
-        row = dict(zip(by, key)) | {"images": len(g)}
-        if "seed" in g.columns:
-            row["seeds"] = int(g["seed"].max())
+        paths = list(dict.fromkeys(g["path"]))
+        clusters = _clusters(g, paths)
+        row = dict(zip(by, key)) | {"images": len(paths)}
         for m in ("energy", "hit"):
-            v = g[m].to_numpy(dtype=float)
-            lo, hi = np.percentile(_boot_means(v, n_boot, rng), q)
-            row |= {m: 100 * v.mean(), f"{m}_lo": 100 * lo, f"{m}_hi": 100 * hi}
-        row["chance"] = 100 * g["mask_share"].mean()
+            v = _runs_by_image(g, paths, m)
+            ci = two_level_bootstrap(np.zeros(len(paths)), v, clusters=clusters,
+                                     statistic=mean_points, n_boot=n_boot, seed=seed, alpha=alpha)
+            row |= {m: ci.estimate, f"{m}_lo": ci.lo, f"{m}_hi": ci.hi}
+        row |= {"seeds": int(ci.n_runs), "clusters": int(ci.n_clusters)}
+        img = g.groupby("path", sort=False)
+        row["chance"] = 100 * img["mask_share"].mean().mean()
         if "empty_cam" in g.columns:
-            row["empty_cam"] = 100 * g["empty_cam"].mean()
+            row["empty_cam"] = 100 * img["empty_cam"].mean().mean()
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def paired_localisation(scores: pd.DataFrame, a: str, b: str, by: Sequence[str] = ("dataset",),
-                        model_col: str = "model", n_boot: int = 2000, seed: int = 0
-                        ) -> pd.DataFrame:
+                        model_col: str = "model", n_boot: int = 2000, seed: int = 0,
+                        paired_runs: bool = False) -> pd.DataFrame:
     """Model ``a`` minus model ``b`` on the same images, per group and score (energy, hit): the
-    difference of means in percentage points, a paired percentile-bootstrap 95% CI over images and
-    a two-sided p-value (share of resamples on the other side of 0, doubled). Only images both
-    models were scored on enter."""
+    difference of means in percentage points, with a paired two-level 95% interval (the seeds of
+    each side drawn independently, or by one draw when ``paired_runs``: two explanation methods of
+    the same seeds' models; the clusters of images once for both) and a two-sided bootstrap p.
+    Only images both were scored on enter."""
+    from ..core.stats import mean_points, two_level_bootstrap
     by = list(by)
-    img = _per_image(scores[scores[model_col].isin([a, b])], [*by, model_col])
-    wide = img.pivot_table(index=[*by, "path"], columns=model_col, values=["energy", "hit"])
+    scored = _scored(scores[scores[model_col].isin([a, b])], [*by, model_col])
     rows = []
-    for key, g in wide.groupby(level=list(range(len(by))), sort=False):
+    for key, g in scored.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
+        ga, gb = g[g[model_col] == a], g[g[model_col] == b]
+        paths = [p for p in dict.fromkeys(ga["path"]) if p in set(gb["path"])]
+        if not paths:
+            continue
+        clusters = _clusters(g, paths)
         for m in ("energy", "hit"):
-            pair = g[m].reindex(columns=[a, b]).dropna()
-            if pair.empty:
-                continue
-            d = (pair[a] - pair[b]).to_numpy(dtype=float)
-            boots = _boot_means(d, n_boot, np.random.default_rng(seed))
-            lo, hi = np.percentile(boots, [2.5, 97.5])
-            p = min(1.0, 2 * min((boots <= 0).mean(), (boots >= 0).mean()))
+            va, vb = _runs_by_image(ga, paths, m), _runs_by_image(gb, paths, m)
+            if paired_runs and "seed" in g.columns and set(ga["seed"]) != set(gb["seed"]):
+                raise ValueError(f"paired runs need the same seeds for {a} and {b}")
+            d = two_level_bootstrap(np.zeros(len(paths)), va, vb, clusters, statistic=mean_points,
+                                    n_boot=n_boot, seed=seed, paired_runs=paired_runs)
+            mean = {k: float(np.nanmean(np.nanmean(v, axis=0))) for k, v in ((a, va), (b, vb))}
             rows.append(dict(zip(by, key)) | {
-                "score": m, "images": len(d), a: 100 * pair[a].mean(), b: 100 * pair[b].mean(),
-                "diff": 100 * d.mean(), "lo": 100 * lo, "hi": 100 * hi, "p": float(p)})
+                "score": m, "images": len(paths), "clusters": d.n_clusters,
+                a: 100 * mean[a], b: 100 * mean[b], "diff": d.estimate, "lo": d.lo, "hi": d.hi,
+                "p": d.p})
     return pd.DataFrame(rows)
 
 

@@ -179,7 +179,8 @@ def finetune(profile: Profile, dataset: str, seed: int = 0, root: str | Path | N
     probs, threshold, preds = select_and_predict(stage, data, profile)
     y_test = data.y["test"].numpy()
     metrics = binary_metrics(y_test, probs["test"], threshold)
-    ci = bootstrap_ci(y_test, probs["test"], threshold, n_boot=1000, seed=seed)
+    ci = bootstrap_ci(y_test, probs["test"], threshold, n_boot=1000, seed=seed,
+                      clusters=data.clusters("test"))   # clusters: duplicates count once
     result = {"dataset": dataset, "seed": seed, "profile": profile.name, "threshold": threshold,
               "recipe_version": recipe_version("finetune"),
               "metrics": metrics, "ci": ci, "history": history.epochs,

@@ -317,34 +317,33 @@ def calibration_table(transfers: Sequence[Mapping[str, Any]],
                       sources: Mapping[tuple[Any, str, int], Mapping[str, Any]],
                       bins: int = 10, n_boot: int = 1000, seed: int = 0,
                       temps: Mapping[tuple[Any, str, int], float] | None = None) -> pd.DataFrame:
-    """ECE (in %) before and after temperature scaling, per (row, train, test), seed mean with a
-    bootstrap CI over test images. The temperature of a run is fitted on its own training site's
-    validation predictions (``sources[row, train, seed]``, a fine-tuning result), never on the
-    tested site; ``temps`` passes them in when :func:`temperatures` was already called."""
+    """ECE (in %) before and after temperature scaling, per (row, train, test): the seed mean with
+    a two-level interval (:func:`bus_paper.core.stats.two_level_bootstrap`: seeds, then clusters
+    of test images); the change (after - before) is paired on seeds and images. The temperature of
+    a run is fitted on its own training site's validation predictions (``sources[row, train,
+    seed]``, a fine-tuning result), never on the tested site; ``temps`` passes them in when
+    :func:`temperatures` was already called."""
+    from ...core.stats import ece_points, two_level_bootstrap
     temps = temperatures(sources) if temps is None else temps
     groups: dict[tuple[Any, str, str], list[Mapping[str, Any]]] = {}
     for t in transfers:
         groups.setdefault((t.get("row"), t["train"], t["dataset"]), []).append(t)
-    rng = np.random.default_rng(seed)
+    statistic = ece_points(bins)
     rows = []
     for (row, train, test), runs in groups.items():
         y, probs, _ = aligned_test_predictions(runs)
+        clusters = test_clusters(runs)
         ts = [temps[row, train, int(r["seed"])] for r in runs]
-        after = [scale(p, t) for p, t in zip(probs, ts)]
-
-        def ece(idx, ps, y=y):
-            return float(np.mean([expected_calibration_error(y[idx], p[idx], bins) for p in ps]))
-
-        full = np.arange(y.size)
-        boots = [rng.integers(0, y.size, y.size) for _ in range(n_boot)]
+        after = np.stack([scale(p, t) for p, t in zip(probs, ts)])
         out = {"row": row, "train": train, "test": test, "seeds": len(runs),
-               "within": train == test, "temperature": float(np.mean(ts))}
-        for name, ps in (("ece_before", probs), ("ece_after", after)):
-            vals = [ece(b, ps) for b in boots]
-            out[name] = 100 * ece(full, ps)
-            out[f"{name}_lo"], out[f"{name}_hi"] = (100 * v for v in np.percentile(vals, [2.5, 97.5]))
-        d = [ece(b, after) - ece(b, probs) for b in boots]
-        out["change"] = out["ece_after"] - out["ece_before"]
-        out["change_lo"], out["change_hi"] = (100 * v for v in np.percentile(d, [2.5, 97.5]))
+               "clusters": cluster_count(clusters, len(y)), "within": train == test,
+               "temperature": float(np.mean(ts))}
+        for name, ps in (("ece_before", np.stack(probs)), ("ece_after", after)):
+            ci = two_level_bootstrap(y, ps, clusters=clusters, statistic=statistic,
+                                     n_boot=n_boot, seed=seed)
+            out |= {name: ci.estimate, f"{name}_lo": ci.lo, f"{name}_hi": ci.hi}
+        d = two_level_bootstrap(y, after, np.stack(probs), clusters, statistic=statistic,
+                                n_boot=n_boot, seed=seed, paired_runs=True)
+        out |= {"change": d.estimate, "change_lo": d.lo, "change_hi": d.hi}
         rows.append(out)
     return pd.DataFrame(rows)

@@ -34,6 +34,7 @@ import pandas as pd
 from ...config import as_list
 from ...core.stats import (  # weighted_auc: re-exported
     bootstrap_p,
+    cluster_weights,
     percentile_interval,
     weighted_auc,
     weighted_metric,
@@ -289,8 +290,8 @@ def paired_difference(results: Sequence[dict[str, Any]], a: str, b: str, metric:
             raise ValueError(f"fold {fold}: {a} and {b} were tested on different images")
         ones = np.ones((1, fa.n_lesions))
         observed.append(float((_stat(fa, metric, level, ones) - _stat(fb, metric, level, ones))[0]))
-        counts = rng.multinomial(fa.n_lesions, np.full(fa.n_lesions, 1 / fa.n_lesions),
-                                 size=n_boot).astype(float)
+        # each lesion is a cluster (its views go together): the book's one cluster draw
+        counts = cluster_weights(None, fa.n_lesions, n_boot, rng)
         boots.append(_stat(fa, metric, level, counts) - _stat(fb, metric, level, counts))
     with np.errstate(invalid="ignore"):
         import warnings

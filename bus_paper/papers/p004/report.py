@@ -103,12 +103,14 @@ def gradcam_task(result: TaskResult, profile: Profile, batch_size: int = 16,
     paths = np.asarray(result.roi.paths)[test]
     y = result.y[test]
     norm = ImageZ(result.settings.prep.zscore)
+    # each ROI's group (woman, patient or duplicate group): the localisation intervals draw groups
+    group = result.predictions.drop_duplicates("path").set_index("path")["group"].reindex(paths)
     scores, cams, info = [], {}, []
     for name, model in gradcam_models(result, profile).items():
         hm = explain.heatmaps(model, images, norm, targets=y, batch_size=batch_size)
         s = explain.localisation_scores(hm.cams, masks)
         scores.append(s.assign(task=result.task.key, model=name, path=paths, label=y,
-                               prob=hm.prob))
+                               prob=hm.prob, cluster=group.to_numpy()))
         cams[name] = hm.cams
         row = {"task": result.task.key, "model": name, "images": len(test),
                "grid": f"{hm.map_size[0]} x {hm.map_size[1]}", "with outline": int(s.has_mask.sum()),
