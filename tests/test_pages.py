@@ -129,7 +129,8 @@ def test_executed_chapters_get_the_box_at_write_time(tmp_path, monkeypatch):
     assert main(["run", "--profile", "smoke", "--notebooks", str(kw["notebooks_dir"]),
                  "--out", str(kw["out"])]) == 0
     # after executing, `bus-paper run` refreshed the pages beside the chapters
-    assert "| 01_tiny | smoke |" in (tmp_path / "book" / "reproducibility.md").read_text()
+    text = (tmp_path / "book" / "reproducibility.md").read_text()
+    assert "| 01_tiny | `" in text and "1 chapters, all at profile `smoke`" in text
     assert "| 01_tiny | smoke |" in (tmp_path / "book" / "chapter_times.md").read_text()
     chapter = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
     cells = nbformat.read(chapter, as_version=4).cells
@@ -249,14 +250,20 @@ def test_reproducibility_page_names_each_distinct_machine_and_data_state(tmp_pat
     (results / "provenance.json").write_text(json.dumps({"seeds": [0, 1, 2],
                                                          "provenance": {"seed": 0}}))
     b = pages.reproducibility_blocks(tmp_path / "book", chapters)
-    assert "| 01_data | cpu | `abcdef123456` | – | D1 | H1 | P1 | 2.5 | 2026-01-01 10:00:00 | 0 |" \
-        in b["runs"]
-    assert "| 02_table1 | cpu | `abcdef123456` | 0, 1, 2 | D1 | H2 | P1 |" in b["runs"]
-    assert "| 03_claims | cpu | `abcdef123456` | – | D2 | H1 | P2 |" in b["runs"]
+    # one profile: said once under the table (a column fewer, so the table fits the page)
+    assert "| 01_data | `abcdef123456` | – | D1 | H1 | P1 | 2.5 | 2026-01-01 10:00 | 0 |" in b["runs"]
+    assert "| 02_table1 | `abcdef123456` | 0, 1, 2 | D1 | H2 | P1 |" in b["runs"]
+    assert "| 03_claims | `abcdef123456` | – | D2 | H1 | P2 |" in b["runs"]
+    assert "3 chapters, all at profile `cpu`" in b["runs"]
     assert f"| busi | `{'a' * 64}` | `{'b' * 64}` |" in b["data_checksums"]
     assert "| GPU | none | 1 x NVIDIA H100 (CUDA 12.4) |" in b["hardware"]
     assert "| torch | 2.5 | 2.6 |" in b["packages"]
     assert "7.5 minutes" in b["runs"]
+    # chapters run at different profiles: each row names its own
+    executed_chapter(chapters / "04_smoke.ipynb", profile="smoke")
+    mixed = pages.reproducibility_blocks(tmp_path / "book", chapters)["runs"]
+    assert "| 01_data | cpu | `abcdef123456` |" in mixed and "| 04_smoke | smoke |" in mixed
+    assert "all at profile" not in mixed
 
 
 def test_refresh_fills_pages_present_and_skips_absent_ones(tmp_path):
@@ -267,7 +274,7 @@ def test_refresh_fills_pages_present_and_skips_absent_ones(tmp_path):
     changed = pages.refresh(book)
     assert sorted(p.name for p in changed) == ["01_data.ipynb", "chapter_times.md",
                                                "reproducibility.md"]
-    assert "| 01_data | cpu |" in (book / "reproducibility.md").read_text()
+    assert "| 01_data | `abcdef123456` |" in (book / "reproducibility.md").read_text()
     assert not (book / "model_card.md").exists()
     assert pages.refresh(book) == [] and pages.refresh(book, check=True) == []
 
@@ -290,3 +297,22 @@ def test_pages_cli_check_mode(tmp_path, capsys):
     assert "stale" in capsys.readouterr().out
     assert main(["pages", "--book", str(book)]) == 0
     assert main(["pages", "--book", str(book), "--check"]) == 0
+
+
+def test_readable_tables_have_no_row_numbers_na_or_snake_case():
+    """What a chapter displays (chapter.readable): row labels, words, "–" and yes / no; the
+    saved table is untouched."""
+    import doctest
+
+    import pandas as pd
+
+    from bus_paper.book import chapter as chapter_module
+    t = pd.DataFrame({"dataset": ["busi", "udiat"], "counts_match": [True, False],
+                      "published_patients": pd.array([pd.NA, 38], dtype="Int64")})
+    shown = chapter_module.readable(t, "dataset")
+    assert list(shown.index) == ["busi", "udiat"] and shown.index.name == "dataset"
+    assert list(shown.columns) == ["counts match", "published patients"]
+    assert shown.loc["busi"].tolist() == ["yes", "–"] and shown.loc["udiat"].tolist() == ["no", 38]
+    assert "<NA>" not in shown.to_html() and t["counts_match"].dtype == bool
+    assert list(chapter_module.readable(t).index) == ["busi", "udiat"]   # numbered rows: 1st column
+    assert doctest.testmod(chapter_module).failed == 0

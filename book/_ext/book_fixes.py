@@ -7,6 +7,10 @@ the second copy throws ``SyntaxError: Identifier 'THEBE_JS_URL' has already been
 every page (the browser test, tests/test_browser.py, reports uncaught JavaScript errors).
 Identical scripts are dropped here, keeping the first.
 
+The book's tables are set in one type size (the claims tables' 0.85rem, with tight padding), so that
+tables of eight to twelve columns fit the page column instead of scrolling sideways (the browser
+test measures it); the rule is a small stylesheet written into ``_static`` at build time.
+
 MathJax is served with the book (from the ``jupyter-server-mathjax`` package, MathJax 2.7, copied
 into ``_static/mathjax``) rather than from a CDN, so equations render offline and in a browser
 that cannot reach the internet (the browser test checks it).
@@ -61,7 +65,26 @@ def _drop_duplicate_scripts(app: Any, pagename: str, templatename: str, context:
     scripts[:] = kept
 
 
+TABLE_CSS = "bus-paper-tables.css"
+TABLE_RULES = """/* bus-paper: every table of the book in the claims tables' type size (book/_ext/book_fixes.py) */
+article table { font-size: 0.85rem; }
+article table th, article table td, article table.table th, article table.table td {
+  padding: 0.25em 0.45em;
+}
+"""
+
+
+def _table_css(app: Any) -> None:
+    if getattr(app.builder, "format", None) != "html":
+        return
+    static = Path(app.outdir) / "_static"
+    static.mkdir(parents=True, exist_ok=True)
+    (static / TABLE_CSS).write_text(TABLE_RULES)
+    app.add_css_file(TABLE_CSS)
+
+
 def setup(app: Any) -> dict[str, Any]:
     app.connect("html-page-context", _drop_duplicate_scripts)
+    app.connect("builder-inited", _table_css)
     app.connect("builder-inited", _serve_mathjax, priority=900)   # after myst-parser's (500)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

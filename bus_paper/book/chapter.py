@@ -17,7 +17,7 @@ from ..config import Profile, as_list, load_profile  # as_list: notebooks' name
 from ..paths import project_root, runs_dir
 from ..provenance import provenance, save_result, save_table, stamp
 
-__all__ = ["READS", "Chapter", "as_list", "chapter", "resolve_data_root", "seed_list"]
+__all__ = ["READS", "Chapter", "as_list", "chapter", "readable", "resolve_data_root", "seed_list"]
 
 # Which chapters read which other chapters' result files: a reader's content hash includes those
 # files (it re-runs when one changes) and `run` executes it after them.
@@ -90,6 +90,32 @@ class Chapter:
 
     def save_figure(self, name: str, fig: Any, data: Mapping[str, Any] | None = None) -> Path:
         return plotting.save_figure(self.results_dir, name, fig, self.provenance(), data)
+
+
+def readable(table: Any, index: str | Sequence[str] | None = None) -> Any:
+    """A result table as a reader should see it (the saved table keeps its machine form): the
+    ``index`` column(s) as row labels instead of row numbers (None: the first column, if the rows
+    are only numbered), ``snake_case`` headers in words,
+    missing values as "–" (not ``<NA>``), booleans as yes / no.
+
+    >>> import pandas as pd
+    >>> readable(pd.DataFrame({"data_set": ["a"], "counts_match": [True], "n": [pd.NA]}), "data_set")
+             counts match  n
+    data set                
+    a                 yes  –
+    """
+    import pandas as pd
+    t = table.copy()
+    for c in t.columns:
+        if pd.api.types.is_bool_dtype(t[c]):
+            t[c] = t[c].map({True: "yes", False: "no"})
+    t = t.astype(object).where(t.notna(), "–")
+    t.columns = [str(c).replace("_", " ") for c in t.columns]
+    if index is None and isinstance(table.index, pd.RangeIndex) and len(t.columns) > 1:
+        index = t.columns[0]
+    if index is not None:
+        t = t.set_index([str(c).replace("_", " ") for c in as_list(index)])
+    return t
 
 
 def seed_list(seeds: Any, profile: str) -> list[int]:

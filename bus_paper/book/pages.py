@@ -133,21 +133,27 @@ def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
     hw_full = {_hardware_key(p.get("hardware") or {}): p.get("hardware") or {} for p in provs}
     pk_l, pk_v = _labels([dict(sorted((p.get("packages") or {}).items())) for p in provs], "P")
 
+    # one profile for every chapter (the usual case): said once below the table, not per row,
+    # so that the table fits the page column without scrolling sideways
+    profiles = sorted({str(p.get("profile")) for p in provs})
+    per_row = len(profiles) > 1
     body = []
     for rec, p, dl, hl, pl in zip(recs, provs, data_l, hw_l, pk_l):
         n_results = len(list((results / rec["name"]).glob("*.json")))
         wall = p.get("wall_s")
-        body.append((rec["stem"], p.get("profile"), short_commit(p.get("git")),
-                     _seeds(results, rec), dl, hl, pl,
+        body.append((rec["stem"], *([p.get("profile")] if per_row else []),
+                     short_commit(p.get("git")), _seeds(results, rec), dl, hl, pl,
                      f"{wall / 60:.1f}" if isinstance(wall, (int, float)) else "–",
-                     str(p.get("timestamp") or "")[:19].replace("T", " "), n_results))
-    runs = md_table(["chapter", "profile", "commit", "seeds", "data", "hardware", "packages",
-                     "wall (min)", "finished (UTC)", "result files"], body,
-                    ["---"] * 7 + ["---:", "---", "---:"])
+                     str(p.get("timestamp") or "")[:16].replace("T", " "), n_results))
+    runs = md_table(["chapter", *(["profile"] if per_row else []), "commit", "seeds", "data",
+                     "hardware", "packages", "min", "finished (UTC)", "files"], body,
+                    ["---"] * (6 + per_row) + ["---:", "---", "---:"])
     total = sum(p.get("wall_s") or 0 for p in provs) / 60
-    runs += (f"\n\n{len(recs)} chapters, {total:.1f} minutes of wall time in their last "
-             "executions (with whatever training was cached at the time). *data*, *hardware* and "
-             "*packages* name the sets below.")
+    runs += (f"\n\n{len(recs)} chapters"
+             + ("" if per_row else f", all at profile `{profiles[0]}`")
+             + f", {total:.1f} minutes of wall time (*min*) in their last executions (with "
+             "whatever training was cached at the time); *files*: the result files each wrote. "
+             "*data*, *hardware* and *packages* name the sets below.")
 
     names = sorted({k for v in data_v for k in v})
     data = md_table(["data set", *(f"D{i + 1}" for i in range(len(data_v)))],
@@ -251,8 +257,13 @@ def _data(results: Path) -> str:
         body.append((name, role, c.get("images"), c.get("benign"), c.get("malignant"),
                      c.get("normal"), c.get("patients"), split,
                      f"{d['groups']} ({d['conflicting_groups']})" if d else "none found"))
-    out = md_table(["data set", "role", "images", "benign", "malignant", "normal", "patients",
-                    "train / val / test", "duplicate groups (conflicting labels)"], body)
+    # one column per data set (nine attributes side by side would not fit the page column)
+    attributes = ["role", "images", "benign", "malignant", "normal", "patients",
+                  "train / val / test", "duplicate groups (conflicting labels)"]
+    out = md_table(["", *(row[0] for row in body)],
+                   [(a, *(row[i + 1] for row in body)) for i, a in enumerate(attributes)])
+    out += ("\n\n*Duplicate groups*: groups of identical or near-identical images; in brackets, "
+            "those whose images carry conflicting labels.")
     out += "\n\nLicences (`bus_paper.data.registry`):\n\n" + "\n".join(
         f"- **{name}**: {DATASETS[name].licence}" for name in counts if name in DATASETS)
     notes = []
