@@ -316,3 +316,32 @@ def test_readable_tables_have_no_row_numbers_na_or_snake_case():
     assert "<NA>" not in shown.to_html() and t["counts_match"].dtype == bool
     assert list(chapter_module.readable(t).index) == ["busi", "udiat"]   # numbered rows: 1st column
     assert doctest.testmod(chapter_module).failed == 0
+
+
+def test_a_chapter_executed_from_an_older_notebook_says_so(tmp_path):
+    """The warning above the rerun box: shown when the source notebook's cells differ from those
+    the chapter was executed from, not when only outputs or metadata differ, not without a source."""
+    from bus_paper.book import boxes
+    source = tmp_path / "notebooks" / "04_table1.ipynb"
+    source.parent.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Table 1"), nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(nb, source)
+    meta = {"source": source.name, "hash_parts": {"notebook": boxes.notebook_digest(source)},
+            "provenance": {"git": {"commit": "abcdef1234567890"}, "wall_s": 60.0,
+                           "timestamp": "2026-01-01T10:00:00+00:00"}}
+    assert not boxes.source_changed(meta, tmp_path)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    nb.metadata["anything"] = 1
+    nbformat.write(nb, source)
+    assert not boxes.source_changed(meta, tmp_path)          # outputs and metadata do not count
+    assert "earlier version" not in boxes.rerun_markdown(meta, "04_table1", {})
+    nb.cells[1].source = "x = 2"
+    nbformat.write(nb, source)
+    assert boxes.source_changed(meta, tmp_path)
+    text = boxes.rerun_markdown(meta, "04_table1", {}, changed=True)
+    assert text.startswith(":::{admonition} Executed from an earlier version of this chapter")
+    assert "commit `abcdef123456` (2026-01-01 10:00 UTC)" in text
+    assert "bus-paper run --only table1 --profile cpu" in text
+    assert not boxes.source_changed({**meta, "source": "gone.ipynb"}, tmp_path)
+    assert not boxes.source_changed({"source": source.name}, tmp_path)   # an old record

@@ -1,11 +1,17 @@
 """The executed chapters' own generated parts: the *rerun* box under each chapter's title (the
 ``bus-paper run --only NAME`` command, the equivalent ``papermill`` command with the notebook's
 own parameters and the values this run used, and a download link to the executed ``.ipynb``),
-code cells hidden behind a toggle, and the chapters' run records (times, provenance)."""
+code cells hidden behind a toggle, and the chapters' run records (times, provenance).
+
+A chapter whose source notebook has changed since it was executed (its cells' digest differs from
+the one stored at execution) also gets a visible warning above the box: its words, tables and
+figures come from the earlier version until ``bus-paper run`` executes it again. Package changes
+alone do not raise it (every commit changes the package; the runner re-executes for those)."""
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import re
@@ -16,6 +22,7 @@ from typing import Any
 
 import nbformat
 
+from ..paths import project_root
 from ..provenance import atomic_write_text
 from .format import md_table, short_commit
 
@@ -57,6 +64,28 @@ def times_markdown(chapters_dir: str | os.PathLike) -> str:
     return "\n".join(lines) + "\n"
 
 
+def notebook_digest(path: str | os.PathLike) -> str:
+    """sha256 of the cells that matter: type, source and tags (``parameters`` is a tag).
+
+    Outputs, execution counts, cell ids and notebook metadata are left out: opening and saving a
+    notebook in Jupyter must not force a re-run.
+    """
+    nb = nbformat.read(path, as_version=4)
+    cells = [{"type": c.cell_type, "source": c.source,
+              "tags": sorted(c.get("metadata", {}).get("tags", []))} for c in nb.cells]
+    return hashlib.sha256(json.dumps(cells, sort_keys=True).encode()).hexdigest()
+
+
+def source_changed(meta: Mapping[str, Any], root: Path | None = None) -> bool:
+    """Whether the source notebook (``notebooks/<source>`` under ``root``) differs from the one this
+    chapter was executed from; False when either side is unknown (no source, an old record)."""
+    stored = (meta.get("hash_parts") or {}).get("notebook")
+    source = (root or project_root()) / "notebooks" / str(meta.get("source") or "")
+    if not stored or not meta.get("source") or not source.is_file():
+        return False
+    return notebook_digest(source) != stored
+
+
 def _cli_text(value: Any) -> str:
     """A parameter value as papermill's ``-p`` takes it (lists as JSON text, as the notebooks
     parse them with ``as_list``)."""
@@ -73,8 +102,9 @@ def _default_value(text: str) -> Any:
 
 
 def rerun_markdown(meta: Mapping[str, Any], stem: str,
-                   declared: Mapping[str, Mapping[str, Any]]) -> str:
-    """The rerun box of one chapter (see the module docstring)."""
+                   declared: Mapping[str, Mapping[str, Any]], changed: bool = False) -> str:
+    """The rerun box of one chapter (see the module docstring); ``changed``: the source notebook
+    changed since this execution (:func:`source_changed`), which a warning above the box says."""
     m = CHAPTER_STEM.match(stem)
     name = m.group(2) if m else stem
     used = dict(meta.get("parameters") or {})
@@ -98,7 +128,19 @@ def rerun_markdown(meta: Mapping[str, Any], stem: str,
     ran = (f"at the `{profile}` profile, commit {short_commit(prov.get('git'))}, finished {when} "
            f"UTC after {wall / 60:.1f} min" if isinstance(wall, (int, float)) else
            f"at the `{profile}` profile")
+    stale = [
+        ":::{admonition} Executed from an earlier version of this chapter",
+        ":class: warning",
+        "",
+        (f"This page was executed at commit {short_commit(prov.get('git'))} ({when} UTC). "
+         f"Its notebook (`{source}`) has changed since, so the words, tables and figures below come "
+         f"from the earlier version; `bus-paper run --only {name} --profile {profile}` brings "
+         "them up to date (it needs the chapter's training runs, or the time to redo them)."),
+        ":::",
+        "",
+    ] if changed else []
     return "\n".join([
+        *stale,
         ":::{admonition} Download or re-run this chapter",
         ":class: dropdown tip",
         "",
@@ -132,15 +174,17 @@ def declared_parameters(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def add_rerun_cell(nb: nbformat.NotebookNode, stem: str,
-                   declared: Mapping[str, Mapping[str, Any]]) -> None:
-    """Put (or replace) the rerun box under the chapter's title cell. Outputs, the content hash
-    (of the *source* notebook) and the provenance are untouched."""
+                   declared: Mapping[str, Mapping[str, Any]], root: Path | None = None) -> None:
+    """Put (or replace) the rerun box under the chapter's title cell, with the warning when the
+    source notebook under ``root`` (default: the project's) has changed since. Outputs, the
+    content hash (of the *source* notebook) and the provenance are untouched."""
     meta = nb.metadata.get("bus_paper")
     if not meta:
         return
     cells = [c for c in nb.cells if c.get("id") != RERUN_ID
              and RERUN_ID not in c.get("metadata", {}).get("tags", [])]
-    cell = nbformat.v4.new_markdown_cell(rerun_markdown(meta, stem, declared),
+    cell = nbformat.v4.new_markdown_cell(rerun_markdown(meta, stem, declared,
+                                                        source_changed(meta, root)),
                                          metadata={"tags": [RERUN_ID]})
     if nb.get("nbformat_minor", 0) >= 5:
         cell["id"] = RERUN_ID

@@ -43,6 +43,7 @@ from .boxes import (  # noqa: F401 (the CLI's and the tests' names)
     declared_parameters,
     hide_code,
     refresh_chapter,
+    source_changed,
     times_markdown,
 )
 from .format import (  # noqa: F401
@@ -204,6 +205,9 @@ def _card_provenances(results: Path) -> dict[str, dict[str, Any]]:
 def _sources(results: Path) -> str:
     lines = []
     provs = _card_provenances(results)
+    # chapters executed from an earlier version of their notebook (boxes.source_changed)
+    older = {r["name"] for r in chapter_records(results.parent / "chapters")
+             if source_changed(r)}
     for ch in (*CARD_CHAPTERS, "generalisation"):
         if ch not in provs:
             if ch != "generalisation":
@@ -211,9 +215,16 @@ def _sources(results: Path) -> str:
             continue
         p = provs[ch]
         lines.append(f"- `book/results/{ch}/`: profile `{p.get('profile')}`, commit "
-                     f"{short_commit(p.get('git'))}, {str(p.get('timestamp', ''))[:10]}")
-    return "Generated from these result files (each carries its full provenance):\n\n" + \
+                     f"{short_commit(p.get('git'))}, {str(p.get('timestamp', ''))[:10]}"
+                     + ("; **executed from an earlier version of its chapter**" if ch in older
+                        else ""))
+    text = "Generated from these result files (each carries its full provenance):\n\n" + \
         "\n".join(lines)
+    if older & set(provs):
+        text += ("\n\nWhere a chapter was executed from an earlier version of its notebook, the "
+                 "numbers quoted from it below are those of that run, and its wording may predate "
+                 "the book's one verdict legend (the chapter's page says so, and how to re-run it).")
+    return text
 
 
 def _model(results: Path) -> str:

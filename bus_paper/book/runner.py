@@ -39,6 +39,7 @@ from ..paths import data_root as find_data_root
 from ..provenance import atomic_write_text, data_checksums, provenance
 from . import pages
 from .boxes import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
+from .boxes import notebook_digest
 from .chapter import READS, registry_datasets
 
 KERNEL = "python3"
@@ -117,18 +118,6 @@ def code_digest(package_dir: Path = PACKAGE_DIR) -> str:
         h.update(p.relative_to(package_dir).as_posix().encode() + b"\0")
         h.update(_sha(p.read_bytes()).encode() + b"\n")
     return h.hexdigest()
-
-
-def notebook_digest(path: str | os.PathLike) -> str:
-    """sha256 of the cells that matter: type, source and tags (``parameters`` is a tag).
-
-    Outputs, execution counts, cell ids and notebook metadata are left out: opening and saving a
-    notebook in Jupyter must not force a re-run.
-    """
-    nb = nbformat.read(path, as_version=4)
-    cells = [{"type": c.cell_type, "source": c.source,
-              "tags": sorted(c.get("metadata", {}).get("tags", []))} for c in nb.cells]
-    return _sha(json.dumps(cells, sort_keys=True).encode())
 
 
 def results_digest(folder: Path) -> str:
