@@ -523,7 +523,19 @@ def _findings(results: Path) -> str:
         f"({'; '.join(failed) or 'none'}): they are *not tested at this budget*, which means "
         "untested, not refuted.", "",
         f"**Across sites.** {cross}", "",
-        f"**Budget.** {_budget(results)}"])
+        f"**Budget.** {_budget(results)}", *_older_chapters(results)])
+
+
+def _older_chapters(results: Path) -> list[str]:
+    """A sentence naming the chapters executed from an earlier version of their notebook (their
+    numbers stand; their own wording may predate the legend), or nothing."""
+    older = [r["stem"] for r in chapter_records(results.parent / "chapters") if source_changed(r)]
+    if not older:
+        return []
+    return ["", f"**Pages from an earlier version.** {len(older)} chapters ({', '.join(older)}) "
+                "were executed before their notebooks last changed; the verdicts above are "
+                "computed now from their result files, but their own pages show the earlier "
+                "wording until they are re-run (each page says so)."]
 
 
 def intro_blocks(book: Path, chapters: Path) -> dict[str, str]:
