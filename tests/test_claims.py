@@ -76,6 +76,29 @@ def results(tmp_path) -> Path:
     return root
 
 
+def test_the_ssl_check_uses_each_runs_own_chance_loss(results):
+    """Table 1's pretraining table records each run's chance loss (DINO: ln K with *its* K), so a
+    DINO run with 1024 prototypes is judged against ln 1024 = 6.93, not the profile's ln 65536."""
+    from bus_paper.papers.p000 import experiments as ex
+    dino = ex.ROWS["dino_vit"]
+    state = {"history": [{"train_loss": 6.9}, {"train_loss": 5.9}], "seconds": 60.0,
+             "dino": {"out_dim": 1024}}
+    row = ex.pretraining_summary(load_profile("cpu"), dino, state)
+    assert row["chance loss"] == pytest.approx(math.log(1024)) and row["epochs"] == 2
+    simclr = ex.pretraining_summary(load_profile("cpu"), ex.ROWS["convnext_tiny"],
+                                    {"history": [{"train_loss": 4.8}], "seconds": 1.0})
+    assert simclr["chance loss"] == pytest.approx(math.log(2 * 64 - 1))
+    write(results, "table1", "pretraining", [
+        {"row": "convnext_tiny", "objective": "simclr", "first loss": 4.83, "last loss": 3.22,
+         "chance loss": math.log(127)}, {**row, "first loss": 6.9, "last loss": 5.9}])
+    by = papers.claims_table(results, "cpu").set_index("claim")
+    assert by.loc["the proposed model beats DINO-ViT on BUSI (AUC, paired)", "mechanism"] == "passed"
+    write(results, "table1", "pretraining", [{**row, "last loss": 6.5}])   # 6.5 > 0.9 x 6.93
+    by = papers.claims_table(results, "cpu").set_index("claim")
+    assert by.loc["the proposed model beats DINO-ViT on BUSI (AUC, paired)", "mechanism"] == \
+        "failed: ssl loss below chance (DINO-ViT)"
+
+
 def test_claims_table_follows_the_legend_and_the_learning_checks(results):
     t = papers.claims_table(results, "cpu")
     assert tuple(t.columns) == papers.COLUMNS

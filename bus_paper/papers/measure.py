@@ -92,8 +92,12 @@ class Results:
             return math.log(self.profile.dino.out_dim)
         return nt_xent_chance(self.profile.pretrain.batch_size)
 
-    def ssl_check(self, label: str, losses: Sequence[float], objective: str = "simclr") -> Check:
-        return named(label, ssl_loss_check(list(losses), self.ssl_chance(objective)))
+    def ssl_check(self, label: str, losses: Sequence[float], objective: str = "simclr",
+                  chance: float | None = None) -> Check:
+        """``chance``: the run's own chance loss where its result records it; else the
+        profile's (:meth:`ssl_chance`)."""
+        return named(label, ssl_loss_check(list(losses), self.ssl_chance(objective)
+                                           if chance is None else chance))
 
 
 def seeds_check(label: str, aucs: Sequence[float], where: str = "test",

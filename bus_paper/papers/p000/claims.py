@@ -10,6 +10,8 @@ generalisation chapter (fine-tuned on one site, tested on another, against that 
 
 from __future__ import annotations
 
+import math
+
 from ...core.stats import Check, Claim, auc_above_chance_check
 from ..literature import paper_000
 from ..measure import Measured, Results, named, nan, not_testable, seeds_check
@@ -85,7 +87,10 @@ def baseline_checks(r: Results, b: str, d: str) -> list[Check]:
     pre = r.one("table1", "pretraining", row=b)
     runs = r.csv("table1", "runs")
     aucs = runs[(runs["row"] == b) & (runs["dataset"] == d)]["auc"]
-    return [r.ssl_check(SHORT[b], [pre["first loss"], pre["last loss"]], pre["objective"]),
+    # the run's own chance loss where the table records it (older tables: the profile's)
+    chance = pre.get("chance loss")
+    return [r.ssl_check(SHORT[b], [pre["first loss"], pre["last loss"]], pre["objective"],
+                        None if chance is None or math.isnan(chance) else float(chance)),
             seeds_check(SHORT[b], aucs)]
 
 
