@@ -345,3 +345,15 @@ def test_a_chapter_executed_from_an_older_notebook_says_so(tmp_path):
     assert "bus-paper run --only table1 --profile cpu" in text
     assert not boxes.source_changed({**meta, "source": "gone.ipynb"}, tmp_path)
     assert not boxes.source_changed({"source": source.name}, tmp_path)   # an old record
+
+    # the landing page and the model card list such chapters through one helper, in book order
+    chapters = tmp_path / "book" / "chapters"
+    chapters.mkdir(parents=True)
+    for stem, record in (("05_ablations", {**meta, "source": "gone.ipynb"}), ("04_table1", meta),
+                         ("01_data", {"source": source.name})):
+        executed = nbformat.v4.new_notebook(metadata={"bus_paper": record})
+        nbformat.write(executed, chapters / f"{stem}.ipynb")
+    assert [r["stem"] for r in boxes.older_chapters(chapters, tmp_path)] == ["04_table1"]
+    nb.cells[1].source = "x = 1"
+    nbformat.write(nb, source)
+    assert boxes.older_chapters(chapters, tmp_path) == []

@@ -86,6 +86,12 @@ def source_changed(meta: Mapping[str, Any], root: Path | None = None) -> bool:
     return notebook_digest(source) != stored
 
 
+def older_chapters(chapters: Path, root: Path | None = None) -> list[dict[str, Any]]:
+    """The :func:`chapter_records` of the chapters executed from an earlier version of their
+    source notebook (:func:`source_changed`), in book order."""
+    return [r for r in chapter_records(chapters) if source_changed(r, root)]
+
+
 def _cli_text(value: Any) -> str:
     """A parameter value as papermill's ``-p`` takes it (lists as JSON text, as the notebooks
     parse them with ``as_list``)."""

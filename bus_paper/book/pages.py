@@ -42,8 +42,8 @@ from .boxes import (  # noqa: F401 (the CLI's and the tests' names)
     chapter_times,
     declared_parameters,
     hide_code,
+    older_chapters,
     refresh_chapter,
-    source_changed,
     times_markdown,
 )
 from .format import (  # noqa: F401
@@ -205,9 +205,8 @@ def _card_provenances(results: Path) -> dict[str, dict[str, Any]]:
 def _sources(results: Path) -> str:
     lines = []
     provs = _card_provenances(results)
-    # chapters executed from an earlier version of their notebook (boxes.source_changed)
-    older = {r["name"] for r in chapter_records(results.parent / "chapters")
-             if source_changed(r)}
+    # chapters executed from an earlier version of their notebook
+    older = {r["name"] for r in older_chapters(results.parent / "chapters")}
     for ch in (*CARD_CHAPTERS, "generalisation"):
         if ch not in provs:
             if ch != "generalisation":
@@ -529,7 +528,7 @@ def _findings(results: Path) -> str:
 def _older_chapters(results: Path) -> list[str]:
     """A sentence naming the chapters executed from an earlier version of their notebook (their
     numbers stand; their own wording may predate the legend), or nothing."""
-    older = [r["stem"] for r in chapter_records(results.parent / "chapters") if source_changed(r)]
+    older = [r["stem"] for r in older_chapters(results.parent / "chapters")]
     if not older:
         return []
     return ["", f"**Pages from an earlier version.** {len(older)} chapters ({', '.join(older)}) "
