@@ -6,6 +6,7 @@ book/_build is never touched.
 
 import re
 
+import nbformat
 import pytest
 
 from bus_paper.book import runner as pipeline
@@ -26,6 +27,10 @@ def test_smoke_pipeline_and_book(tmp_path, monkeypatch):
     assert outcomes and {o.status for o in outcomes} == {"executed"}, \
         [(o.notebook.stem, o.status, o.error) for o in outcomes]
     assert (tmp_path / "book" / "results" / "data" / "counts.json").exists()
+    for o in outcomes:  # every sibling a chapter read is declared (its hash then covers it)
+        read = nbformat.read(o.output, as_version=4).metadata["bus_paper"]["reads"]
+        assert set(read) <= set(pipeline.READS.get(o.notebook.name, ())), (o.notebook.stem, read)
+        assert "WARNING" not in o.note, o.note
     assert {o.status for o in pipeline.run("smoke", out=chapters, data_root=root)} == {"up to date"}
 
     assert pipeline.build_book(chapters, out=tmp_path / "site") == 0

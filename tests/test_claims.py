@@ -4,10 +4,12 @@ landing page, and the runner re-running a chapter when a chapter it reads change
 import math
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 
 from bus_paper import papers
+from bus_paper.book import chapter as book_chapter
 from bus_paper.book import pages
 from bus_paper.book import runner as pipeline
 from bus_paper.config import load_profile
@@ -246,3 +248,29 @@ def test_a_reader_reruns_when_a_chapter_it_reads_changes(tmp_path, monkeypatch):
     assert (results / "reader" / "copy.csv").read_text() == "a\n2\n"
     (results / "other" / "figure.png").write_bytes(b"png")  # a figure is not what it reads
     assert [o.status for o in pipeline.run("smoke", only=["reader"], **kw)] == ["up to date"]
+
+    # what it read is recorded in the executed chapter (and not left among its results); a read
+    # it does not declare is reported, since a change there would not re-run it
+    meta = nbformat.read(tmp_path / "book" / "chapters" / "01_reader.ipynb", as_version=4)
+    assert meta.metadata["bus_paper"]["reads"] == ["other"]
+    assert not (results / "reader" / book_chapter.READS_FILE).exists()
+    monkeypatch.setitem(pipeline.READS, "reader", ())
+    [rerun] = pipeline.run("smoke", only=["reader"], **kw)
+    assert rerun.status == "executed" and "WARNING: it read the results of other without " \
+        "declaring them" in rerun.note
+
+
+def test_every_chapter_declares_the_siblings_its_claims_read():
+    """The chapters that judge their own claims read other chapters' learning checks: measured
+    here with the calls the notebooks make, on the committed results."""
+    calls = {"ablations": (["000"], lambda c: c.measure.startswith("ablation")),
+             "paper001": (["001"], None), "paper002": (["002"], None),
+             "paper004": (["004"], None),
+             "ssl_budget": (["000"], lambda c: c.measure.startswith("ssl_budget"))}
+    for name, (which, only) in calls.items():
+        seen = set()
+        papers.claims_table(lambda n: seen.add(n) or BOOK / "results" / n, "cpu", which, only=only)
+        assert seen - {name} <= set(pipeline.READS.get(name, ())), name
+        source = (BOOK.parent / "notebooks").glob(f"*_{name}.ipynb")
+        assert f'claims_table(ch.sibling_results, ch.profile, ["{which[0]}"]' in \
+            next(source).read_text().replace('\\"', '"'), name

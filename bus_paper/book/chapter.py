@@ -5,6 +5,7 @@ stay thin; :data:`READS` declares which chapters read which (the runner hashes a
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -15,16 +16,24 @@ from typing import Any
 from .. import plotting
 from ..config import Profile, as_list, load_profile  # as_list: notebooks' name
 from ..paths import project_root, runs_dir
-from ..provenance import provenance, save_result, save_table, stamp
+from ..provenance import atomic_write_text, provenance, save_result, save_table, stamp
 
-__all__ = ["READS", "Chapter", "as_list", "chapter", "readable", "resolve_data_root", "seed_list"]
+__all__ = ["READS", "READS_FILE", "Chapter", "as_list", "chapter", "readable", "resolve_data_root", "seed_list"]
 
 # Which chapters read which other chapters' result files: a reader's content hash includes those
 # files (it re-runs when one changes) and `run` executes it after them.
+# A chapter records the siblings it actually read (READS_FILE, written by
+# Chapter.sibling_results); the runner warns about, and the end-to-end test fails on, any it did
+# not declare here: an undeclared read would leave the chapter's verdicts stale when that sibling
+# changes. (The ablations and paper 001 chapters judge their own claims with the learning checks
+# of the pretraining and fine-tuning chapters.)
 READS: dict[str, tuple[str, ...]] = {
     "claims": ("finetuning", "pretraining", "table1", "ablations", "label_efficiency", "heatmaps",
                "literature", "paper001", "paper002", "paper004", "generalisation", "ssl_budget"),
+    "ablations": ("pretraining", "finetuning"),
+    "paper001": ("finetuning",),
 }
+READS_FILE = "_reads.json"   # in a chapter's results folder while it runs; the runner removes it
 
 
 def registry_datasets() -> tuple[str, ...]:
@@ -78,7 +87,13 @@ class Chapter:
 
     def sibling_results(self, name: str) -> Path:
         """Another chapter's results folder: beside this chapter's own if there (a book run, or
-        one into runs/ or --out), else the book's (a run by hand or with -p reads the book)."""
+        one into runs/ or --out), else the book's (a run by hand or with -p reads the book).
+        The name is added to the chapter's record of what it read (:data:`READS_FILE`)."""
+        if name != self.name:
+            record = self.results_dir / READS_FILE
+            read = set(json.loads(record.read_text())) if record.is_file() else set()
+            if name not in read:
+                atomic_write_text(record, json.dumps(sorted(read | {name})))
         own = self.results_dir.parent / name
         return own if own.is_dir() else project_root() / "book" / "results" / name
 

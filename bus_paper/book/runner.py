@@ -40,7 +40,7 @@ from ..provenance import atomic_write_text, data_checksums, provenance
 from . import pages
 from .boxes import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
 from .boxes import notebook_digest
-from .chapter import READS, registry_datasets
+from .chapter import READS, READS_FILE, registry_datasets
 
 KERNEL = "python3"
 MAX_TEXT_CHARS = 20_000          # per text output; a runaway print must not bloat the book
@@ -335,11 +335,17 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
                 raise
             return Outcome(nb, "failed", time.time() - started, None, msg, note)
     trim_outputs(executed)
+    read, undeclared = siblings_read(staging, nb.name)
+    if undeclared:  # its hash misses those siblings: a change there would not re-run it
+        note = (note + "; " if note else "") + (
+            f"WARNING: it read the results of {', '.join(undeclared)} without declaring them in "
+            f"bus_paper.book.chapter.READS")
     executed.metadata["bus_paper"] = {
         "hash": digest,
         "hash_parts": parts,
         "source": nb.path.name,
         "parameters": dict(parameters),
+        "reads": read,
         "provenance": provenance(profile, parameters.get("seed"), data_root,
                                  [k for k in data if k != "synthetic"], started),
     }
@@ -360,6 +366,16 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
     record.unlink(missing_ok=True)
     record.with_suffix(".ipynb").unlink(missing_ok=True)  # an older failure is moot
     return Outcome(nb, "executed", time.time() - started, target, note=note)
+
+
+def siblings_read(results: Path, name: str) -> tuple[list[str], list[str]]:
+    """The chapters whose results chapter ``name`` read while it wrote ``results`` (its
+    :data:`~bus_paper.book.chapter.READS_FILE`, removed here), and those of them it does not
+    declare in :data:`~bus_paper.book.chapter.READS`."""
+    record = results / READS_FILE
+    read = sorted(json.loads(record.read_text())) if record.is_file() else []
+    record.unlink(missing_ok=True)
+    return read, [r for r in read if r not in READS.get(name, ())]
 
 
 def parse_value(text: str) -> Any:
