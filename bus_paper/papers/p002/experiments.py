@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ...config import as_list
+from ...config import as_list, load_profile
 from ...core.stats import (  # weighted_auc: re-exported
     bootstrap_p,
     cluster_weights,
@@ -115,8 +115,11 @@ def parse_variants(value: Any) -> list[str]:
     return [v for v in VARIANT_NAMES if v in names]   # the chapter's order
 
 
-def parse_folds(value: Any) -> list[int]:
-    """The ``folds`` parameter: None = all 5, an int, ``"0,1"`` or a list; folds are 0..4."""
+def parse_folds(value: Any, profile: Any = None) -> list[int]:
+    """The ``folds`` parameter: an int, ``"0,1"`` or a list; folds are 0..4. None: the profile's
+    ``[papers.p002] folds`` if it has them (smoke: two, for the plumbing), else all 5."""
+    if value is None:
+        value = load_profile(profile).section("p002").get("folds") if profile else None
     if value is None:
         return list(range(N_FOLDS))
     folds = sorted({int(v) for v in as_list(value)})

@@ -124,7 +124,8 @@ PAPER_SETTINGS = Settings(image_size=224, epochs=200, lesions_per_batch=8, image
 def settings_for(profile: Profile | str) -> Settings:
     """The profile's ``[papers.p002]`` section as :class:`Settings` (checked)."""
     prof = load_profile(profile)
-    section = prof.section("p002")
+    # `folds` (which official folds a chapter run trains) is read by experiments.parse_folds
+    section = {k: v for k, v in prof.section("p002").items() if k != "folds"}
     if not section:
         raise KeyError(f"profile {prof.name!r} has no [papers.p002] section: paper 002's training "
                        "settings (see bus_paper/profiles/cpu.toml)")

@@ -88,6 +88,10 @@ class Settings:
     prep: Prep = field(default_factory=Prep)
 
     def __post_init__(self) -> None:
+        for name in ("backbones", "classifiers"):   # a profile's TOML gives lists
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.backbones:
+            raise ValueError("paper 004 needs at least one backbone")
         if self.mias_pool not in ("all", "train"):
             raise ValueError(f"mias_pool must be 'all' or 'train', got {self.mias_pool!r}")
 
@@ -115,7 +119,7 @@ class FeatureSet:
 def feature_sets(task: Task, s: Settings) -> list[FeatureSet]:
     if task.kind == "clinical":
         return [FeatureSet("metadata", "BI-RADS + device (no image)", (), None, "none", True),
-                FeatureSet("image", "Image (3 backbones, concatenated)", s.backbones, "ssl",
+                FeatureSet("image", f"Image ({len(s.backbones)} backbones, concatenated)", s.backbones, "ssl",
                            "concat"),
                 FeatureSet("image_metadata", "Image + BI-RADS + device", s.backbones, "ssl",
                            "concat", True)]
