@@ -61,6 +61,15 @@ def ci(value: Any, lo: Any, hi: Any) -> str:
     return f"{num(value)} ({num(lo)}–{num(hi)})"
 
 
+def signed_ci(value: Any, lo: Any, hi: Any) -> str:
+    """A difference with its interval, signs shown: ``+16.3 (+5.5 to +27.6)``."""
+    if _missing(value):
+        return "–"
+    if _missing(lo) or _missing(hi):
+        return f"{value:+.1f}"
+    return f"{value:+.1f} ({lo:+.1f} to {hi:+.1f})"
+
+
 def md_table(header: Sequence[str], body: Iterable[Sequence[Any]],
              align: Sequence[str] | None = None) -> str:
     def cell(x: Any) -> str:
