@@ -275,6 +275,9 @@ def _freeze(value: Any) -> Any:
 class Profile:
     name: str = "custom"
     description: str = ""
+    #: what the whole book may take from an empty cache at this profile, in minutes (None: no
+    #: target); `bus-paper run --from-empty-cache` measures it (book/results/reproducibility/)
+    book_minutes: float | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -340,8 +343,12 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 def profile_from_dict(d: dict[str, Any], name: str = "custom") -> Profile:
     kinds = {f.name: f for f in dataclasses.fields(Profile)}
     kwargs: dict[str, Any] = {"name": d.get("name", name), "description": d.get("description", "")}
+    if d.get("book_minutes") is not None:
+        if not isinstance(d["book_minutes"], (int, float)) or d["book_minutes"] <= 0:
+            raise ValueError(f"book_minutes must be a positive number, got {d['book_minutes']!r}")
+        kwargs["book_minutes"] = float(d["book_minutes"])
     for key, value in d.items():
-        if key in ("name", "description"):
+        if key in ("name", "description", "book_minutes"):
             continue
         if key == "papers":
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):

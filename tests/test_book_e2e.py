@@ -4,6 +4,7 @@ Everything is written under tmp_path (chapters, results, caches, the built site)
 book/_build is never touched.
 """
 
+import json
 import re
 
 import nbformat
@@ -23,9 +24,15 @@ def test_smoke_pipeline_and_book(tmp_path, monkeypatch):
     root = write_phantom_root(tmp_path / "data")
     chapters = tmp_path / "book" / "chapters"
 
-    outcomes = pipeline.run("smoke", out=chapters, data_root=root)
+    # the whole smoke book from empty caches, timed as `bus-paper run --from-empty-cache` does
+    outcomes = pipeline.run("smoke", out=chapters, data_root=root, from_empty_cache=True)
     assert outcomes and {o.status for o in outcomes} == {"executed"}, \
         [(o.notebook.stem, o.status, o.error) for o in outcomes]
+    timed = json.loads((tmp_path / "book" / "results" / "reproducibility" /
+                        "empty_cache.json").read_text())
+    assert timed["complete"] and len(timed["chapters"]) == len(outcomes) == len(
+        list(pipeline.discover(pipeline.project_root() / "notebooks")))
+    assert timed["minutes"] >= sum(c["minutes"] for c in timed["chapters"]) > 0
     assert (tmp_path / "book" / "results" / "data" / "counts.json").exists()
     for o in outcomes:  # every sibling a chapter read is declared (its hash then covers it)
         read = nbformat.read(o.output, as_version=4).metadata["bus_paper"]["reads"]

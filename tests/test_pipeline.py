@@ -444,3 +444,52 @@ def test_result_files_and_pages_are_replaced_atomically(tmp_path, monkeypatch):
             write()
     plt.close(fig)
     assert _snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- empty cache
+def test_the_book_is_timed_from_an_empty_cache_only(tmp_path, monkeypatch, capsys):
+    """--from-empty-cache refuses while runs/ or the data cache hold earlier work (the time
+    would leave out the training they spare), re-executes every chapter, and records the time
+    against the profile's book_minutes for the reproducibility page."""
+    from bus_paper.book import pages
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("BUS_PAPER_CACHE", str(tmp_path / "cache"))
+    make_notebook(tmp_path / "nb" / "01_tiny.ipynb", WRITE_RESULT)
+    make_notebook(tmp_path / "nb" / "02_other.ipynb", "pass")
+    out = tmp_path / "book" / "chapters"
+    kw = {"notebooks_dir": tmp_path / "nb", "out": out}
+    assert [o.status for o in pipeline.run("smoke", **kw)] == ["executed", "executed"]
+    record = tmp_path / "book" / "results" / "reproducibility" / "empty_cache.json"
+    assert not record.exists()
+    assert "Not measured by the runner yet" in pages.empty_cache_markdown(tmp_path / "book" /
+                                                                          "results")
+
+    (tmp_path / "runs" / "finetune" / "k").mkdir(parents=True)
+    (tmp_path / "runs" / "finetune" / "k" / "model.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"runs \(1 file\) hold earlier work"):
+        pipeline.run("smoke", from_empty_cache=True, **kw)
+    args = ["run", "--profile", "smoke", "--notebooks", str(tmp_path / "nb"), "--out", str(out)]
+    assert main([*args, "--from-empty-cache"]) == 2
+    assert "needs empty caches" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "runs" / "finetune")
+    (tmp_path / "runs" / "chapters").mkdir()   # outputs of earlier -p runs are not a cache
+    (tmp_path / "runs" / "chapters" / "01_tiny.ipynb").write_text("{}")
+    with pytest.raises(ValueError, match="no --only"):
+        pipeline.run("smoke", from_empty_cache=True, only=["tiny"], **kw)
+
+    outcomes = pipeline.run("smoke", from_empty_cache=True, **kw)   # up to date, run all the same
+    assert [o.status for o in outcomes] == ["executed", "executed"]
+    r = json.loads(record.read_text())
+    assert r["profile"] == "smoke" and r["complete"] and r["target_minutes"] == 15
+    assert r["within_target"] and 0 < r["minutes"] < 15
+    assert [c["chapter"] for c in r["chapters"]] == ["01_tiny", "02_other"]
+    assert r["minutes"] >= sum(c["minutes"] for c in r["chapters"])
+    assert r["hardware"]["cores"] and "commit" in r["git"]
+    text = pages.empty_cache_markdown(tmp_path / "book" / "results")
+    assert text.startswith("`bus-paper run --profile smoke --from-empty-cache` took **")
+    assert "within the profile's target of 15 minutes" in text and "| 02_other | executed |" in text
+    r["chapters"][1]["status"], r["complete"], r["within_target"] = "failed", False, False
+    record.write_text(json.dumps(r))
+    text = pages.empty_cache_markdown(tmp_path / "book" / "results")
+    assert "over the profile's target" in text and "**Incomplete**: 02_other did not" in text

@@ -122,12 +122,44 @@ def _hardware_key(hw: Mapping[str, Any]) -> tuple:
             hw.get("avx512_bf16"), hw.get("amx_bf16"))
 
 
+def empty_cache_markdown(results: Path) -> str:
+    """The book's time from an empty cache, as ``bus-paper run --from-empty-cache`` recorded it
+    (``results/reproducibility/empty_cache.json``), against the profile's ``book_minutes``."""
+    path = results / "reproducibility" / "empty_cache.json"
+    if not path.is_file():
+        return ("*Not measured by the runner yet*: `bus-paper run --profile cpu "
+                "--from-empty-cache` (with `runs/` and `.cache/` moved aside) re-executes every "
+                "chapter and writes `book/results/reproducibility/empty_cache.json`, which this "
+                "paragraph then reports. The measurements made by hand are below.")
+    r = json.loads(path.read_text())
+    hw = r.get("hardware") or {}
+    bf16 = [n for n, k in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if hw.get(k)]
+    machine = (f"{hw.get('cpu', 'an unknown CPU')}, {hw.get('cores_usable', '?')} cores, "
+               f"{'bf16 in hardware (' + ', '.join(bf16) + ')' if bf16 else 'no bf16 in hardware'}"
+               + (f", GPU {hw['cuda'].get('device')}" if hw.get("cuda") else ""))
+    target = r.get("target_minutes")
+    verdict = ("" if target is None else
+               f", {'within' if r.get('within_target') else 'over'} the profile's target of "
+               f"{target:g} minutes")
+    failed = [c["chapter"] for c in r.get("chapters", []) if c.get("status") != "executed"]
+    head = (f"`bus-paper run --profile {r.get('profile')} --from-empty-cache` took "
+            f"**{r['minutes']:.1f} minutes** from {str(r.get('started', ''))[:16].replace('T', ' ')}"
+            f" UTC, at commit {short_commit(r.get('git'))}, on {machine}{verdict}."
+            + (f" **Incomplete**: {', '.join(failed)} did not execute, so the time covers less "
+               "than the whole book." if failed or not r.get("complete") else ""))
+    rows_ = [(c["chapter"], c["status"], f"{c['minutes']:.1f}") for c in r.get("chapters", [])]
+    return head + "\n\n" + md_table(["chapter", "status", "minutes"], rows_, ["---", "---", "---:"]) + \
+        ("\n\nEach chapter's minutes include the training it was the first to need; runs it "
+         "shares with earlier chapters were cached by then.")
+
+
 def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
     results = book / "results"
     recs = chapter_records(chapters)
     if not recs:
         none = "*No executed chapter yet (run `bus-paper run`).*"
-        return dict.fromkeys(("runs", "data_checksums", "hardware", "packages"), none)
+        return {**dict.fromkeys(("runs", "data_checksums", "hardware", "packages"), none),
+                "empty_cache": _guarded(lambda: empty_cache_markdown(results))}
     provs = [r["provenance"] for r in recs]
     data_l, data_v = _labels([dict(sorted((p.get("data_checksums") or {}).items()))
                               for p in provs], "D")
@@ -186,7 +218,8 @@ def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
     pkgs = sorted({k for v in pk_v for k in v})
     packages = md_table(["package", *(f"P{i + 1}" for i in range(len(pk_v)))],
                         [(n, *(v.get(n) or "–" for v in pk_v)) for n in pkgs])
-    return {"runs": runs, "data_checksums": data, "hardware": hardware, "packages": packages}
+    return {"runs": runs, "data_checksums": data, "hardware": hardware, "packages": packages,
+            "empty_cache": _guarded(lambda: empty_cache_markdown(results))}
 
 
 # ----------------------------------------------------------------------------- model card

@@ -389,13 +389,68 @@ def parse_value(text: str) -> Any:
             "None": None, "null": None}.get(text, text)
 
 
+# ----------------------------------------------------------------------------- empty cache
+EMPTY_CACHE = Path("reproducibility") / "empty_cache.json"   # under the results folder
+_OUTPUTS_IN_RUNS = ("chapters", "results", "notebook-results")  # runs/: outputs, not a cache
+
+
+def _cached_files(folder: Path, skip: Sequence[str] = ()) -> int:
+    if not folder.is_dir():
+        return 0
+    return sum(1 for top in folder.iterdir() if top.name not in skip
+               for p in ([top] if top.is_file() else top.rglob("*")) if p.is_file())
+
+
+def check_empty_cache() -> None:
+    """Refuse to time the book "from an empty cache" while the runs folder (trained models) or the
+    data cache holds anything: the time would then leave out the training they spare."""
+    from ..paths import cache_dir
+    held = [f"{folder} ({n} file{'' if n == 1 else 's'})" for folder, n in (
+        (runs_dir(), _cached_files(runs_dir(), _OUTPUTS_IN_RUNS)),
+        (cache_dir(), _cached_files(cache_dir()))) if n]
+    if held:
+        raise ValueError(f"--from-empty-cache needs empty caches, but {' and '.join(held)} hold "
+                         "earlier work: move them aside, or point BUS_PAPER_RUNS and "
+                         "BUS_PAPER_CACHE at new folders")
+
+
+def empty_cache_record(prof: Profile, outcomes: Sequence[Outcome], started: float,
+                       seconds: float) -> dict[str, Any]:
+    """What ``bus-paper run --from-empty-cache`` measured: the whole book's wall time against the
+    profile's ``book_minutes``, chapter by chapter, with the commit and the hardware."""
+    from ..provenance import git_state, hardware
+    minutes = seconds / 60
+    complete = bool(outcomes) and all(o.status == "executed" for o in outcomes)
+    return {"profile": prof.name, "minutes": minutes, "target_minutes": prof.book_minutes,
+            "within_target": (complete and prof.book_minutes is not None
+                              and minutes <= prof.book_minutes),
+            "complete": complete,
+            "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(
+                timespec="seconds"),
+            "git": git_state(), "hardware": hardware(),
+            "chapters": [{"chapter": o.notebook.stem, "status": o.status,
+                          "minutes": o.seconds / 60} for o in outcomes]}
+
+
 def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool = False,
         out: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
         overrides: Mapping[str, Any] | None = None, notebooks_dir: str | os.PathLike | None = None,
-        update_book: bool = False, echo: bool = True) -> list[Outcome]:
+        update_book: bool = False, echo: bool = True,
+        from_empty_cache: bool = False) -> list[Outcome]:
     """Execute the selected chapters in order; stop at the first failure (later chapters may read
     its results). Executed chapters go to ``out`` (default: ``book/chapters``; with ``-p``
-    overrides ``runs/chapters`` unless ``update_book``), results to ``<out>/../results/<name>/``."""
+    overrides ``runs/chapters`` unless ``update_book``), results to ``<out>/../results/<name>/``.
+
+    ``from_empty_cache``: every chapter, re-executed, with empty runs and data caches (checked:
+    :func:`check_empty_cache`); the time is written to ``<out>/../results/`` :data:`EMPTY_CACHE`
+    (:func:`empty_cache_record`), which the reproducibility page shows."""
+    if from_empty_cache:
+        if only or overrides:
+            raise ValueError("--from-empty-cache times the whole book as published: "
+                             "no --only, no -p")
+        check_empty_cache()
+        force = True
+    started = time.time()
     root = project_root()
     prof = load_profile(profile)
     notebooks = in_read_order(select(discover(notebooks_dir or root / "notebooks"), only))
@@ -424,6 +479,14 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
                                     data_root=root_for_nb, code=code, force=force, cwd=root))
         if echo:
             _report(outcomes[-1])
+    if from_empty_cache:
+        record = out_dir.parent / "results" / EMPTY_CACHE
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(empty_cache_record(
+            prof, outcomes, started, time.time() - started), indent=1) + "\n")
+        if echo:
+            print(f"from an empty cache: {(time.time() - started) / 60:.1f} min -> {record}",
+                  flush=True)
     return outcomes
 
 
@@ -506,10 +569,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         outcomes = run(args.profile, only=args.only, force=args.force, out=args.out,
                        data_root=args.data_root, overrides=overrides,
-                       notebooks_dir=args.notebooks, update_book=args.update_book)
+                       notebooks_dir=args.notebooks, update_book=args.update_book,
+                       from_empty_cache=args.from_empty_cache)
     except KeyboardInterrupt:  # the chapter was left as it was (see execute)
         print("bus-paper run: interrupted", file=sys.stderr)
         return 130
+    except ValueError as err:  # a request it cannot carry out (nothing was run)
+        print(f"bus-paper run: {err}", file=sys.stderr)
+        return 2
     bad = [o for o in outcomes if o.status == "failed"]
     out = chapters_dir(args.out, overrides, args.update_book)
     if any(o.status == "executed" for o in outcomes) and out.is_dir():
@@ -542,6 +609,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "then go to runs/chapters and runs/results (see --update-book)")
     p.add_argument("--update-book", action="store_true",
                    help="with -p: replace the book's chapters and results all the same")
+    p.add_argument("--from-empty-cache", action="store_true",
+                   help="time the whole book from empty runs/ and data caches (refused "
+                   "otherwise): every chapter re-executed, the time written to "
+                   "book/results/reproducibility/empty_cache.json")
     p.set_defaults(func=_cmd_run)
 
     b = subparsers.add_parser("book", help="build the HTML book from the executed chapters",
