@@ -486,6 +486,13 @@ def test_the_book_is_timed_from_an_empty_cache_only(tmp_path, monkeypatch, capsy
     assert [c["chapter"] for c in r["chapters"]] == ["01_tiny", "02_other"]
     assert r["minutes"] >= sum(c["minutes"] for c in r["chapters"])
     assert r["hardware"]["cores"] and "commit" in r["git"]
+    # each chapter's rerun box gives its own minutes of that run, once the pages are refreshed
+    assert "From an empty cache" not in json.dumps(nbformat.read(out / "01_tiny.ipynb", 4).cells)
+    pages.refresh(tmp_path / "book", out)
+    [box] = [c.source for c in nbformat.read(out / "01_tiny.ipynb", as_version=4).cells
+             if pages.RERUN_ID in c.metadata.get("tags", [])]
+    assert (f"From an empty cache it took **{r['chapters'][0]['minutes']:.1f} minutes** at the "
+            f"`smoke` profile, of the whole book's {r['minutes']:.1f}") in box
     text = pages.empty_cache_markdown(tmp_path / "book" / "results")
     assert text.startswith("`bus-paper run --profile smoke --from-empty-cache` took **")
     assert "within the profile's target of 15 minutes" in text and "| 02_other | executed |" in text

@@ -107,10 +107,29 @@ def _default_value(text: str) -> Any:
         return text  # an expression: shown as written
 
 
+def empty_cache_cost(results: Path | None, stem: str) -> dict[str, Any] | None:
+    """This chapter's minutes in the book's last run from an empty cache (``bus-paper run
+    --from-empty-cache``: ``results/reproducibility/empty_cache.json``), with the whole book's
+    minutes, the profile, date and commit; None when it was not measured or not executed there."""
+    path = (results / "reproducibility" / "empty_cache.json") if results else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        r = json.loads(path.read_text())
+        mine = next(c for c in r["chapters"] if c["chapter"] == stem and c["status"] == "executed")
+        return {"minutes": float(mine["minutes"]), "book_minutes": float(r["minutes"]),
+                "profile": r.get("profile"), "started": str(r.get("started") or "")[:10],
+                "commit": short_commit(r.get("git")), "complete": bool(r.get("complete"))}
+    except (ValueError, KeyError, TypeError, StopIteration):   # another shape, or not there
+        return None
+
+
 def rerun_markdown(meta: Mapping[str, Any], stem: str,
-                   declared: Mapping[str, Mapping[str, Any]], changed: bool = False) -> str:
+                   declared: Mapping[str, Mapping[str, Any]], changed: bool = False,
+                   cost: Mapping[str, Any] | None = None) -> str:
     """The rerun box of one chapter (see the module docstring); ``changed``: the source notebook
-    changed since this execution (:func:`source_changed`), which a warning above the box says."""
+    changed since this execution (:func:`source_changed`), which a warning above the box says;
+    ``cost``: its :func:`empty_cache_cost`, said in the box."""
     m = CHAPTER_STEM.match(stem)
     name = m.group(2) if m else stem
     used = dict(meta.get("parameters") or {})
@@ -154,6 +173,11 @@ def rerun_markdown(meta: Mapping[str, Any], stem: str,
          f"Download it: {{download}}`{stem}.ipynb <{stem}.ipynb>` (outputs included), or use "
          "the download button at the top of the page."),
         "",
+        *([(f"From an empty cache it took **{cost['minutes']:.1f} minutes** at the "
+             f"`{cost['profile']}` profile, of the whole book's {cost['book_minutes']:.1f} "
+             f"(`bus-paper run --from-empty-cache`, {cost['started']}, commit {cost['commit']}; "
+             "runs it shares with earlier chapters were trained by then)."), ""]
+          if cost else []),
         ("Re-run it with the book's pipeline (skipped when nothing it depends on changed; "
          f"results go to `book/results/{name}/`):"),
         "",
@@ -180,17 +204,20 @@ def declared_parameters(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def add_rerun_cell(nb: nbformat.NotebookNode, stem: str,
-                   declared: Mapping[str, Mapping[str, Any]], root: Path | None = None) -> None:
+                   declared: Mapping[str, Mapping[str, Any]], root: Path | None = None,
+                   results: Path | None = None) -> None:
     """Put (or replace) the rerun box under the chapter's title cell, with the warning when the
-    source notebook under ``root`` (default: the project's) has changed since. Outputs, the
-    content hash (of the *source* notebook) and the provenance are untouched."""
+    source notebook under ``root`` (default: the project's) has changed since, and the chapter's
+    cost from an empty cache when ``results`` (the book's results folder) records one. Outputs,
+    the content hash (of the *source* notebook) and the provenance are untouched."""
     meta = nb.metadata.get("bus_paper")
     if not meta:
         return
     cells = [c for c in nb.cells if c.get("id") != RERUN_ID
              and RERUN_ID not in c.get("metadata", {}).get("tags", [])]
     cell = nbformat.v4.new_markdown_cell(rerun_markdown(meta, stem, declared,
-                                                        source_changed(meta, root)),
+                                                        source_changed(meta, root),
+                                                        empty_cache_cost(results, stem)),
                                          metadata={"tags": [RERUN_ID]})
     if nb.get("nbformat_minor", 0) >= 5:
         cell["id"] = RERUN_ID
@@ -223,7 +250,7 @@ def refresh_chapter(path: Path, check: bool = False) -> bool:
     nb = nbformat.reads(text, as_version=4)
     if not nb.metadata.get("bus_paper"):
         return False
-    add_rerun_cell(nb, path.stem, declared_parameters(path))
+    add_rerun_cell(nb, path.stem, declared_parameters(path), results=path.parent.parent / "results")
     hide_code(nb)
     new = nbformat.writes(nb) + "\n"
     if new == text:

@@ -351,7 +351,8 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
     }
     # the "download or re-run" box under the title: written into the executed copy only, so the
     # content hash (of the source notebook) is unchanged
-    pages.add_rerun_cell(executed, nb.stem, pages.declared_parameters(nb.path))
+    pages.add_rerun_cell(executed, nb.stem, pages.declared_parameters(nb.path),
+                         results=out_dir.parent / "results")
     pages.hide_code(executed)
     # readers see where the results are (injected parameters, printed paths), not the staging
     text = (nbformat.writes(executed) + "\n").replace(f"/{staging.name}", f"/{results.name}")
