@@ -98,6 +98,22 @@ class Plan:
         return m.label + (" (random init)" if m.group == "baseline" and not self.ssl[key] else "")
 
 
+def model_list(models: Sequence[str] | None, profile: Profile | str) -> list[str]:
+    """The chapter's models: ``models`` (keys of :data:`MODELS`), else the profile's
+    ``[papers.p001] variants``, else all of them; the proposed model always first, since every
+    comparison is against it.
+
+    >>> model_list(None, "smoke")[:2], "vgg16" in model_list(None, "smoke")
+    (['proposed', 'proposed_random'], False)
+    >>> model_list(["vgg16"], "cpu"), len(model_list(None, "cpu")) == len(MODELS)
+    (['proposed', 'vgg16'], True)
+    """
+    if models is None:
+        models = load_profile(profile).section("p001").get("variants") or list(MODELS)
+    keys = [_model(k).key for k in models]
+    return keys if "proposed" in keys else ["proposed", *keys]
+
+
 def default_plan(profile: Profile | str, models: Sequence[str], seeds: Sequence[int],
                  one_seed: Sequence[str] | None = None,
                  random_init: Sequence[str] | None = None) -> Plan:
