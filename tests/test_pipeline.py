@@ -499,4 +499,8 @@ def test_the_book_is_timed_from_an_empty_cache_only(tmp_path, monkeypatch, capsy
     r["chapters"][1]["status"], r["complete"], r["within_target"] = "failed", False, False
     record.write_text(json.dumps(r))
     text = pages.empty_cache_markdown(tmp_path / "book" / "results")
-    assert "over the profile's target" in text and "**Incomplete**: 02_other did not" in text
+    assert "target" not in text and "**Incomplete**: 02_other did not" in text
+    r["chapters"][1]["status"], r["complete"], r["minutes"] = "executed", True, 151.0
+    record.write_text(json.dumps(r))
+    text = pages.empty_cache_markdown(tmp_path / "book" / "results")
+    assert "**151.0 minutes**" in text and "over the profile's target of 15 minutes" in text

@@ -18,7 +18,8 @@ from ..config import Profile, as_list, load_profile  # as_list: notebooks' name
 from ..paths import project_root, runs_dir
 from ..provenance import atomic_write_text, provenance, save_result, save_table, stamp
 
-__all__ = ["READS", "READS_FILE", "Chapter", "as_list", "chapter", "readable", "resolve_data_root", "seed_list"]
+__all__ = ["READS", "READS_FILE", "Chapter", "as_list", "chapter", "readable", "resolve_data_root",
+           "seed_list"]
 
 # Which chapters read which other chapters' result files: a reader's content hash includes those
 # files (it re-runs when one changes) and `run` executes it after them.

@@ -138,17 +138,20 @@ def empty_cache_markdown(results: Path) -> str:
                f"{'bf16 in hardware (' + ', '.join(bf16) + ')' if bf16 else 'no bf16 in hardware'}"
                + (f", GPU {hw['cuda'].get('device')}" if hw.get("cuda") else ""))
     target = r.get("target_minutes")
-    verdict = ("" if target is None else
+    failed = [c["chapter"] for c in r.get("chapters", []) if c.get("status") != "executed"]
+    complete = bool(r.get("complete")) and not failed
+    verdict = ("" if target is None or not complete else
                f", {'within' if r.get('within_target') else 'over'} the profile's target of "
                f"{target:g} minutes")
-    failed = [c["chapter"] for c in r.get("chapters", []) if c.get("status") != "executed"]
+    when = str(r.get("started", ""))[:16].replace("T", " ")
     head = (f"`bus-paper run --profile {r.get('profile')} --from-empty-cache` took "
-            f"**{r['minutes']:.1f} minutes** from {str(r.get('started', ''))[:16].replace('T', ' ')}"
-            f" UTC, at commit {short_commit(r.get('git'))}, on {machine}{verdict}."
-            + (f" **Incomplete**: {', '.join(failed)} did not execute, so the time covers less "
-               "than the whole book." if failed or not r.get("complete") else ""))
+            f"**{r['minutes']:.1f} minutes** from {when} UTC, at commit "
+            f"{short_commit(r.get('git'))}, on {machine}{verdict}."
+            + ("" if complete else f" **Incomplete**: {', '.join(failed) or 'a chapter'} did not "
+               "execute, so the time covers less than the whole book."))
     rows_ = [(c["chapter"], c["status"], f"{c['minutes']:.1f}") for c in r.get("chapters", [])]
-    return head + "\n\n" + md_table(["chapter", "status", "minutes"], rows_, ["---", "---", "---:"]) + \
+    table_ = md_table(["chapter", "status", "minutes"], rows_, ["---", "---", "---:"])
+    return head + "\n\n" + table_ + \
         ("\n\nEach chapter's minutes include the training it was the first to need; runs it "
          "shares with earlier chapters were cached by then.")
 

@@ -119,8 +119,8 @@ class FeatureSet:
 def feature_sets(task: Task, s: Settings) -> list[FeatureSet]:
     if task.kind == "clinical":
         return [FeatureSet("metadata", "BI-RADS + device (no image)", (), None, "none", True),
-                FeatureSet("image", f"Image ({len(s.backbones)} backbones, concatenated)", s.backbones, "ssl",
-                           "concat"),
+                FeatureSet("image", f"Image ({len(s.backbones)} backbones, concatenated)",
+                           s.backbones, "ssl", "concat"),
                 FeatureSet("image_metadata", "Image + BI-RADS + device", s.backbones, "ssl",
                            "concat", True)]
     sets = [FeatureSet(b, BACKBONE_LABELS.get(b, b), (b,), "ssl") for b in s.backbones]
