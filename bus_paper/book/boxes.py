@@ -107,11 +107,15 @@ def _default_value(text: str) -> Any:
         return text  # an expression: shown as written
 
 
+# what `bus-paper run --from-empty-cache` writes, under the book's results folder
+EMPTY_CACHE = Path("reproducibility") / "empty_cache.json"
+
+
 def empty_cache_cost(results: Path | None, stem: str) -> dict[str, Any] | None:
     """This chapter's minutes in the book's last run from an empty cache (``bus-paper run
     --from-empty-cache``: ``results/reproducibility/empty_cache.json``), with the whole book's
     minutes, the profile, date and commit; None when it was not measured or not executed there."""
-    path = (results / "reproducibility" / "empty_cache.json") if results else None
+    path = results / EMPTY_CACHE if results else None
     if path is None or not path.is_file():
         return None
     try:

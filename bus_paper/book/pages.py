@@ -35,6 +35,7 @@ from typing import Any
 from ..provenance import atomic_write_text
 from .boxes import (  # noqa: F401 (the CLI's and the tests' names)
     CHAPTER_STEM,
+    EMPTY_CACHE,
     HIDE_INPUT,
     RERUN_ID,
     add_rerun_cell,
@@ -122,10 +123,16 @@ def _hardware_key(hw: Mapping[str, Any]) -> tuple:
             hw.get("avx512_bf16"), hw.get("amx_bf16"))
 
 
+def _bf16(hw: Mapping[str, Any]) -> str:
+    """The CPU's bf16 instructions in a hardware record (provenance.hardware), or "no"."""
+    f = [n for n, k in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if hw.get(k)]
+    return ", ".join(f) or "no"
+
+
 def empty_cache_markdown(results: Path) -> str:
     """The book's time from an empty cache, as ``bus-paper run --from-empty-cache`` recorded it
     (``results/reproducibility/empty_cache.json``), against the profile's ``book_minutes``."""
-    path = results / "reproducibility" / "empty_cache.json"
+    path = results / EMPTY_CACHE
     if not path.is_file():
         return ("*Not measured by the runner yet*: `bus-paper run --profile cpu "
                 "--from-empty-cache` (with `runs/` and `.cache/` moved aside) re-executes every "
@@ -133,9 +140,9 @@ def empty_cache_markdown(results: Path) -> str:
                 "paragraph then reports. The measurements made by hand are below.")
     r = json.loads(path.read_text())
     hw = r.get("hardware") or {}
-    bf16 = [n for n, k in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if hw.get(k)]
+    bf16 = _bf16(hw)
     machine = (f"{hw.get('cpu', 'an unknown CPU')}, {hw.get('cores_usable', '?')} cores, "
-               f"{'bf16 in hardware (' + ', '.join(bf16) + ')' if bf16 else 'no bf16 in hardware'}"
+               f"{'no bf16 in hardware' if bf16 == 'no' else f'bf16 in hardware ({bf16})'}"
                + (f", GPU {hw['cuda'].get('device')}" if hw.get("cuda") else ""))
     target = r.get("target_minutes")
     failed = [c["chapter"] for c in r.get("chapters", []) if c.get("status") != "executed"]
@@ -203,14 +210,10 @@ def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
         return (f"{cuda.get('count', 1)} x {cuda.get('device')} (CUDA {cuda.get('version')})"
                 if cuda else "none")
 
-    def bf16(hw: Mapping[str, Any]) -> str:
-        f = [n for n, k in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if hw.get(k)]
-        return ", ".join(f) or "no"
-
     hws = [hw_full[k] for k in hw_v]
     fields = [("CPU", lambda h: h.get("cpu")),
               ("cores (usable / total)", lambda h: f"{h.get('cores_usable')} / {h.get('cores')}"),
-              ("GPU", gpu), ("CPU bf16", bf16),
+              ("GPU", gpu), ("CPU bf16", _bf16),
               ("torch (threads, CPU capability)",
                lambda h: f"{h.get('torch')} ({h.get('torch_threads', '–')}, "
                          f"{h.get('torch_cpu_capability', '–')})"),

@@ -39,7 +39,7 @@ from ..paths import data_root as find_data_root
 from ..provenance import atomic_write_text, data_checksums, provenance
 from . import pages
 from .boxes import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
-from .boxes import notebook_digest
+from .boxes import EMPTY_CACHE, notebook_digest
 from .chapter import READS, READS_FILE, registry_datasets
 
 KERNEL = "python3"
@@ -391,7 +391,6 @@ def parse_value(text: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- empty cache
-EMPTY_CACHE = Path("reproducibility") / "empty_cache.json"   # under the results folder
 _OUTPUTS_IN_RUNS = ("chapters", "results", "notebook-results")  # runs/: outputs, not a cache
 
 
