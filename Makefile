@@ -22,7 +22,7 @@ book: $(BIN)/.installed
 	@echo "book: file://$(CURDIR)/book/_build/html/index.html"
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 clean-book:
 	rm -rf book/_build

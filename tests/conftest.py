@@ -19,6 +19,17 @@ from PIL import Image
 from bus_paper.data.phantom import write_phantom_root
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``) each worker, and every process it starts
+    (papermill kernels, torchrun), computes on one thread: two workers on a 2-core machine then
+    share the cores instead of four OpenMP threads spinning against each other, which is far
+    slower than running the tests one after another."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        import torch
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Keep tests out of the developer's cache and runs folders (unless a test sets its own)."""
