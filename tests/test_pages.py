@@ -318,25 +318,57 @@ def test_readable_tables_have_no_row_numbers_na_or_snake_case():
     assert doctest.testmod(chapter_module).failed == 0
 
 
+def _executed_copy(source: nbformat.NotebookNode, path: Path, record: dict) -> nbformat.NotebookNode:
+    """What the runner writes for ``source``: papermill's injected cell after the parameters cell,
+    an output, the rerun box and the code cells' hide-input tags, with ``record`` as its
+    ``metadata.bus_paper``."""
+    from bus_paper.book import boxes
+    nb = nbformat.from_dict(json.loads(json.dumps(source)))
+    at = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), -1)
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(
+        "profile = 'cpu'", metadata={"tags": [boxes.INJECTED]}))
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs = [nbformat.v4.new_output("stream", name="stdout", text=c.source + "\n")]
+    nb.metadata["bus_paper"] = record
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    boxes.add_rerun_cell(nb, path.stem, {}, path.parent)   # no source there: no warning
+    boxes.hide_code(nb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return nb
+
+
 def test_a_chapter_executed_from_an_older_notebook_says_so(tmp_path):
-    """The warning above the rerun box: shown when the source notebook's cells differ from those
-    the chapter was executed from, not when only outputs or metadata differ, not without a source."""
+    """The warning above the rerun box: shown when the source notebook's code cells differ from
+    those the chapter was executed from (compared with the executed chapter itself), not when only
+    outputs, metadata or prose differ, not without a source."""
     from bus_paper.book import boxes
     source = tmp_path / "notebooks" / "04_table1.ipynb"
     source.parent.mkdir()
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# Table 1"), nbformat.v4.new_code_cell("x = 1")]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Table 1"),
+                nbformat.v4.new_code_cell("seed = 0", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("x = 1")]
     nbformat.write(nb, source)
-    meta = {"source": source.name, "hash_parts": {"notebook": boxes.notebook_digest(source)},
+    chapters = tmp_path / "book" / "chapters"
+    meta = {"source": source.name, "path": chapters / "04_table1.ipynb",
             "provenance": {"git": {"commit": "abcdef1234567890"}, "wall_s": 60.0,
                            "timestamp": "2026-01-01T10:00:00+00:00"}}
+    _executed_copy(nb, meta["path"], {k: v for k, v in meta.items() if k != "path"})
     assert not boxes.source_changed(meta, tmp_path)
-    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
     nb.metadata["anything"] = 1
+    nb.cells[0].source = "# Table 1\n\nReworded."
+    nb.cells[2].metadata["mystnb"] = {"figure": {"caption": "A caption."}}
     nbformat.write(nb, source)
-    assert not boxes.source_changed(meta, tmp_path)          # outputs and metadata do not count
+    assert not boxes.source_changed(meta, tmp_path)   # outputs, metadata, prose do not count
     assert "earlier version" not in boxes.rerun_markdown(meta, "04_table1", {})
-    nb.cells[1].source = "x = 2"
+    nb.cells[2].source = "x = 2"
+    nbformat.write(nb, source)
+    assert boxes.source_changed(meta, tmp_path)
+    nb.cells[2].source = "x = 1"
+    nb.cells[1].metadata["tags"] = []                 # the parameters tag is part of the code
     nbformat.write(nb, source)
     assert boxes.source_changed(meta, tmp_path)
     text = boxes.rerun_markdown(meta, "04_table1", {}, changed=True)
@@ -344,16 +376,68 @@ def test_a_chapter_executed_from_an_older_notebook_says_so(tmp_path):
     assert "commit `abcdef123456` (2026-01-01 10:00 UTC)" in text
     assert "bus-paper run --only table1 --profile cpu" in text
     assert not boxes.source_changed({**meta, "source": "gone.ipynb"}, tmp_path)
-    assert not boxes.source_changed({"source": source.name}, tmp_path)   # an old record
+    assert not boxes.source_changed({"source": source.name}, tmp_path)   # no executed chapter
 
     # the landing page and the model card list such chapters through one helper, in book order
-    chapters = tmp_path / "book" / "chapters"
-    chapters.mkdir(parents=True)
-    for stem, record in (("05_ablations", {**meta, "source": "gone.ipynb"}), ("04_table1", meta),
+    for stem, record in (("05_ablations", {**meta, "source": "gone.ipynb"}),
                          ("01_data", {"source": source.name})):
-        executed = nbformat.v4.new_notebook(metadata={"bus_paper": record})
+        executed = nbformat.v4.new_notebook(metadata={"bus_paper": {
+            k: v for k, v in record.items() if k != "path"}})
         nbformat.write(executed, chapters / f"{stem}.ipynb")
     assert [r["stem"] for r in boxes.older_chapters(chapters, tmp_path)] == ["04_table1"]
-    nb.cells[1].source = "x = 1"
+    nb.cells[1].metadata["tags"] = ["parameters"]
     nbformat.write(nb, source)
     assert boxes.older_chapters(chapters, tmp_path) == []
+
+
+def test_prose_reaches_the_executed_chapter_without_a_rerun(tmp_path):
+    """A reworded paragraph, a new Markdown cell or a figure caption (cell metadata) in the source
+    notebook is carried into the executed chapter by `bus-paper pages`, outputs kept; once the
+    code differs, nothing is carried (the chapter needs a re-run and says so)."""
+    from bus_paper.book import boxes
+    source_path = tmp_path / "notebooks" / "04_table1.ipynb"
+    source_path.parent.mkdir()
+    src = nbformat.v4.new_notebook()
+    src.cells = [nbformat.v4.new_markdown_cell("# Table 1\n\nOld words."),
+                 nbformat.v4.new_code_cell("seed = 0", metadata={"tags": ["parameters"]}),
+                 nbformat.v4.new_code_cell("plot()"),
+                 nbformat.v4.new_markdown_cell("Old closing words.")]
+    nbformat.write(src, source_path)
+    chapter = tmp_path / "book" / "chapters" / "04_table1.ipynb"
+    record = {"source": source_path.name, "provenance": {"git": {"commit": "abcdef1234567890"},
+                                                         "wall_s": 60.0, "timestamp": "2026-01-01"}}
+    _executed_copy(src, chapter, record)
+    boxes.refresh_chapter(chapter, root=tmp_path)                      # the box, with parameters
+    assert boxes.refresh_chapter(chapter, root=tmp_path) is False     # in step: nothing to do
+
+    src.cells[0].source = "# Table 1\n\nNew words, see {numref}`fig-plot`."
+    src.cells[2].metadata["mystnb"] = {"figure": {"caption": "The plot.", "name": "fig-plot"}}
+    src.cells.insert(3, nbformat.v4.new_markdown_cell("A new paragraph."))
+    del src.cells[4]
+    nbformat.write(src, source_path)
+    before = nbformat.read(chapter, as_version=4)
+    assert boxes.refresh_chapter(chapter, check=True, root=tmp_path) is True
+    assert nbformat.read(chapter, as_version=4) == before              # check writes nothing
+    assert boxes.refresh_chapter(chapter, root=tmp_path) is True
+    nb = nbformat.read(chapter, as_version=4)
+    kinds = [(c.cell_type, c.get("id") == boxes.RERUN_ID,
+              boxes.INJECTED in c.metadata.get("tags", [])) for c in nb.cells]
+    assert kinds == [("markdown", False, False), ("markdown", True, False),      # title, box
+                     ("code", False, False), ("code", False, True),             # parameters
+                     ("code", False, False), ("markdown", False, False)]
+    assert nb.cells[0].source.startswith("# Table 1\n\nNew words")
+    assert nb.cells[-1].source == "A new paragraph."
+    plot = nb.cells[4]
+    assert plot.metadata["mystnb"]["figure"]["name"] == "fig-plot"
+    assert boxes.HIDE_INPUT in plot.metadata["tags"]
+    assert plot.outputs == before.cells[4].outputs and plot.outputs      # outputs kept
+    assert nb.metadata == before.metadata
+    assert "earlier version" not in nb.cells[1].source
+    assert boxes.refresh_chapter(chapter, root=tmp_path) is False     # idempotent
+
+    src.cells[2].source = "plot(2)"                                    # code: a re-run is due
+    nbformat.write(src, source_path)
+    assert boxes.refresh_chapter(chapter, root=tmp_path) is True      # the warning only
+    nb2 = nbformat.read(chapter, as_version=4)
+    assert "earlier version" in nb2.cells[1].source
+    assert [c.source for c in nb2.cells[2:]] == [c.source for c in nb.cells[2:]]

@@ -3,14 +3,17 @@
 own parameters and the values this run used, and a download link to the executed ``.ipynb``),
 code cells hidden behind a toggle, and the chapters' run records (times, provenance).
 
-A chapter whose source notebook has changed since it was executed (its cells' digest differs from
-the one stored at execution) also gets a visible warning above the box: its words, tables and
+A chapter whose source notebook's code has changed since it was executed (its code cells differ
+from the executed chapter's) also gets a visible warning above the box: its words, tables and
 figures come from the earlier version until ``bus-paper run`` executes it again. Package changes
-alone do not raise it (every commit changes the package; the runner re-executes for those)."""
+alone do not raise it (every commit changes the package; the runner re-executes for those). A
+change of prose only (Markdown, figure and table captions) needs no re-run: :func:`sync_prose`
+carries it into the executed chapter, keeping its outputs, whenever the boxes are refreshed."""
 
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 import json
 import os
@@ -27,6 +30,7 @@ from ..provenance import atomic_write_text
 from .format import md_table, short_commit
 
 RERUN_ID = "bus-paper-rerun"
+HIDE_INPUT = "hide-input"   # jupyter-book: the code sits behind a "show" toggle, outputs stay
 # Parameters that `bus-paper run` sets itself; the others are passed with -p.
 RUN_PARAMETERS = ("profile", "data_root", "results_dir")
 CHAPTER_STEM = re.compile(r"^(\d+)_(.+)$")   # 01_data: number, name
@@ -64,26 +68,112 @@ def times_markdown(chapters_dir: str | os.PathLike) -> str:
     return "\n".join(lines) + "\n"
 
 
+INJECTED = "injected-parameters"   # papermill's tag on the cell of values it was run with
+
+
+def code_cells(nb: nbformat.NotebookNode) -> list[dict[str, Any]]:
+    """What a chapter's outputs depend on: the source and tags of its code cells, in order. In an
+    executed copy, papermill's injected cell and the tags the book adds (:data:`HIDE_INPUT`) are
+    left out, so an executed chapter and its source notebook compare equal when nothing ran
+    differently. Prose (Markdown, raw cells) and cell metadata such as figure captions are not
+    here: they change what a reader sees, not what a cell computes (as in jupyter-cache)."""
+    return [{"source": c.source, "tags": sorted(t for t in c.get("metadata", {}).get("tags", [])
+                                                if t != HIDE_INPUT)}
+            for c in nb.cells
+            if c.cell_type == "code" and INJECTED not in c.get("metadata", {}).get("tags", [])]
+
+
 def notebook_digest(path: str | os.PathLike) -> str:
-    """sha256 of the cells that matter: type, source and tags (``parameters`` is a tag).
-
-    Outputs, execution counts, cell ids and notebook metadata are left out: opening and saving a
-    notebook in Jupyter must not force a re-run.
-    """
+    """sha256 of :func:`code_cells` (``parameters`` is a tag): the notebook's part of the content
+    hash. Outputs, prose, cell ids and metadata are left out: opening and saving a notebook in
+    Jupyter, or rewording its text, must not force a re-run (:func:`sync_prose` carries new prose
+    into the executed chapter)."""
     nb = nbformat.read(path, as_version=4)
-    cells = [{"type": c.cell_type, "source": c.source,
-              "tags": sorted(c.get("metadata", {}).get("tags", []))} for c in nb.cells]
-    return hashlib.sha256(json.dumps(cells, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(code_cells(nb), sort_keys=True).encode()).hexdigest()
 
 
-def source_changed(meta: Mapping[str, Any], root: Path | None = None) -> bool:
-    """Whether the source notebook (``notebooks/<source>`` under ``root``) differs from the one this
-    chapter was executed from; False when either side is unknown (no source, an old record)."""
-    stored = (meta.get("hash_parts") or {}).get("notebook")
-    source = (root or project_root()) / "notebooks" / str(meta.get("source") or "")
-    if not stored or not meta.get("source") or not source.is_file():
+def _source_of(meta: Mapping[str, Any], root: Path | None) -> Path | None:
+    path = (root or project_root()) / "notebooks" / str(meta.get("source") or "")
+    return path if meta.get("source") and path.is_file() else None
+
+
+def source_changed(meta: Mapping[str, Any], root: Path | None = None,
+                   nb: nbformat.NotebookNode | None = None) -> bool:
+    """Whether the code of the source notebook (``notebooks/<source>`` under ``root``) differs from
+    the code this chapter was executed from (``nb``, the executed chapter, else its path in
+    ``meta``); False when either side is unknown. Prose changes do not count: :func:`sync_prose`
+    carries them over without a re-run."""
+    source = _source_of(meta, root)
+    if source is None:
         return False
-    return notebook_digest(source) != stored
+    if nb is None:
+        if not meta.get("path"):
+            return False
+        nb = nbformat.read(meta["path"], as_version=4)
+    return code_cells(nbformat.read(source, as_version=4)) != code_cells(nb)
+
+
+def _shown(cells: list) -> str:
+    """What a reader sees of ``cells``: papermill's timing metadata (which it writes on every cell,
+    Markdown too) and empty tag lists left out."""
+    def meta(c):
+        m = {k: v for k, v in c.get("metadata", {}).items() if k not in ("execution", "papermill")}
+        return {k: v for k, v in m.items() if not (k == "tags" and not v)}
+    return json.dumps([{"type": c.cell_type, "source": c.source, "metadata": meta(c),
+                        "outputs": c.get("outputs")} for c in cells], sort_keys=True, default=str)
+
+
+def sync_prose(nb: nbformat.NotebookNode, source: nbformat.NotebookNode) -> bool:
+    """Carry the source notebook's prose into its executed chapter ``nb`` (in place): Markdown and
+    raw cells, and the metadata of code cells (figure captions and names: ``mystnb``), keeping
+    every output. Only when the code cells are the same (:func:`code_cells`); otherwise the
+    outputs belong to other code, the chapter needs a re-run, and nothing is done. Papermill's
+    injected cell stays after the parameters cell; the rerun box is dropped, for
+    :func:`add_rerun_cell` to put back. True if ``nb`` changed."""
+    if code_cells(source) != code_cells(nb):
+        return False
+    tags = lambda c: c.get("metadata", {}).get("tags", [])
+    injected = [c for c in nb.cells if c.cell_type == "code" and INJECTED in tags(c)]
+    executed = iter(c for c in nb.cells if c.cell_type == "code" and INJECTED not in tags(c))
+    cells = []
+    for src in source.cells:
+        if src.cell_type != "code":
+            cells.append(copy.deepcopy(src))
+            continue
+        cell = next(executed)
+        meta = copy.deepcopy(dict(src.get("metadata", {})))
+        meta.update({k: v for k, v in cell.get("metadata", {}).items()
+                     if k in ("execution", "papermill")})   # what the run recorded
+        if HIDE_INPUT in tags(cell):
+            meta["tags"] = [*meta.get("tags", []), HIDE_INPUT]
+        cell["metadata"] = nbformat.from_dict(meta)
+        cells.append(cell)
+        if "parameters" in tags(src):
+            cells += injected
+            injected = []
+    cells = injected + cells          # papermill puts it first when there is no parameters cell
+    before = [c for c in nb.cells if RERUN_ID not in (c.get("id"), *tags(c))]
+    if _shown(cells) == _shown(before):
+        return False
+    nb.cells = cells
+    return True
+
+
+def uncaptioned_outputs(nb: nbformat.NotebookNode) -> list[str]:
+    """The code cells of an executed chapter that show a figure or a table (a PNG, an HTML table)
+    without a caption (cell metadata ``mystnb.figure.caption``, numbered by the book), each as its
+    first line: the book numbers and captions every figure and table."""
+    out = []
+    for c in nb.cells:
+        if c.cell_type != "code" or (c.get("metadata", {}).get("mystnb", {})
+                                     .get("figure", {}).get("caption")):
+            continue
+        shown = [o for o in c.get("outputs", []) if o.get("output_type") in
+                 ("display_data", "execute_result")]
+        if any("image/png" in o.get("data", {}) or "<table" in str(o.get("data", {}).get(
+                "text/html", "")) for o in shown):
+            out.append(c.source.strip().splitlines()[0] if c.source.strip() else "(empty cell)")
+    return out
 
 
 def older_chapters(chapters: Path, root: Path | None = None) -> list[dict[str, Any]]:
@@ -220,7 +310,7 @@ def add_rerun_cell(nb: nbformat.NotebookNode, stem: str,
     cells = [c for c in nb.cells if c.get("id") != RERUN_ID
              and RERUN_ID not in c.get("metadata", {}).get("tags", [])]
     cell = nbformat.v4.new_markdown_cell(rerun_markdown(meta, stem, declared,
-                                                        source_changed(meta, root),
+                                                        source_changed(meta, root, nb),
                                                         empty_cache_cost(results, stem)),
                                          metadata={"tags": [RERUN_ID]})
     if nb.get("nbformat_minor", 0) >= 5:
@@ -234,9 +324,6 @@ def add_rerun_cell(nb: nbformat.NotebookNode, stem: str,
     nb.cells = cells
 
 
-HIDE_INPUT = "hide-input"   # jupyter-book: the code sits behind a "show" toggle, outputs stay
-
-
 def hide_code(nb: nbformat.NotebookNode) -> None:
     """Readers see a chapter's tables, figures and prose; its code is one click away. Tagged in
     the executed copy only, so the source notebook (and its content hash) stays as it is."""
@@ -247,14 +334,20 @@ def hide_code(nb: nbformat.NotebookNode) -> None:
                 tags.append(HIDE_INPUT)
 
 
-def refresh_chapter(path: Path, check: bool = False) -> bool:
-    """Add/refresh the rerun box of one executed chapter in place, with its code cells hidden;
-    True if it changed."""
+def refresh_chapter(path: Path, check: bool = False, root: Path | None = None) -> bool:
+    """Refresh one executed chapter in place: its prose from the source notebook under ``root``
+    when only prose changed (:func:`sync_prose`), its rerun box, its code cells hidden; True if
+    it changed."""
     text = path.read_text()
     nb = nbformat.reads(text, as_version=4)
-    if not nb.metadata.get("bus_paper"):
+    meta = nb.metadata.get("bus_paper")
+    if not meta:
         return False
-    add_rerun_cell(nb, path.stem, declared_parameters(path), results=path.parent.parent / "results")
+    source = _source_of(meta, root)
+    if source is not None:
+        sync_prose(nb, nbformat.read(source, as_version=4))
+    add_rerun_cell(nb, path.stem, declared_parameters(path), root,
+                   results=path.parent.parent / "results")
     hide_code(nb)
     new = nbformat.writes(nb) + "\n"
     if new == text:

@@ -579,8 +579,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     bad = [o for o in outcomes if o.status == "failed"]
     out = chapters_dir(args.out, overrides, args.update_book)
-    if any(o.status == "executed" for o in outcomes) and out.is_dir():
-        # chapter times, model card, reproducibility page: from the results just written
+    if outcomes and out.is_dir():
+        # chapter times, model card, reproducibility page: from the results just written; the
+        # prose of up-to-date chapters from their source notebooks (boxes.sync_prose)
         for path in pages.refresh(out.parent, out):
             print(f"refreshed {path}")
     print(f"{len(outcomes)} notebook(s), {sum(o.status == 'executed' for o in outcomes)} executed,"
