@@ -141,7 +141,7 @@ def test_claims_table_follows_the_legend_and_the_learning_checks(results):
     assert on_us["verdict"] == S.NOT_TESTABLE and on_us["mechanism"] == "n/a"
     # for readers: percent with one decimal, words instead of NaN
     shown = papers.display(t, "000")
-    assert "81.0 (73.0 to 99.0)" in set(shown["measured (95% CI)"])
+    assert "81.0 (73.0\u00a0to\u00a099.0)" in set(shown["measured (95% CI)"])   # unbroken interval
     assert not shown.isna().any().any() and "nan" not in shown.to_string().lower()
     counts = papers.verdict_counts(t)
     assert counts.loc["002", S.NOT_TESTED] == 1 and list(counts.index) == ["000", "001", "002",

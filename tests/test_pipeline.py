@@ -120,12 +120,18 @@ def test_trim_outputs_caps_text_and_drops_widgets():
     ]
     nb.cells = [cell]
     nb.metadata["widgets"] = {"state": {}}
-    assert pipeline.trim_outputs(nb, max_chars=20) == 2
+    assert pipeline.trim_outputs(nb, max_chars=20, max_html=20) == 2
     out = nb.cells[0].outputs
     assert out[0].text.startswith("a" * 20) and "30 characters cut" in out[0].text
-    assert set(out[1].data) == {"text/plain"}
+    # a dropped table says so, rather than showing a Python repr in its place
+    assert set(out[1].data) == {"text/plain"} and "too large for the book" in out[1].data["text/plain"]
     assert out[2].data == {"text/html": "<b>ok</b>", "image/png": "iVBOR"}
     assert "widgets" not in nb.metadata
+    # HTML has its own, larger cap: a styled table of fifty rows is kept
+    table = nbformat.v4.new_output("display_data", data={"text/html": "<td>x</td>" * 3000,
+                                                         "text/plain": "<Styler at 0x1>"})
+    nb.cells[0].outputs = [table]
+    assert pipeline.trim_outputs(nb) == 0 and "text/html" in table.data
 
 
 # ----------------------------------------------------------------------------- execution

@@ -44,6 +44,7 @@ from .chapter import READS, READS_FILE, registry_datasets
 
 KERNEL = "python3"
 MAX_TEXT_CHARS = 20_000          # per text output; a runaway print must not bloat the book
+MAX_HTML_CHARS = 200_000         # per HTML output: a styled 50-row table is ~25 000 characters
 MAX_NOTEBOOK_BYTES = 5_000_000   # warn above this: figures are meant to be ~100 dpi PNGs
 BOOK_SOURCES = ("_config.yml", "_toc.yml")  # + the book/ folder, minus generated parts
 GENERATED = ("_build", "chapters", "results", "failed")  # under book/: outputs, not sources
@@ -175,8 +176,12 @@ def data_state(profile: Profile, data_root: str | os.PathLike | None
 
 
 # ----------------------------------------------------------------------------- execution
-def trim_outputs(nb: nbformat.NotebookNode, max_chars: int = MAX_TEXT_CHARS) -> int:
-    """Cap text outputs, drop widget views (no widget state in a static book). Returns # trimmed."""
+def trim_outputs(nb: nbformat.NotebookNode, max_chars: int = MAX_TEXT_CHARS,
+                 max_html: int = MAX_HTML_CHARS) -> int:
+    """Cap text outputs, drop widget views (no widget state in a static book). Returns # trimmed.
+    An HTML output over ``max_html`` is dropped whole (cut mid-tag it would break the page), and
+    its plain-text form, often only a repr such as ``<pandas.io.formats.style.Styler at 0x...>``,
+    says so instead."""
     def cap(text: str | list[str]) -> tuple[str, bool]:
         text = "".join(text) if isinstance(text, list) else text
         if len(text) <= max_chars:
@@ -193,13 +198,16 @@ def trim_outputs(nb: nbformat.NotebookNode, max_chars: int = MAX_TEXT_CHARS) -> 
                 data = out.data
                 data.pop("application/vnd.jupyter.widget-view+json", None)
                 html = data.get("text/html")
-                if html is not None and len("".join(html)) > max_chars:
-                    del data["text/html"]  # cutting HTML mid-tag breaks the page; keep the text
-                    trimmed += 1
                 for mime in ("text/plain", "text/markdown", "text/latex"):
                     if mime in data:
                         data[mime], cut = cap(data[mime])
                         trimmed += cut
+                if html is not None and len("".join(html)) > max_html:
+                    del data["text/html"]
+                    data["text/plain"] = (f"[an HTML output of {len(''.join(html)):,} characters, "
+                                          "too large for the book; the chapter's result files "
+                                          "hold its numbers]")
+                    trimmed += 1
             elif out.output_type == "error":
                 out.traceback = [cap(line)[0] for line in out.traceback]
     nb.metadata.pop("widgets", None)

@@ -102,7 +102,8 @@ def _measured(r: pd.Series) -> str:
     if pd.isna(r["measured"]):
         return "not measured"
     signed = r["kind"] == "difference"
-    return (f"{_num(r['measured'], signed)} ({_num(r['ci_low'], signed)} to "
+    # no-break spaces inside the interval: the line may break before it, never within it
+    return (f"{_num(r['measured'], signed)} ({_num(r['ci_low'], signed)}\u00a0to\u00a0"
             f"{_num(r['ci_high'], signed)})")
 
 
@@ -139,13 +140,12 @@ def source_files(table: pd.DataFrame, paper: str) -> list[str]:
     return sorted({s for s in t["source"].dropna().astype(str) if s})
 
 
-# Column widths for the claims tables: the claim's words need room; the verdict and the numbers
-# should not break inside an interval. Scoped to the table by pandas' Styler (its own id).
+# Column widths for the claims tables: the claim's words need room; an interval never breaks
+# inside (no-break spaces, :func:`_measured`), only before it. Scoped by pandas' Styler (its id).
 _STYLE = [{"selector": "", "props": "border-collapse: collapse;"},
           {"selector": "th, td", "props": "font-size: 0.85rem; vertical-align: top; "
                                           "padding: 0.2em 0.45em;"},
           {"selector": "td.col0", "props": "min-width: 14em;"},
-          {"selector": "td.col2", "props": "white-space: nowrap;"},
           {"selector": "td.col4", "props": "min-width: 8em;"}]
 
 
