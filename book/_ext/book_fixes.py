@@ -14,6 +14,13 @@ test measures it); the rule is a small stylesheet written into ``_static`` at bu
 MathJax is served with the book (from the ``jupyter-server-mathjax`` package, MathJax 2.7, copied
 into ``_static/mathjax``) rather than from a CDN, so equations render offline and in a browser
 that cannot reach the internet (the browser test checks it).
+
+Figures and tables are numbered per chapter and captioned. A notebook cell gets its caption as
+cell metadata, ``mystnb: {figure: {caption: ..., name: fig-...}}``, which MyST-NB turns into a
+figure; a cell whose output is a table also gets ``classes: output-table`` and is numbered here
+as a table ("Table 2", and ``{numref}`` says "Table 2"), in one sequence with the pages' own
+tables. A cell with one output per data set (a loop over a parameter) is captioned without a name:
+each output is numbered, none is referenced by name.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from typing import Any
+
+from docutils import nodes
+from sphinx.transforms import SphinxTransform
+from sphinx.writers.html5 import HTML5Translator
 
 MATHJAX_DIR = "mathjax"   # under _static
 # MyST marks each page's top section "tex2jax_ignore mathjax_ignore" and the math it parsed
@@ -65,12 +76,46 @@ def _drop_duplicate_scripts(app: Any, pagename: str, templatename: str, context:
     scripts[:] = kept
 
 
+TABLE_CLASS = "output-table"   # a captioned cell of this class holds a table, not a figure
+
+
+class output_table(nodes.figure):  # noqa: N801 (docutils names node classes in lower case)
+    """A table that a notebook cell printed, captioned through MyST-NB's figure options: laid out
+    as a figure, numbered with the tables."""
+
+
+class NumberOutputTables(SphinxTransform):
+    """MyST-NB wraps every captioned cell output in a figure; those of class ``output-table`` become
+    :class:`output_table`. The class is swapped in place, not the node replaced: the document's
+    id and name maps keep pointing at it. Runs before the domains collect labels (850)."""
+    default_priority = 800
+
+    def apply(self, **kwargs: Any) -> None:
+        for fig in list(self.document.findall(nodes.figure)):
+            if type(fig) is nodes.figure and TABLE_CLASS in fig["classes"]:
+                fig.__class__ = output_table
+                if fig.children and isinstance(fig[0], nodes.caption):
+                    # a table's caption comes first; docutils closes <figcaption> only at the
+                    # figure's end, which would put the table inside the caption
+                    fig.insert(1, nodes.raw("", "</figcaption>\n", format="html"))
+
+
+def _depart_output_table(self: HTML5Translator, node: output_table) -> None:
+    if not (len(node) > 1 and isinstance(node[1], nodes.raw)):   # no caption first: as a figure
+        HTML5Translator.depart_figure(self, node)
+        return
+    self.body.append("</figure>\n")
+
+
 TABLE_CSS = "bus-paper-tables.css"
 TABLE_RULES = """/* bus-paper: every table of the book in the claims tables' type size (book/_ext/book_fixes.py) */
 article table { font-size: 0.85rem; }
 article table th, article table td, article table.table th, article table.table td {
   padding: 0.25em 0.45em;
 }
+/* a captioned table (a figure of class output-table) keeps the page column's width and alignment */
+article figure.output-table { margin-left: 0; margin-right: 0; padding: 0; text-align: start; }
+article figure.output-table > div.output { margin: 0; padding: 0; }
 """
 
 
@@ -84,6 +129,9 @@ def _table_css(app: Any) -> None:
 
 
 def setup(app: Any) -> dict[str, Any]:
+    app.add_enumerable_node(output_table, "table",
+                            html=(HTML5Translator.visit_figure, _depart_output_table))
+    app.add_transform(NumberOutputTables)
     app.connect("html-page-context", _drop_duplicate_scripts)
     app.connect("builder-inited", _table_css)
     app.connect("builder-inited", _serve_mathjax, priority=900)   # after myst-parser's (500)
