@@ -233,7 +233,10 @@ def assert_no_leak(splits: pd.DataFrame, manifest: pd.DataFrame,
             bad = leaking.index[0]
             members = df.loc[key == bad, ["path", part_col]]
             where = ", ".join(f"{p} ({s})" for p, s in members.head(4).itertuples(index=False))
-            raise LeakError(f"{what} {bad!r} spans {leaking.iloc[0]} parts: {where}"
+            name = bad.item() if hasattr(bad, "item") else bad   # not "np.float64(3.0)" for readers
+            if isinstance(name, float) and name.is_integer():
+                name = int(name)
+            raise LeakError(f"{what} {name!r} spans {leaking.iloc[0]} parts: {where}"
                             + (f" and {len(members) - 4} more" if len(members) > 4 else "")
                             + f"; {len(leaking)} such {what}(s) in all")
 
