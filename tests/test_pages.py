@@ -441,3 +441,42 @@ def test_prose_reaches_the_executed_chapter_without_a_rerun(tmp_path):
     nb2 = nbformat.read(chapter, as_version=4)
     assert "earlier version" in nb2.cells[1].source
     assert [c.source for c in nb2.cells[2:]] == [c.source for c in nb.cells[2:]]
+
+
+def test_reprs_and_bare_missing_values_are_found_in_outputs():
+    """What a reader must not see: a repr (a Styler's, a PosixPath, a numpy scalar) or NaN/<NA>
+    in a table, printed text or Markdown; words such as 'finance' or 'NaNometre' are no match, and
+    stylesheets and images are not read."""
+    from bus_paper.book import boxes
+    nb = nbformat.v4.new_notebook()
+    good = nbformat.v4.new_code_cell("x")
+    good.outputs = [nbformat.v4.new_output("display_data", data={
+        "text/html": "<style>td.nan {}</style><table><td>finance</td><td>–</td></table>",
+        "text/plain": "<Styler at 0x1>"}),
+        nbformat.v4.new_output("display_data", data={"image/png": "nan", "text/plain": "<Figure>"})]
+    nb.cells = [good]
+    assert boxes.reprs_shown(nb) == []
+    for shown in ("<pandas.io.formats.style.Styler at 0x7f2b9f75ac90>", "PosixPath('book/x.json')",
+                  "group np.float64(1.0) spans", "<td>NaN</td>", "<td><NA></td>", "value nan"):
+        bad = nbformat.v4.new_code_cell("y")
+        bad.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": shown},
+                                              execution_count=1)]
+        nb.cells = [good, bad]
+        assert len(boxes.reprs_shown(nb)) == 1, shown
+        assert len(boxes.reprs_shown(nb, missing=False)) == ("at 0x" in shown or "(" in shown)
+    printed = nbformat.v4.new_code_cell("print(p)")
+    printed.outputs = [nbformat.v4.new_output("stream", name="stdout", text="PosixPath('a')\n")]
+    nb.cells = [printed]
+    assert [s.strip() for s in boxes.reprs_shown(nb)] == ["PosixPath('a')"]
+
+
+def test_the_current_chapters_show_no_repr_nor_bare_missing_value():
+    """Every committed chapter executed from its current notebook (the others show the earlier
+    version's outputs until re-run; the landing page lists them) shows no repr and no bare NaN."""
+    from bus_paper.book import boxes
+    chapters = BOOK / "chapters"
+    current = [r for r in boxes.chapter_records(chapters) if not boxes.source_changed(r)]
+    if not current:
+        pytest.skip("no executed chapters in this checkout")
+    shown = {r["stem"]: boxes.reprs_shown(nbformat.read(r["path"], as_version=4)) for r in current}
+    assert {k: v for k, v in shown.items() if v} == {}

@@ -176,6 +176,34 @@ def uncaptioned_outputs(nb: nbformat.NotebookNode) -> list[str]:
     return out
 
 
+# what a reader should never see in an output: a Python repr; nor a missing value without a word
+REPR = re.compile(r"<[\w.]+ (?:object )?at 0x[0-9a-f]+>|\b(?:Posix|Windows)Path\(|\bnp\.\w+\(")
+MISSING = re.compile(r"<NA>|\bNaN\b|\bnan\b|\bNaT\b")
+
+
+def reprs_shown(nb: nbformat.NotebookNode, missing: bool = True) -> list[str]:
+    """The snippets of an executed chapter's outputs (tables, Markdown, printed text; not
+    images, not stylesheets) that show a Python repr (:data:`REPR`) or, with ``missing``, a
+    missing value without a word (:data:`MISSING`), each with a little context."""
+    pattern = re.compile(f"{REPR.pattern}|{MISSING.pattern}") if missing else REPR
+    found = []
+    for c in nb.cells:
+        for o in c.get("outputs", []) if c.cell_type == "code" else ():
+            if o.get("output_type") == "stream":
+                texts = [o.get("text", "")]
+            elif "image/png" in o.get("data", {}):
+                continue
+            else:
+                d = o.get("data", {})
+                shown = d.get("text/html") or d.get("text/markdown") or d.get("text/plain") or ""
+                texts = [re.sub(r"<style.*?</style>", "", "".join(shown), flags=re.S)]
+            for text in texts:
+                text = "".join(text)
+                found += [text[max(0, m.start() - 40):m.end() + 20]
+                          for m in pattern.finditer(text)]
+    return found
+
+
 def older_chapters(chapters: Path, root: Path | None = None) -> list[dict[str, Any]]:
     """The :func:`chapter_records` of the chapters executed from an earlier version of their
     source notebook (:func:`source_changed`), in book order."""
