@@ -207,16 +207,22 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
             "n_seeds": (len(a), len(b))}
 
 
+UNDEFINED = "–"   # a metric with no value (the precision of a model that never predicts malignant)
+
+
 def fmt_mean_sd(table: pd.DataFrame, metric: str) -> pd.Series:
-    """"mean ± sd" strings of a :func:`seed_table` column (sd omitted for one seed)."""
+    """"mean ± sd" strings of a :func:`seed_table` column (sd omitted for one seed; a dash for a
+    metric that is undefined)."""
     sd = table[f"{metric}_sd"]
-    return pd.Series([f"{m:.1f} ± {s:.1f}" if np.isfinite(s) else f"{m:.1f}"
+    return pd.Series([UNDEFINED if not np.isfinite(m) else
+                      f"{m:.1f} ± {s:.1f}" if np.isfinite(s) else f"{m:.1f}"
                       for m, s in zip(table[metric], sd)], index=table.index)
 
 
 def fmt_ci(table: pd.DataFrame, metric: str) -> pd.Series:
-    return pd.Series([f"{lo:.1f}–{hi:.1f}" for lo, hi in
-                      zip(table[f"{metric}_lo"], table[f"{metric}_hi"])], index=table.index)
+    return pd.Series([f"{lo:.1f}–{hi:.1f}" if np.isfinite(lo) and np.isfinite(hi) else UNDEFINED
+                      for lo, hi in zip(table[f"{metric}_lo"], table[f"{metric}_hi"])],
+                     index=table.index)
 
 
 # ----------------------------------------------------------------------------- Tables 4-5
