@@ -62,6 +62,11 @@ def test_seed_table_mean_sd_and_ci():
     assert t.loc[0, "auc_sd"] == pytest.approx(np.std(aucs, ddof=1))
     assert t.loc[0, "auc_lo"] <= t.loc[0, "auc"] <= t.loc[0, "auc_hi"]
     assert ex.fmt_mean_sd(t, "auc").iloc[0] == f"{np.mean(aucs):.1f} ± {np.std(aucs, ddof=1):.1f}"
+    # beside the paper's value where it has one; an undefined metric is a dash, not nan
+    paper = pd.DataFrame({"auc": [97.3]}, index=pd.MultiIndex.from_tuples(
+        [(t["row"].iloc[0], t["dataset"].iloc[0])]))
+    assert ex.fmt_beside_paper(t, "auc", paper).iloc[0] == ex.fmt_mean_sd(t, "auc").iloc[0] + " (97.3)"
+    assert ex.fmt_beside_paper(t.assign(auc=np.nan), "auc", paper.iloc[:0]).iloc[0] == "–"
 
 
 def test_paired_difference_detects_a_real_gap_and_not_a_null_one():

@@ -219,6 +219,15 @@ def fmt_mean_sd(table: pd.DataFrame, metric: str) -> pd.Series:
                       for m, s in zip(table[metric], sd)], index=table.index)
 
 
+def fmt_beside_paper(table: pd.DataFrame, metric: str, paper: pd.DataFrame) -> pd.Series:
+    """:func:`fmt_mean_sd` with the paper's value in brackets where it gives one (``paper``
+    indexed by row key and data set, as Tables 1, 4 and 5 are): "81.1 ± 2.0 (97.3)"."""
+    refs = [paper.loc[k, metric] if k in paper.index else np.nan
+            for k in zip(table["row"], table["dataset"])]
+    return pd.Series([v if not np.isfinite(ref) else f"{v} ({ref:.1f})"
+                      for v, ref in zip(fmt_mean_sd(table, metric), refs)], index=table.index)
+
+
 def fmt_ci(table: pd.DataFrame, metric: str) -> pd.Series:
     return pd.Series([f"{lo:.1f}–{hi:.1f}" if np.isfinite(lo) and np.isfinite(hi) else UNDEFINED
                       for lo, hi in zip(table[f"{metric}_lo"], table[f"{metric}_hi"])],
