@@ -327,18 +327,21 @@ def declared_parameters(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 def add_rerun_cell(nb: nbformat.NotebookNode, stem: str,
                    declared: Mapping[str, Mapping[str, Any]], root: Path | None = None,
-                   results: Path | None = None) -> None:
+                   results: Path | None = None, changed: bool | None = None) -> None:
     """Put (or replace) the rerun box under the chapter's title cell, with the warning when the
     source notebook under ``root`` (default: the project's) has changed since, and the chapter's
     cost from an empty cache when ``results`` (the book's results folder) records one. Outputs,
-    the content hash (of the *source* notebook) and the provenance are untouched."""
+    the content hash (of the *source* notebook) and the provenance are untouched. ``changed``:
+    whether the source's code differs, when the caller has already compared
+    (:func:`source_changed` otherwise)."""
     meta = nb.metadata.get("bus_paper")
     if not meta:
         return
+    if changed is None:
+        changed = source_changed(meta, root, nb)
     cells = [c for c in nb.cells if c.get("id") != RERUN_ID
              and RERUN_ID not in c.get("metadata", {}).get("tags", [])]
-    cell = nbformat.v4.new_markdown_cell(rerun_markdown(meta, stem, declared,
-                                                        source_changed(meta, root, nb),
+    cell = nbformat.v4.new_markdown_cell(rerun_markdown(meta, stem, declared, changed,
                                                         empty_cache_cost(results, stem)),
                                          metadata={"tags": [RERUN_ID]})
     if nb.get("nbformat_minor", 0) >= 5:
@@ -372,10 +375,12 @@ def refresh_chapter(path: Path, check: bool = False, root: Path | None = None) -
     if not meta:
         return False
     source = _source_of(meta, root)
-    if source is not None:
-        sync_prose(nb, nbformat.read(source, as_version=4))
+    src = None if source is None else nbformat.read(source, as_version=4)   # read once
+    if src is not None:
+        sync_prose(nb, src)
     add_rerun_cell(nb, path.stem, declared_parameters(path), root,
-                   results=path.parent.parent / "results")
+                   results=path.parent.parent / "results",
+                   changed=src is not None and code_cells(src) != code_cells(nb))
     hide_code(nb)
     new = nbformat.writes(nb) + "\n"
     if new == text:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import plotting
 from ..config import Profile, as_list, load_profile  # as_list: notebooks' name
+from ..core import MISSING
 from ..paths import project_root, runs_dir
 from ..provenance import atomic_write_text, provenance, save_result, save_table, stamp
 
@@ -112,7 +113,7 @@ def readable(table: Any, index: str | Sequence[str] | None = None) -> Any:
     """A result table as a reader should see it (the saved table keeps its machine form): the
     ``index`` column(s) as row labels instead of row numbers (None: the first column, if the rows
     are only numbered), ``snake_case`` headers in words,
-    missing values as "–" (not ``<NA>``), booleans as yes / no.
+    missing values as MISSING (not ``<NA>``), booleans as yes / no.
 
     >>> import pandas as pd
     >>> readable(pd.DataFrame({"data_set": ["a"], "counts_match": [True], "n": [pd.NA]}), "data_set")
@@ -125,7 +126,7 @@ def readable(table: Any, index: str | Sequence[str] | None = None) -> Any:
     for c in t.columns:
         if pd.api.types.is_bool_dtype(t[c]):
             t[c] = t[c].map({True: "yes", False: "no"})
-    t = t.astype(object).where(t.notna(), "–")
+    t = t.astype(object).where(t.notna(), MISSING)
     t.columns = [str(c).replace("_", " ") for c in t.columns]
     if index is None and isinstance(table.index, pd.RangeIndex) and len(t.columns) > 1:
         index = t.columns[0]

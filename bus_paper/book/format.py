@@ -1,5 +1,6 @@
 """One way to read result files and to write numbers for the book's generated pages: a missing
-value is "–", numbers have one decimal unless asked, an interval reads ``value (lo–hi)``."""
+value is ``core.MISSING`` ("–"), numbers have one decimal unless asked, an interval reads
+``value (lo–hi)``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..core import MISSING
 
 
 class MissingResult(FileNotFoundError):
@@ -38,7 +41,7 @@ def _missing(x: Any) -> bool:
 
 def num(x: Any, digits: int = 1) -> str:
     if _missing(x):
-        return "–"
+        return MISSING
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, int):
@@ -55,7 +58,7 @@ def plain(x: Any) -> str:
 
 def ci(value: Any, lo: Any, hi: Any) -> str:
     if _missing(value):
-        return "–"
+        return MISSING
     if _missing(lo) or _missing(hi):
         return num(value)
     return f"{num(value)} ({num(lo)}–{num(hi)})"
@@ -64,7 +67,7 @@ def ci(value: Any, lo: Any, hi: Any) -> str:
 def signed_ci(value: Any, lo: Any, hi: Any) -> str:
     """A difference with its interval, signs shown: ``+16.3 (+5.5 to +27.6)``."""
     if _missing(value):
-        return "–"
+        return MISSING
     if _missing(lo) or _missing(hi):
         return f"{value:+.1f}"
     return f"{value:+.1f} ({lo:+.1f} to {hi:+.1f})"

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core import MISSING
 from ..provenance import atomic_write_text
 from .boxes import (  # noqa: F401 (the CLI's and the tests' names)
     CHAPTER_STEM,
@@ -113,7 +114,7 @@ def _seeds(results: Path, rec: Mapping[str, Any]) -> str:
         if seed is not None:
             return str(seed)
     seed = rec["provenance"].get("seed", rec.get("parameters", {}).get("seed"))
-    return "–" if seed is None else str(seed)
+    return MISSING if seed is None else str(seed)
 
 
 def _hardware_key(hw: Mapping[str, Any]) -> tuple:
@@ -187,7 +188,7 @@ def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
         wall = p.get("wall_s")
         body.append((rec["stem"], *([p.get("profile")] if per_row else []),
                      short_commit(p.get("git")), _seeds(results, rec), dl, hl, pl,
-                     f"{wall / 60:.1f}" if isinstance(wall, (int, float)) else "–",
+                     f"{wall / 60:.1f}" if isinstance(wall, (int, float)) else MISSING,
                      str(p.get("timestamp") or "")[:16].replace("T", " "), n_results))
     runs = md_table(["chapter", *(["profile"] if per_row else []), "commit", "seeds", "data",
                      "hardware", "packages", "min", "finished (UTC)", "files"], body,
@@ -223,7 +224,7 @@ def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
 
     pkgs = sorted({k for v in pk_v for k in v})
     packages = md_table(["package", *(f"P{i + 1}" for i in range(len(pk_v)))],
-                        [(n, *(v.get(n) or "–" for v in pk_v)) for n in pkgs])
+                        [(n, *(v.get(n) or MISSING for v in pk_v)) for n in pkgs])
     return {"runs": runs, "data_checksums": data, "hardware": hardware, "packages": packages,
             "empty_cache": _guarded(lambda: empty_cache_markdown(results))}
 
@@ -277,7 +278,7 @@ def _model(results: Path) -> str:
             ("fine-tuning data sets", ", ".join(sorted({r["dataset"] for r in runs}))),
             ("fine-tuning seeds", ", ".join(str(s) for s in sorted({r["seed"] for r in runs}))),
             ("fine-tuning epochs, batch size", f"{first.get('epochs')}, {first.get('batch size')}"),
-            ("epoch kept (best validation AUC)", ", ".join(map(str, sel)) or "–"),
+            ("epoch kept (best validation AUC)", ", ".join(map(str, sel)) or MISSING),
             ("decision threshold", "chosen on the validation split, per run")]
     return md_table(["setting", "value"], body) + (
         "\n\nThe architecture (a multiscale CoAtNet with top-down feature fusion) is described on "
@@ -302,7 +303,7 @@ def _data(results: Path) -> str:
         parts = {r["part"]: r["images"] for r in splits if r["dataset"] == name
                  and r["part"] in ("train", "val", "test")}
         split = " / ".join(str(parts[k]) for k in ("train", "val", "test")) if len(parts) == 3 \
-            else "–"
+            else MISSING
         d = dups.get(name, {})
         body.append((name, role, c.get("images"), c.get("benign"), c.get("malignant"),
                      c.get("normal"), c.get("patients"), split,
@@ -350,7 +351,7 @@ def _within(results: Path) -> str:
     metrics = list(dict.fromkeys(r["metric"] for r in ft))
     by = {(r["dataset"], r["metric"]): r for r in ft}
     seeds = sorted({r["seeds"] for r in ft})
-    cell = lambda r: "–" if r is None else ci(r["measured"], r["ci_low"], r["ci_high"]) + (
+    cell = lambda r: MISSING if r is None else ci(r["measured"], r["ci_low"], r["ci_high"]) + (
         f" [{num(r['paper'], 2)}]" if not _missing(r.get("paper")) else "")
     out = ("**The proposed model**, test split of each data set, mean over "
            f"{', '.join(map(str, seeds))} seeds with 95% CI (%); the paper's value in brackets:\n\n")
@@ -364,7 +365,7 @@ def _within(results: Path) -> str:
     models = list(dict.fromkeys(r["label"] for r in t1))
     auc = {(r["label"], r["dataset"]): ci(r["auc"], r["auc_lo"], r["auc_hi"]) for r in t1}
     out += "\n\n**Test AUC (%) of every Table 1 model**, with 95% CI:\n\n"
-    out += md_table(["model", *t1_sets], [(m, *(auc.get((m, d), "–") for d in t1_sets))
+    out += md_table(["model", *t1_sets], [(m, *(auc.get((m, d), MISSING) for d in t1_sets))
                                           for m in models])
     return out + ("\n\nEach data set is split into train, validation and test parts of the *same* "
                   "site: these are within-site numbers.")
@@ -395,7 +396,7 @@ def _generalisation(results: Path, calibration: bool) -> str:
             parts.append((f"**{model}**: test AUC (%, 95 % CI), fine-tuned on (rows) × tested on "
                           "(columns)\n\n" if model else "")
                          + md_table(["fine-tuned on", *tests],
-                                    [(tr, *(cell.get((tr, te), "–") for te in tests))
+                                    [(tr, *(cell.get((tr, te), MISSING) for te in tests))
                                      for tr in trains]))
     if not calibration and (folder / "pooled_view.json").is_file():
         v = table(results, "generalisation", "pooled_view")
@@ -653,9 +654,9 @@ def _deployable(results: Path) -> str:
     lines = [md_table(
         ["", "AUC (%)", "sensitivity (%)", "specificity (%)"],
         [("**expected on a new site** (leave-one-site-out, mean of the held-out sites)",
-          num(d["new_site_mean_auc"]), "–", "–"),
+          num(d["new_site_mean_auc"]), MISSING, MISSING),
          *((f"held out {NAMES.get(r['site'], r['site'])} ({r['seeds']} seed(s))",
-            ci(r["auc"], r["auc_lo"], r["auc_hi"]), "–", "–") for r in new),
+            ci(r["auc"], r["auc_lo"], r["auc_hi"]), MISSING, MISSING) for r in new),
          (f"the four sites' own test parts ({d['n_test']} images; sites it was trained on)",
           ci(*w["auc"]), ci(*w["recall"]), ci(*w["specificity"]))]),
         "",

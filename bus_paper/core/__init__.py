@@ -1,2 +1,7 @@
 """The core library: what every paper's chapter builds on (statistics first; data, models and
 training move here with the layout issue, see ARCHITECTURE.md)."""
+
+#: How every table and page writes a value that does not exist (an undefined metric, a result not
+#: yet run): one dash, never ``nan``, ``None`` or ``<NA>``. The book's formatting and the papers'
+#: tables both use it, so it lives below them.
+MISSING = "–"

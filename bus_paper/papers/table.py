@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import Profile
+from ..core import MISSING
 from ..core.stats import LEGEND, Claim, mechanism, verdict
 from .beyond import claims as beyond
 from .measure import Measured, MissingResult, Results
@@ -109,7 +110,7 @@ def _measured(r: pd.Series) -> str:
 
 def _tested_on(r: pd.Series) -> str:
     if pd.isna(r["n_test"]):
-        return "–"
+        return MISSING
     text = f"{int(r['n_test'])} images" + ("" if pd.isna(r["n_clusters"])
                                           else f" ({int(r['n_clusters'])} clusters)")
     seeds = "" if pd.isna(r["seeds"]) else str(r["seeds"]).strip()
@@ -203,7 +204,7 @@ def sources(results: str | os.PathLike | Callable[[str], Path],
         rows.append({"chapter": name, "folder": where if not where.startswith("..") else
                      str(folder(name)),
                      "profile": p.get("profile", "not run"),
-                     "commit": str(git.get("commit") or "–")[:12] + (" (dirty)" if git.get(
+                     "commit": str(git.get("commit") or MISSING)[:12] + (" (dirty)" if git.get(
                          "dirty") else ""),
-                     "time": str(p.get("timestamp", "–"))[:19]})
+                     "time": str(p.get("timestamp", MISSING))[:19]})
     return pd.DataFrame(rows)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import Profile
+from ...core import MISSING
 from ...core.stats import nt_xent_chance, ssl_loss_check, two_level_metrics, two_level_paired
 from ...data.preprocess import Normalizer
 from ...train import finetune
@@ -277,7 +278,7 @@ def readable(curve: pd.DataFrame) -> pd.DataFrame:
     decimal and intervals in words (random init has no difference: a dash)."""
     def ci(v, lo, hi, signed=False):
         f = "{:+.1f}" if signed else "{:.1f}"
-        return "–" if not math.isfinite(v) else f"{f.format(v)} ({f.format(lo)} to {f.format(hi)})"
+        return MISSING if not math.isfinite(v) else f"{f.format(v)} ({f.format(lo)} to {f.format(hi)})"
     return pd.DataFrame({
         "data set": curve["dataset"].str.upper(),
         "SSL epochs": [("random init" if e == RANDOM else str(e)) for e in curve["ssl_epochs"]],
@@ -285,10 +286,10 @@ def readable(curve: pd.DataFrame) -> pd.DataFrame:
         "mean fold AUC": curve["fold_auc"].map("{:.1f}".format),
         "SSL − random (95% CI)": [ci(r.diff, r.diff_low, r.diff_high, True)
                                   for r in curve.itertuples()],
-        "p": [("–" if not math.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}")
+        "p": [(MISSING if not math.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}")
               for p in curve["p"]],
         "kNN probe AUC": curve["knn_auc"].map("{:.1f}".format),
-        "last SSL loss (chance)": [("–" if not math.isfinite(r.ssl_loss) else
+        "last SSL loss (chance)": [(MISSING if not math.isfinite(r.ssl_loss) else
                                     f"{r.ssl_loss:.2f} ({r.ssl_loss_chance:.2f})")
                                    for r in curve.itertuples()],
         "images (clusters)": [f"{r.images} ({r.clusters})" for r in curve.itertuples()],

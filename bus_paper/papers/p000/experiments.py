@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import Profile
+from ...core import MISSING
 from ...core.stats import two_level_paired
 from ...metrics import METRICS
 from .analysis import aligned_test_predictions, cluster_count, seed_mean_ci, test_clusters
@@ -207,7 +208,7 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
             "n_seeds": (len(a), len(b))}
 
 
-UNDEFINED = "–"   # a metric with no value (the precision of a model that never predicts malignant)
+UNDEFINED = MISSING   # a metric with no value (the precision of a model that never predicts malignant)
 
 
 def fmt_mean_sd(table: pd.DataFrame, metric: str) -> pd.Series:

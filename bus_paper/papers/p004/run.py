@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import Profile
+from ...core import MISSING
 from .classical import CLASSIFIERS, BlockReducer, select_and_fit
 from .evaluate import METRICS, Part, paired_difference, point_metrics, repeat_mean_ci
 from .features import LABELS as BACKBONE_LABELS
@@ -401,7 +402,7 @@ def fmt(table: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """"value (lo–hi)" strings per metric."""
     out = pd.DataFrame(index=table.index)
     for m in metrics:
-        out[m] = [f"{v:.1f} ({lo:.1f}–{hi:.1f})" if np.isfinite(v) else "–"
+        out[m] = [f"{v:.1f} ({lo:.1f}–{hi:.1f})" if np.isfinite(v) else MISSING
                   for v, lo, hi in zip(table[m], table[f"{m}_lo"], table[f"{m}_hi"])]
     return out
 
