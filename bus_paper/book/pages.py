@@ -179,7 +179,8 @@ def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
     pk_l, pk_v = _labels([dict(sorted((p.get("packages") or {}).items())) for p in provs], "P")
 
     # one profile for every chapter (the usual case): said once below the table, not per row,
-    # so that the table fits the page column without scrolling sideways
+    # so that the table fits the page column without scrolling sideways (hence also the short
+    # "hw" and "pkgs" headers: their values are two characters)
     profiles = sorted({str(p.get("profile")) for p in provs})
     per_row = len(profiles) > 1
     body = []
@@ -191,14 +192,14 @@ def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
                      f"{wall / 60:.1f}" if isinstance(wall, (int, float)) else MISSING,
                      str(p.get("timestamp") or "")[:16].replace("T", " "), n_results))
     runs = md_table(["chapter", *(["profile"] if per_row else []), "commit", "seeds", "data",
-                     "hardware", "packages", "min", "finished (UTC)", "files"], body,
+                     "hw", "pkgs", "min", "finished (UTC)", "files"], body,
                     ["---"] * (6 + per_row) + ["---:", "---", "---:"])
     total = sum(p.get("wall_s") or 0 for p in provs) / 60
     runs += (f"\n\n{len(recs)} chapters"
              + ("" if per_row else f", all at profile `{profiles[0]}`")
              + f", {total:.1f} minutes of wall time (*min*) in their last executions (with "
              "whatever training was cached at the time); *files*: the result files each wrote. "
-             "*data*, *hardware* and *packages* name the sets below.")
+             "*data*, *hw* (hardware) and *pkgs* (packages) name the sets below.")
 
     names = sorted({k for v in data_v for k in v})
     data = md_table(["data set", *(f"D{i + 1}" for i in range(len(data_v)))],
