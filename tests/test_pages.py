@@ -371,6 +371,9 @@ def test_a_chapter_executed_from_an_older_notebook_says_so(tmp_path):
     nb.cells[1].metadata["tags"] = []                 # the parameters tag is part of the code
     nbformat.write(nb, source)
     assert boxes.source_changed(meta, tmp_path)
+    assert boxes.source_changed(meta, source=nb)       # a source the caller has already read
+    executed = nbformat.read(meta["path"], as_version=4)
+    assert not boxes.source_changed(meta, nb=executed, source=executed)
     text = boxes.rerun_markdown(meta, "04_table1", {}, changed=True)
     assert text.startswith(":::{admonition} Executed from an earlier version of this chapter")
     assert "commit `abcdef123456` (2026-01-01 10:00 UTC)" in text

@@ -98,19 +98,22 @@ def _source_of(meta: Mapping[str, Any], root: Path | None) -> Path | None:
 
 
 def source_changed(meta: Mapping[str, Any], root: Path | None = None,
-                   nb: nbformat.NotebookNode | None = None) -> bool:
-    """Whether the code of the source notebook (``notebooks/<source>`` under ``root``) differs from
-    the code this chapter was executed from (``nb``, the executed chapter, else its path in
-    ``meta``); False when either side is unknown. Prose changes do not count: :func:`sync_prose`
-    carries them over without a re-run."""
-    source = _source_of(meta, root)
+                   nb: nbformat.NotebookNode | None = None,
+                   source: nbformat.NotebookNode | None = None) -> bool:
+    """Whether the code of the source notebook (``source`` when the caller has read it, else
+    ``notebooks/<source>`` under ``root``) differs from the code this chapter was executed from
+    (``nb``, the executed chapter, else its path in ``meta``); False when either side is unknown.
+    Prose changes do not count: :func:`sync_prose` carries them over without a re-run."""
     if source is None:
-        return False
+        path = _source_of(meta, root)
+        if path is None:
+            return False
+        source = nbformat.read(path, as_version=4)
     if nb is None:
         if not meta.get("path"):
             return False
         nb = nbformat.read(meta["path"], as_version=4)
-    return code_cells(nbformat.read(source, as_version=4)) != code_cells(nb)
+    return code_cells(source) != code_cells(nb)
 
 
 def _shown(cells: list) -> str:
@@ -132,6 +135,11 @@ def sync_prose(nb: nbformat.NotebookNode, source: nbformat.NotebookNode) -> bool
     :func:`add_rerun_cell` to put back. True if ``nb`` changed."""
     if code_cells(source) != code_cells(nb):
         return False
+    return _carry_prose(nb, source)
+
+
+def _carry_prose(nb: nbformat.NotebookNode, source: nbformat.NotebookNode) -> bool:
+    """:func:`sync_prose` once the caller knows the code cells are the same."""
     tags = lambda c: c.get("metadata", {}).get("tags", [])
     injected = [c for c in nb.cells if c.cell_type == "code" and INJECTED in tags(c)]
     executed = iter(c for c in nb.cells if c.cell_type == "code" and INJECTED not in tags(c))
@@ -376,11 +384,11 @@ def refresh_chapter(path: Path, check: bool = False, root: Path | None = None) -
         return False
     source = _source_of(meta, root)
     src = None if source is None else nbformat.read(source, as_version=4)   # read once
-    if src is not None:
-        sync_prose(nb, src)
+    changed = src is not None and source_changed(meta, root, nb, src)      # compared once
+    if src is not None and not changed:
+        _carry_prose(nb, src)
     add_rerun_cell(nb, path.stem, declared_parameters(path), root,
-                   results=path.parent.parent / "results",
-                   changed=src is not None and code_cells(src) != code_cells(nb))
+                   results=path.parent.parent / "results", changed=changed)
     hide_code(nb)
     new = nbformat.writes(nb) + "\n"
     if new == text:
