@@ -21,6 +21,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ..core.atomic import atomic_write_text
+
 PANEL = 256  # minimum panel side in px: the model's input (64-384 px) is too small to read
 DPI = 100
 
@@ -77,8 +79,8 @@ def write_gallery(out_dir: str | Path, model: torch.nn.Module, x_u8: torch.Tenso
                  f"{row.prediction} (threshold {row.threshold:.3f})")
         _figure(view, cam, title, dest)
         written.append(str(dest))
-    (out / "index.html").write_text(_page(df, [Path(p).name for p in written], skipped, model_line),
-                                    encoding="utf-8")
+    atomic_write_text(out / "index.html",
+                      _page(df, [Path(p).name for p in written], skipped, model_line))
     return written
 
 

@@ -159,7 +159,8 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path],
     """Returns (predictions, skipped) where skipped lists (file, reason) for every input file
     that was not predicted. Raises ``ModelFileError`` for a file that is not a usable model."""
     model, state = load_deployable(checkpoint)
-    log.info("%s", describe_model(checkpoint, state))
+    described = describe_model(checkpoint, state)
+    log.info("%s", described)
     size, threshold = int(state["image_size"]), float(state["threshold"])
     normalizer = Normalizer(**state["normalizer"])
     from ..config import RunConfig, _build
@@ -202,5 +203,5 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path],
                        "threshold": threshold, "flag": flags})
     if heatmaps is not None:
         df["heatmap"] = write_gallery(heatmaps, model, x, normalizer, views, df, skipped,
-                                      describe_model(checkpoint, state))
+                                      described)
     return df, skipped

@@ -208,14 +208,11 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
             "n_seeds": (len(a), len(b))}
 
 
-UNDEFINED = MISSING   # a metric with no value (the precision of a model that never predicts malignant)
-
-
 def fmt_mean_sd(table: pd.DataFrame, metric: str) -> pd.Series:
     """"mean ± sd" strings of a :func:`seed_table` column (sd omitted for one seed; a dash for a
     metric that is undefined)."""
     sd = table[f"{metric}_sd"]
-    return pd.Series([UNDEFINED if not np.isfinite(m) else
+    return pd.Series([MISSING if not np.isfinite(m) else
                       f"{m:.1f} ± {s:.1f}" if np.isfinite(s) else f"{m:.1f}"
                       for m, s in zip(table[metric], sd)], index=table.index)
 
@@ -230,7 +227,7 @@ def fmt_beside_paper(table: pd.DataFrame, metric: str, paper: pd.DataFrame) -> p
 
 
 def fmt_ci(table: pd.DataFrame, metric: str) -> pd.Series:
-    return pd.Series([f"{lo:.1f}–{hi:.1f}" if np.isfinite(lo) and np.isfinite(hi) else UNDEFINED
+    return pd.Series([f"{lo:.1f}–{hi:.1f}" if np.isfinite(lo) and np.isfinite(hi) else MISSING
                       for lo, hi in zip(table[f"{metric}_lo"], table[f"{metric}_hi"])],
                      index=table.index)
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ...config import Profile
+from ...core.atomic import atomic_path
 from ...paths import runs_dir
 from ...train.engine import releases_run_locks
 from .prep import ImageZ, Prep, RoiSet, augmented_copies, tissue_pool
@@ -164,8 +165,7 @@ def features(profile: Profile, enc: Encoder, roi: RoiSet, prep: Prep, copies: in
             images = roi.images if c == 0 else augmented[c - 1]
             arr = extract(net, images, prep.zscore, profile.run)
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = files[c].with_name(f".{files[c].name}.tmp.npy")
-            np.save(tmp, arr)
-            tmp.replace(files[c])
+            with atomic_path(files[c]) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, arr)   # a file object: np.save appends ".npy" to a bare name
             out[c] = arr
     return np.stack(out)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ...core.atomic import atomic_path
 from ...paths import runs_dir
 
 
@@ -337,9 +338,8 @@ def roi_set(dataset: str, root: str | Path, prep: Prep, size: int,
     masks = np.stack(masks).astype(bool)
     box = np.asarray(box, dtype=np.float64)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.tmp.npz")
-    np.savez_compressed(tmp, images=images, masks=masks, source=np.array(source), box=box)
-    tmp.replace(file)
+    with atomic_path(file) as tmp, open(tmp, "wb") as fh:   # a file object: no ".npz" appended
+        np.savez_compressed(fh, images=images, masks=masks, source=np.array(source), box=box)
     extra = pd.DataFrame({"source": source, "row": box[:, 0], "col": box[:, 1], "side": box[:, 2]})
     return RoiSet(dataset, pd.concat([frame, extra], axis=1), images, masks, key)
 
