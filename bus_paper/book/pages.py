@@ -532,10 +532,10 @@ def _ssl_budget(results: Path) -> list[str]:
     path = results / "ssl_budget" / "curve.csv"
     if not path.is_file():
         return []
-    rows = pd.read_csv(path).to_dict("records")
+    records = pd.read_csv(path).to_dict("records")
     out = []
-    for d in dict.fromkeys(r["dataset"] for r in rows):
-        curve = sorted((r for r in rows if r["dataset"] == d), key=lambda r: r["ssl_epochs"])
+    for d in dict.fromkeys(r["dataset"] for r in records):
+        curve = sorted((r for r in records if r["dataset"] == d), key=lambda r: r["ssl_epochs"])
         ssl = [r for r in curve if r["init"] == "ssl"]
         random = [r for r in curve if r["init"] == "random"]
         if not ssl or not random:
