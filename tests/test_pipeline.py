@@ -414,6 +414,14 @@ def test_a_chapter_reads_its_siblings_beside_it_else_from_the_book(tmp_path, mon
     assert ch.sibling_results("table1") == tmp_path / "repo" / "book" / "results" / "table1"
     (mine.parent / "table1").mkdir(parents=True)
     assert ch.sibling_results("table1") == mine.parent / "table1"
+    # its own results are this run's, even when `bus-paper run` stages them beside the previous
+    # run's folder of the same name (the ablations chapter judged its claims on those)
+    staging = tmp_path / "book" / "results" / ".ablations.staging"
+    (staging.parent / "ablations").mkdir(parents=True)
+    ch = book_chapter.Chapter("ablations", pipeline.load_profile("smoke"), tmp_path, staging, 0, ())
+    assert ch.sibling_results("ablations") == staging
+    assert ch.sibling_results("finetuning") == tmp_path / "repo" / "book" / "results" / "finetuning"
+    assert json.loads((staging / book_chapter.READS_FILE).read_text()) == ["finetuning"]
 
 
 # ----------------------------------------------------------------------------- atomic writes

@@ -90,12 +90,16 @@ class Chapter:
     def sibling_results(self, name: str) -> Path:
         """Another chapter's results folder: beside this chapter's own if there (a book run, or
         one into runs/ or --out), else the book's (a run by hand or with -p reads the book).
-        The name is added to the chapter's record of what it read (:data:`READS_FILE`)."""
-        if name != self.name:
-            record = self.results_dir / READS_FILE
-            read = set(json.loads(record.read_text())) if record.is_file() else set()
-            if name not in read:
-                atomic_write_text(record, json.dumps(sorted(read | {name})))
+        The name is added to the chapter's record of what it read (:data:`READS_FILE`).
+        This chapter's own name gives its own folder, the results of this run: under
+        ``bus-paper run`` that is a staging folder, and the folder of its name beside it holds
+        the previous run's results, which a chapter judging its own claims must not read."""
+        if name == self.name:
+            return self.results_dir
+        record = self.results_dir / READS_FILE
+        read = set(json.loads(record.read_text())) if record.is_file() else set()
+        if name not in read:
+            atomic_write_text(record, json.dumps(sorted(read | {name})))
         own = self.results_dir.parent / name
         return own if own.is_dir() else project_root() / "book" / "results" / name
 
