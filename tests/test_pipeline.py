@@ -424,6 +424,17 @@ def test_a_chapter_reads_its_siblings_beside_it_else_from_the_book(tmp_path, mon
     assert json.loads((staging / book_chapter.READS_FILE).read_text()) == ["finetuning"]
 
 
+def test_a_chapter_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    """Not the commit at its first save: a chapter may train for an hour first, and the
+    developer commit meanwhile."""
+    head = {"commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(book_chapter, "provenance", lambda *a, **k: {"git": dict(head)})
+    ch = book_chapter.chapter("tiny", "smoke", str(tmp_path), str(tmp_path / "out"))
+    head["commit"] = "b" * 40                                        # (an hour later) a commit
+    saved = json.loads(ch.save_result("x", {"v": 1}).read_text())
+    assert saved["provenance"]["git"]["commit"] == "a" * 40
+
+
 # ----------------------------------------------------------------------------- atomic writes
 def test_result_files_and_pages_are_replaced_atomically(tmp_path, monkeypatch):
     """A writer killed mid-way leaves the previous file whole (and no temp file behind)."""

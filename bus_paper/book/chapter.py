@@ -158,4 +158,8 @@ def chapter(name: str, profile: str = "cpu", data_root: str | None = None,
     root = resolve_data_root(prof, data_root)
     out = Path(results_dir) if results_dir else runs_dir() / "notebook-results" / name
     out.mkdir(parents=True, exist_ok=True)
-    return Chapter(name, prof, root, out, int(seed), registry_datasets())
+    ch = Chapter(name, prof, root, out, int(seed), registry_datasets())
+    # the commit and working-tree state of the code this chapter imported: gathered now, not at
+    # its first save, which may come after an hour of training and after a commit
+    ch.provenance()
+    return ch
