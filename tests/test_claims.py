@@ -75,6 +75,12 @@ def results(tmp_path) -> Path:
          "hi": 81.1}])
     write(root, "paper004", "metrics", [{"task": "mias_abnormal", "set": "attention",
                                          "classifier": "nn", "test images": 66, "repeats": 3}])
+    # its SSL encoders on mini-MIAS learned (EfficientNet-B0: 5.86 -> 4.84, at ln 127, did not)
+    write(root, "paper004", "encoders", [
+        {"task": "mias_abnormal", "modality": "mammography", "backbone": b, "init": "ssl",
+         "key": f"ssl:{b}", "epochs": 5, "first loss": first, "last loss": last,
+         "chance loss": math.log(127)}
+        for b, first, last in (("resnet50", 4.81, 3.95), ("vgg16", 5.52, 4.20))])
     return root
 
 
@@ -99,6 +105,37 @@ def test_the_ssl_check_uses_each_runs_own_chance_loss(results):
     by = papers.claims_table(results, "cpu").set_index("claim")
     assert by.loc["the proposed model beats DINO-ViT on BUSI (AUC, paired)", "mechanism"] == \
         "failed: ssl loss below chance (DINO-ViT)"
+
+
+def test_paper004_claims_rest_on_encoders_that_learned(results):
+    """A paper 004 claim rests on the SSL encoders of the features it compares: the fused sets on
+    every encoder of the task, one backbone's set on its own; a chapter run before it recorded
+    them gives no evidence that they learned."""
+    rng = "AUC 95–98 % (attention fusion + NN), mini-MIAS abnormal vs normal: the range's lower " \
+          "end is compared"
+    by = papers.claims_table(results, "cpu", ["004"]).set_index("claim")
+    assert by.loc[rng, "mechanism"] == "failed: attention not uniform (attention fusion)"
+    t = pd.read_csv(results / "paper004" / "encoders.csv")
+    write(results, "paper004", "encoders", [
+        *t.to_dict("records"),
+        {**t.iloc[0].to_dict(), "backbone": "efficientnet_b0", "first loss": 5.86,
+         "last loss": 4.84}])                                   # at chance: did not learn
+    write(results, "paper004", "attention_weights", [
+        {"task": "mias_abnormal", "ResNet-50": 0.6, "VGG16": 0.3, "EfficientNet-B0": 0.1}])
+    by = papers.claims_table(results, "cpu", ["004"]).set_index("claim")
+    assert by.loc[rng, "mechanism"] == \
+        "failed: ssl loss below chance (EfficientNet-B0 on mammography)"
+    assert by.loc[rng, "verdict"] == S.NOT_TESTED
+    # a single backbone's set rests on that backbone only
+    from bus_paper.papers.p004 import claims as c4
+    r = papers.measure.Results(results, "cpu")
+    assert [x.passed for x in c4.pretrained(r, "mias_abnormal", "vgg16")] == [True]
+    assert c4.pretrained(r, "mias_abnormal", "random_concat") == ()
+    assert len(c4.pretrained(r, "mias_abnormal", "concat")) == 3
+    (results / "paper004" / "encoders.csv").unlink()
+    by = papers.claims_table(results, "cpu", ["004"]).set_index("claim")
+    assert by.loc[rng, "mechanism"] == "failed: ssl loss recorded"
+    assert by.loc[rng, "verdict"] == S.NOT_TESTED
 
 
 def test_claims_table_follows_the_legend_and_the_learning_checks(results):

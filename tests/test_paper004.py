@@ -343,3 +343,35 @@ def test_run_task_smoke_end_to_end(mias):
     ranges = report.range_claims({"mias_malignant": t})   # the measurements the claims judge
     assert len(ranges) == 6 and ranges[["measured", "lo", "hi"]].notna().all().all()
     assert "verdict" not in ranges.columns
+
+
+def test_encoder_table_gives_each_ssl_encoder_its_own_chance_loss(tmp_path):
+    """What paper 004's SSL learning checks read: one row per task and SSL encoder (random init
+    has none), first and last loss, and the chance loss of that run: ln(2N - 1) with the batch
+    N, or with the pool when the pool is smaller than a batch."""
+    import json
+    import math
+    from types import SimpleNamespace
+
+    from bus_paper.config import load_profile
+    from bus_paper.papers.p004.features import Encoder
+    from bus_paper.papers.p004.run import encoder_table
+
+    def saved(name, losses, n_images):
+        path = tmp_path / name / "encoder.pt"
+        path.parent.mkdir()
+        torch.save({"history": json.dumps([{"train_loss": v} for v in losses]),
+                    "n_images": n_images}, path)
+        return path
+
+    big = Encoder("resnet50", "ssl", "mammography", saved("a", [4.8, 3.9], 322))
+    small = Encoder("vgg16", "ssl", "ultrasound", saved("b", [2.0, 1.5, 1.2], 10))
+    results = {"mias_abnormal": SimpleNamespace(encoders={
+                   (0, "resnet50", "ssl"): big, (1, "resnet50", "ssl"): big,   # two repeats
+                   (0, "resnet50", "random"): Encoder("resnet50", "random", "mammography")}),
+               "busi": SimpleNamespace(encoders={(0, "vgg16", "ssl"): small})}
+    t = encoder_table(results, load_profile("cpu")).set_index(["task", "backbone"])
+    assert list(t.index) == [("mias_abnormal", "resnet50"), ("busi", "vgg16")]
+    assert t.loc[("mias_abnormal", "resnet50"), "chance loss"] == pytest.approx(math.log(127))
+    assert t.loc[("busi", "vgg16"), "chance loss"] == pytest.approx(math.log(19))
+    assert t.loc[("busi", "vgg16"), ["epochs", "first loss", "last loss"]].tolist() == [3, 2.0, 1.2]

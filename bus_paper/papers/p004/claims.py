@@ -13,8 +13,8 @@ fusion (the chapter's kNN rows are left out on purpose).
 
 from __future__ import annotations
 
-from ...core.stats import Check, Claim, attention_check
-from ..measure import Measured, Results, named, nan, not_testable
+from ...core.stats import Check, Claim, attention_check, ssl_loss_check
+from ..measure import Measured, MissingResult, Results, named, nan, not_testable
 
 PAPER = "004"
 TASKS = {"mias_abnormal": "mini-MIAS abnormal vs normal",
@@ -62,6 +62,29 @@ def attention(r: Results, task: str) -> Check:
     return named("attention fusion", attention_check([w.to_numpy(dtype=float)]))
 
 
+def pretrained(r: Results, task: str, feature_set: str) -> tuple[Check, ...]:
+    """The SSL learning check of each encoder a feature set's features come from (the chapter's
+    ``encoders.csv``): one backbone's set rests on that backbone's encoder, the fused and
+    image sets on every SSL encoder of the task, the random-init floor and BI-RADS on none.
+    A chapter executed before it recorded its encoders fails the check: nothing shows that they
+    learned."""
+    if feature_set in ("metadata",) or feature_set.startswith("random"):
+        return ()
+    try:
+        t = r.csv("paper004", "encoders")
+    except MissingResult:
+        return (Check("ssl loss recorded", False, "paper004/encoders.csv is missing: the "
+                      "chapter ran before it recorded its encoders' pretraining losses"),)
+    t = t[t["task"] == task]
+    if feature_set in BACKBONES:
+        t = t[t["backbone"] == feature_set]
+    if t.empty:
+        raise MissingResult(f"paper004/encoders.csv: no encoder of {feature_set!r} for {task}")
+    return tuple(named(f"{BACKBONES.get(e['backbone'], e['backbone'])} on {e['modality']}",
+                       ssl_loss_check([e["first loss"], e["last loss"]], e["chance loss"]))
+                 for e in t.to_dict("records"))
+
+
 def _metrics(r: Results, task: str, feature_set: str) -> tuple[int, str]:
     m = r.one("paper004", "metrics", task=task, set=feature_set, classifier="nn")
     return int(m["test images"]), str(int(m["repeats"]))
@@ -71,19 +94,22 @@ def _range(r: Results, task: str, metric: str) -> Measured:
     t = r.one("paper004", "verdict_ranges", task=task, claim=RANGES[metric][0])
     n, repeats = _metrics(r, task, "attention")
     return Measured(t["measured"], t["lo"], t["hi"], n, None, repeats,
-                    "paper004/verdict_ranges.csv", (attention(r, task),))
+                    "paper004/verdict_ranges.csv",
+                    (*pretrained(r, task, "attention"), attention(r, task)))
 
 
 def _nn_accuracy(r: Results, task: str) -> Measured:
     m = r.one("paper004", "metrics", task=task, set="concat", classifier="nn")
     return Measured(m["accuracy"], m["accuracy_lo"], m["accuracy_hi"], int(m["test images"]),
-                    None, str(int(m["repeats"])), "paper004/metrics.csv")
+                    None, str(int(m["repeats"])), "paper004/metrics.csv",
+                    pretrained(r, task, "concat"))
 
 
 def _paired(r: Results, task: str, a: str, b: str) -> Measured:
     p = r.one("paper004", "paired_auc", task=task, a=a, b=b, classifier="nn")
     n, repeats = _metrics(r, task, a)
-    checks = tuple(attention(r, task) for s in (a, b) if s == "attention")
+    checks = (*pretrained(r, task, a), *pretrained(r, task, b),
+              *(attention(r, task) for s in (a, b) if s == "attention"))
     return Measured(p["difference"], p["lo"], p["hi"], n, None, repeats,
                     "paper004/paired_auc.csv", checks)
 
@@ -92,7 +118,8 @@ def _clinical(r: Results, a: str, b: str) -> Measured:
     p = r.one("paper004", "clinical_paired_auc", a=a, b=b, classifier="nn")
     m = r.one("paper004", "clinical_metrics", set=a, classifier="nn")
     return Measured(p["difference"], p["lo"], p["hi"], int(m["test images"]), None,
-                    str(int(m["repeats"])), "paper004/clinical_paired_auc.csv")
+                    str(int(m["repeats"])), "paper004/clinical_paired_auc.csv",
+                    (*pretrained(r, "busbra_clinical", a), *pretrained(r, "busbra_clinical", b)))
 
 
 MEASURES = {"range": _range, "nn_accuracy": _nn_accuracy, "paired": _paired,

@@ -363,6 +363,35 @@ def run_task(task_key: str, profile: Profile, root: str | Path, seeds: Sequence[
 
 
 # ----------------------------------------------------------------------------- tables
+def encoder_table(results: dict[str, TaskResult], profile: Profile) -> pd.DataFrame:
+    """The self-supervised encoders each task's features came from, with what their learning
+    check needs (:mod:`.claims`): first and last pretraining loss and the run's own chance loss
+    (NT-Xent: ln(2N - 1) with N the batch, or the pool when smaller; DINO: ln K). One row per
+    task, backbone and init; random-init encoders have no loss and no row."""
+    import math
+
+    from ...core.stats import nt_xent_chance
+    from ...train.pretraining import load_pretrained
+    from ..p000.experiments import pretraining_profile
+    rows, seen = [], set()
+    for task, res in results.items():
+        for (_, backbone, init), enc in sorted(res.encoders.items()):
+            if enc.path is None or (task, backbone, init) in seen:
+                continue
+            seen.add((task, backbone, init))
+            state = load_pretrained(Path(enc.path))
+            hist = state["history"]
+            batch = pretraining_profile(profile, backbone).pretrain.batch_size
+            chance = (math.log(int(state["dino"]["out_dim"])) if "dino" in state else
+                      nt_xent_chance(min(batch, int(state.get("n_images") or batch))))
+            rows.append({"task": task, "modality": enc.modality, "backbone": backbone,
+                         "init": init, "key": enc.key, "epochs": len(hist),
+                         "first loss": hist[0]["train_loss"], "last loss": hist[-1]["train_loss"],
+                         "chance loss": chance})
+    return pd.DataFrame(rows, columns=["task", "modality", "backbone", "init", "key", "epochs",
+                                       "first loss", "last loss", "chance loss"])
+
+
 def metrics_table(result: TaskResult, n_boot: int | None = None, seed: int = 0) -> pd.DataFrame:
     """One row per (feature set, classifier): every metric (repeat mean, 95% CI), in %, the
     confusion counts summed over repeats and the inner-CV AUC."""
