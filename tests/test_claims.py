@@ -132,10 +132,22 @@ def test_paper004_claims_rest_on_encoders_that_learned(results):
     assert [x.passed for x in c4.pretrained(r, "mias_abnormal", "vgg16")] == [True]
     assert c4.pretrained(r, "mias_abnormal", "random_concat") == ()
     assert len(c4.pretrained(r, "mias_abnormal", "concat")) == 3
+    pair = "fusion beats a single backbone: concatenated features minus VGG16 alone, NN, AUC, " \
+           "mini-MIAS abnormal vs normal"
+    write(results, "paper004", "paired_auc", [{"task": "mias_abnormal", "a": "concat",
+                                               "b": "vgg16", "classifier": "nn",
+                                               "difference": 3.0, "lo": 1.0, "hi": 5.0}])
+    write(results, "paper004", "metrics", [{"task": "mias_abnormal", "set": s, "classifier": "nn",
+                                            "test images": 66, "repeats": 3}
+                                           for s in ("attention", "concat")])
+    by = papers.claims_table(results, "cpu", ["004"]).set_index("claim")
+    assert by.loc[pair, "mechanism"] == \
+        "failed: ssl loss below chance (EfficientNet-B0 on mammography)"   # VGG16's: once
     (results / "paper004" / "encoders.csv").unlink()
     by = papers.claims_table(results, "cpu", ["004"]).set_index("claim")
     assert by.loc[rng, "mechanism"] == "failed: ssl loss recorded"
     assert by.loc[rng, "verdict"] == S.NOT_TESTED
+    assert by.loc[pair, "mechanism"] == "failed: ssl loss recorded"          # named once
 
 
 def test_claims_table_follows_the_legend_and_the_learning_checks(results):

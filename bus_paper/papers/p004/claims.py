@@ -108,8 +108,8 @@ def _nn_accuracy(r: Results, task: str) -> Measured:
 def _paired(r: Results, task: str, a: str, b: str) -> Measured:
     p = r.one("paper004", "paired_auc", task=task, a=a, b=b, classifier="nn")
     n, repeats = _metrics(r, task, a)
-    checks = (*pretrained(r, task, a), *pretrained(r, task, b),
-              *(attention(r, task) for s in (a, b) if s == "attention"))
+    checks = tuple(dict.fromkeys((*pretrained(r, task, a), *pretrained(r, task, b),   # once each
+                                  *(attention(r, task) for s in (a, b) if s == "attention"))))
     return Measured(p["difference"], p["lo"], p["hi"], n, None, repeats,
                     "paper004/paired_auc.csv", checks)
 
@@ -119,7 +119,8 @@ def _clinical(r: Results, a: str, b: str) -> Measured:
     m = r.one("paper004", "clinical_metrics", set=a, classifier="nn")
     return Measured(p["difference"], p["lo"], p["hi"], int(m["test images"]), None,
                     str(int(m["repeats"])), "paper004/clinical_paired_auc.csv",
-                    (*pretrained(r, "busbra_clinical", a), *pretrained(r, "busbra_clinical", b)))
+                    tuple(dict.fromkeys((*pretrained(r, "busbra_clinical", a),
+                                         *pretrained(r, "busbra_clinical", b)))))
 
 
 MEASURES = {"range": _range, "nn_accuracy": _nn_accuracy, "paired": _paired,
