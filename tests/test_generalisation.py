@@ -93,6 +93,91 @@ def test_cross_site_and_calibration_tables_group_by_train_and_test_site():
         gen.calibration_table(transfers, {("m", "a", 0): val(good)}, n_boot=10)
 
 
+def _site_matrix(rng, rows=("m",)):
+    """Two sites, two seeds: each site's own model ranks its images well, the other site's
+    model is noise; every run records its AUC as the fine-tuning results do."""
+    from sklearn.metrics import roc_auc_score
+    ys = {d: rng.integers(0, 2, 60) for d in ("a", "b")}
+    out = []
+    for row in rows:
+        for tr in ("a", "b"):
+            for te in ("a", "b"):
+                for s in (0, 1):
+                    y = ys[te]
+                    p = (np.clip(0.5 * y + 0.25 + rng.normal(0, 0.1, y.size), 0, 1) if tr == te
+                         else rng.random(y.size))
+                    t = _fake_run(tr, te, s, y, p, row=row)
+                    t["metrics"] = {"auc": roc_auc_score(y, p)}
+                    out.append(t)
+    return out
+
+
+def test_transfer_drops_pair_each_foreign_model_with_the_sites_own():
+    from bus_paper.papers.p000.experiments import paired_difference
+    transfers = _site_matrix(np.random.default_rng(3), rows=("m", "n"))
+    d = gen.transfer_drops(transfers, ["a", "b"], n_boot=200)
+    assert len(d) == 4 and set(d["model"]) == {"m", "n"}          # 2 rows x 2 off-diagonal cells
+    assert (d["95% CI high"] < 0).all()                            # noise loses to the own model
+    one = d[(d["model"] == "n") & (d["tested on"] == "a")].iloc[0]
+    assert one["fine-tuned on"] == "b"
+    pick = lambda tr: [t for t in transfers if t["row"] == "n" and t["train"] == tr
+                       and t["dataset"] == "a"]
+    ref = paired_difference(pick("b"), pick("a"), "auc", n_boot=200)
+    assert (one["AUC other site − own site"], one["95% CI low"], one["95% CI high"]) == \
+        (ref["diff"], ref["lo"], ref["hi"])
+
+
+def test_pooled_view_findings_and_reliability_curves_read_the_tables():
+    rng = np.random.default_rng(4)
+    transfers = _site_matrix(rng)
+    cross = gen.cross_site_table(transfers, n_boot=100)
+    # a pooled model per held-out site: as good as the own model on a, noise on b
+    loo = []
+    for t in transfers:
+        if t["train"] == t["dataset"]:
+            p = t["predictions"]["prob"].to_numpy() if t["dataset"] == "a" else rng.random(60)
+            loo.append(_fake_run("pooled", t["dataset"], t["seed"], t["predictions"]["label"], p)
+                       | {"n_train": 120})
+    loo_table = gen.cross_site_table(loo, n_boot=100)
+    view = gen.pooled_view(cross, transfers, loo, loo_table, ["a", "b"], [0], row="m", n_boot=200)
+    v = view.set_index("tested on")
+    own_a = [t for t in transfers if t["train"] == t["dataset"] == "a" and t["seed"] == 0]
+    assert v.loc["a", "own site"] == pytest.approx(100 * own_a[0]["metrics"]["auc"])  # seed 0 only
+    assert v.loc["a", "pooled − own site"] == pytest.approx(0.0)    # the same predictions
+    assert v.loc["b", "95% CI high"] < 0 and v.loc["a", "pooled training images"] == 120
+    assert v.loc["a", "own site, all seeds"] == cross.query("train == 'a' and test == 'a'")["auc"].iloc[0]
+
+    val = lambda t: {"predictions": t["predictions"].assign(split="val")}
+    sources = {("m", t["train"], t["seed"]): val(t) for t in transfers if t["train"] == t["dataset"]}
+    temps = gen.temperatures(sources)
+    calib = gen.calibration_table(transfers, sources, n_boot=50, temps=temps)
+    drops = gen.transfer_drops(transfers, ["a", "b"], n_boot=100)
+    lines = gen.findings(cross, drops, view, calib, {"m": "Model M"}, {"a": "A", "b": "B"},
+                         SMOKE, n_seeds=2, n_pooled=1)
+    assert lines[0].startswith("- **Model M**") and "2 below 0" in lines[0]
+    assert "Held out **B**" in lines[2] and "interval below 0" in lines[2]
+    assert "Held out **A**" in lines[1] and "interval contains 0" in lines[1]
+    assert any(x.startswith("- Calibration, Model M: ECE") for x in lines)
+    assert "2 seed(s) per cell, 1 for the pooled models" in lines[-1]
+
+    curves = gen.reliability_curves(transfers, temps, "m", "a")
+    assert [(c["where"], c["scaled"]) for c in curves] == \
+        [("within", False), ("within", True), ("across", False), ("across", True)]
+    within = [t for t in transfers if t["train"] == "a" and t["dataset"] == "a"]
+    y = np.concatenate([t["predictions"]["label"] for t in within])
+    p = np.concatenate([t["predictions"]["prob"] for t in within])
+    assert curves[0]["ece"] == pytest.approx(100 * gen.expected_calibration_error(y, p))
+    assert curves[0]["curve"]["count"].sum() == y.size and not curves[0]["curve"].isna().any().any()
+
+
+def test_deployable_view_reads_the_summary():
+    s = {"within": {"auc": [81.04, 77.5, 84.26], "recall": [70.0, 60.0, 80.0],
+                    "specificity": [75.0, 70.0, 80.0]}, "new_site_mean_auc": 66.66}
+    t = gen.deployable_view(s)
+    assert t.iloc[0, 0] == "81.0 (77.5–84.3)" and t.iloc[0, 1] == "66.7"
+    assert list(t.iloc[1:, 1]) == ["–", "–"] and t.shape == (3, 2)
+
+
 # ----------------------------------------------------------------------------- on the smoke profile
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):

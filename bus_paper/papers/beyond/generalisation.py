@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from ...config import Profile
+from ...core import MISSING
 from ...core.calibration import expected_calibration_error, fit_temperature, scale  # noqa: F401 (re-exported)
 from ...metrics import METRICS, binary_metrics
 from ...train.engine import releases_run_locks
@@ -287,6 +288,137 @@ def deployable_summary(runs: Sequence[Mapping[str, Any]], loo: pd.DataFrame,
                           "auc_lo": float(h["auc_lo"]), "auc_hi": float(h["auc_hi"]),
                           "seeds": int(h["seeds"])} for _, h in held.iterrows()],
             "new_site_mean_auc": float(held["auc"].mean())}
+
+
+# ----------------------------------------------------------------------------- the chapter's views
+def transfer_drops(transfers: Sequence[Mapping[str, Any]], datasets: Sequence[str],
+                   n_boot: int = 1000) -> pd.DataFrame:
+    """Every off-diagonal cell of the matrix against the diagonal of its column: a model from
+    ``fine-tuned on`` and the tested site's own model on the same test images, paired on seeds
+    and clusters (:func:`~bus_paper.papers.p000.experiments.paired_difference`), in AUC points."""
+    from ..p000.experiments import paired_difference
+    out = []
+    for row in dict.fromkeys(t["row"] for t in transfers):
+        for te in datasets:
+            own = [t for t in transfers if t["row"] == row and t["train"] == te and t["dataset"] == te]
+            for tr in datasets:
+                if tr == te:
+                    continue
+                other = [t for t in transfers
+                         if t["row"] == row and t["train"] == tr and t["dataset"] == te]
+                d = paired_difference(other, own, "auc", n_boot=n_boot)
+                out.append({"model": row, "tested on": te, "fine-tuned on": tr,
+                            "AUC other site − own site": d["diff"], "95% CI low": d["lo"],
+                            "95% CI high": d["hi"], "p": d["p"]})
+    return pd.DataFrame(out, columns=["model", "tested on", "fine-tuned on",
+                                      "AUC other site − own site", "95% CI low", "95% CI high", "p"])
+
+
+def pooled_view(cross: pd.DataFrame, transfers: Sequence[Mapping[str, Any]],
+                loo: Sequence[Mapping[str, Any]], loo_table: pd.DataFrame,
+                datasets: Sequence[str], pooled_seeds: Sequence[int], row: str = "proposed",
+                n_boot: int = 1000) -> pd.DataFrame:
+    """Each held-out site: its own model (the pooled models' seeds, so the two compare like with
+    like; and all seeds), the other single sites' models (mean), the pooled model trained
+    without it (:func:`leave_one_out`, ``loo_table`` its :func:`cross_site_table`), and the
+    pooled model minus the own model, paired on seeds and images."""
+    from ..p000.experiments import paired_difference
+    out = []
+    for te in datasets:
+        c = cross[(cross["row"] == row) & (cross["test"] == te)]
+        own = [t for t in transfers if t["row"] == row and t["train"] == te and t["dataset"] == te
+               and t["seed"] in pooled_seeds]
+        pl = [t for t in loo if t["dataset"] == te]
+        d = paired_difference(pl, own, "auc", n_boot=n_boot)
+        out.append({"tested on": te,
+                    "own site": 100 * float(np.mean([t["metrics"]["auc"] for t in own])),
+                    "own site, all seeds": float(c[c["within"]]["auc"].iloc[0]),
+                    "other single sites (mean)": float(c[~c["within"]]["auc"].mean()),
+                    "pooled others": float(loo_table[loo_table["test"] == te]["auc"].iloc[0]),
+                    "pooled − own site": d["diff"], "95% CI low": d["lo"], "95% CI high": d["hi"],
+                    "pooled training images": int(np.mean([t["n_train"] for t in pl]))})
+    return pd.DataFrame(out)
+
+
+def deployable_view(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """The model card's two columns from :func:`deployable_summary`: the seen sites' pooled test
+    parts (AUC, and sensitivity and specificity at the threshold, with intervals) and a new site
+    (the leave-one-site-out mean AUC)."""
+    w = summary["within"]
+    ci = [f"{w[m][0]:.1f} ({w[m][1]:.1f}–{w[m][2]:.1f})" for m in ("auc", "recall", "specificity")]
+    return pd.DataFrame(
+        {"all four sites' test parts (seen sites)": ci,
+         "a new site (leave-one-site-out, mean)": [f"{summary['new_site_mean_auc']:.1f}", MISSING, MISSING]},
+        index=["AUC (%)", "sensitivity at the threshold (%)", "specificity at the threshold (%)"])
+
+
+def reliability_curves(transfers: Sequence[Mapping[str, Any]],
+                       temps: Mapping[tuple[Any, str, int], float], row: str, train: str,
+                       bins: int = 10) -> list[dict[str, Any]]:
+    """The reliability diagram of the models of ``row`` fine-tuned on ``train``: within its site
+    and across the other sites, before and after temperature scaling, all seeds pooled. Each
+    entry: ``where``, ``scaled``, ``ece`` (%) and ``curve`` (:func:`reliability`, empty bins
+    dropped)."""
+    out = []
+    for where in ("within", "across"):
+        ts = [t for t in transfers if t["row"] == row and t["train"] == train
+              and (t["dataset"] == train) == (where == "within")]
+        if not ts:
+            continue
+        test = [t["predictions"].query("split == 'test'") for t in ts]
+        y = np.concatenate([p["label"].to_numpy() for p in test])
+        raw = np.concatenate([p["prob"].to_numpy() for p in test])
+        scaled = np.concatenate([scale(p["prob"].to_numpy(), temps[row, train, int(t["seed"])])
+                                 for p, t in zip(test, ts)])
+        for is_scaled, q in ((False, raw), (True, scaled)):
+            out.append({"where": where, "scaled": is_scaled,
+                        "ece": 100 * expected_calibration_error(y, q, bins=bins),
+                        "curve": reliability(y, q, bins=bins).dropna()})
+    return out
+
+
+def findings(cross: pd.DataFrame, drops: pd.DataFrame, view: pd.DataFrame,
+             calib: pd.DataFrame, labels: Mapping[str, str], names: Mapping[str, str],
+             profile: Profile, n_seeds: int, n_pooled: int) -> list[str]:
+    """The chapter's closing summary, one markdown bullet per finding, from its tables: each
+    model's within- and across-site AUC and where its transfer intervals lie, each held-out
+    site's pooled-minus-own difference, and calibration before and after scaling."""
+    from ...metrics import interval_position, position_counts
+    lines = []
+    for row, label in labels.items():
+        c = cross[cross["row"] == row]
+        w, o = c[c["within"]], c[~c["within"]]
+        p = drops[drops["model"] == row]
+        best, worst = o.loc[o["auc"].idxmax()], o.loc[o["auc"].idxmin()]
+        lines.append(
+            f"- **{label}**: mean AUC {w['auc'].mean():.1f} within a site, {o['auc'].mean():.1f} "
+            f"on other sites. Of {len(p)} transfers, the AUC minus the tested site's own model; "
+            f"intervals: {position_counts(p['95% CI low'], p['95% CI high'])}. Best transfer: "
+            f"{names[best['train']]} → {names[best['test']]} ({best['auc']:.1f}); worst: "
+            f"{names[worst['train']]} → {names[worst['test']]} ({worst['auc']:.1f}).")
+    for _, v in view.iterrows():
+        lines.append(
+            f"- Held out **{names[v['tested on']]}**: pooled training on the other sites gives AUC "
+            f"{v['pooled others']:.1f} against {v['own site']:.1f} for the site's own model "
+            f"(difference {v['pooled − own site']:+.1f}, CI {v['95% CI low']:.1f} to "
+            f"{v['95% CI high']:.1f}: interval "
+            f"{interval_position(v['95% CI low'], v['95% CI high'])}).")
+    where = calib.assign(where=np.where(calib["within"], "within site", "across sites"))
+    mean = where.groupby(["row", "where"])[["ece_before", "ece_after"]].mean()
+    for row, label in labels.items():
+        if {(row, "within site"), (row, "across sites")} <= set(mean.index):
+            a, b = mean.loc[(row, "within site")], mean.loc[(row, "across sites")]
+            lines.append(f"- Calibration, {label}: ECE {a['ece_before']:.1f} % within a site and "
+                         f"{b['ece_before']:.1f} % across sites before temperature scaling; "
+                         f"{a['ece_after']:.1f} % and {b['ece_after']:.1f} % after.")
+    lines.append(f"- Temperature scaling, ECE after minus before, over {len(calib)} (model, "
+                 f"training site, tested site) cells: intervals "
+                 f"{position_counts(calib['change_lo'], calib['change_hi'])}.")
+    lines.append(f"\nProfile `{profile.name}`: {profile.data.image_size} px images, "
+                 f"{profile.finetune.epochs} fine-tuning epochs, {n_seeds} seed(s) per cell, "
+                 f"{n_pooled} for the pooled models. The `gpu` profile runs the paper's image size "
+                 "and epochs.")
+    return lines
 
 
 # ----------------------------------------------------------------------------- calibration
