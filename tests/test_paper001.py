@@ -78,6 +78,36 @@ def test_paired_table():
     assert auc.loc["mobilenetv2", "interval"] == "contains 0" and "verdict" not in t.columns
 
 
+def test_findings_read_the_paired_table_and_compare_random_init_with_random_init():
+    from bus_paper.papers.p000.experiments import paired_difference
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 120)
+    sharp = lambda: np.clip(y * 0.7 + rng.random(120) * 0.4, 0, 1)
+    proposed = [fake_run(y, sharp(), "proposed", s) for s in range(2)]
+    results = [*proposed, fake_run(y, sharp(), "proposed_random"),
+               fake_run(y, rng.random(120), "vgg16"), fake_run(y, rng.random(120), "resnet50"),
+               fake_run(y, proposed[0]["predictions"]["prob"], "no_attention")]
+    plan = p1.default_plan("cpu", ["proposed", "proposed_random", "no_attention", "resnet50",
+                                   "vgg16"], [0, 1])
+    paired = p1.paired_table(results, n_boot=200)
+    lines = p1.findings(results, paired, pd.DataFrame(columns=["dataset", "method"]), plan,
+                        ["busi"], CPU, n_boot=200)
+    random, parts = lines[0], lines[1]
+    # only the baseline trained from random init, against the proposed model from random init
+    ref = paired_difference(results[2:3], results[3:4], "auc", n_boot=200)
+    assert random.startswith("- **Both from random initialisation, BUSI**")
+    assert f"VGG16 (random init) {ref['diff']:+.1f} ({ref['lo']:+.1f} to {ref['hi']:+.1f})" in random
+    assert "ResNet-50" not in random
+    assert parts.startswith("- **What each part adds, BUSI**")
+    assert f"{p1.CONTRASTS['no_attention']}: +0.0 points" in parts and "interval contains 0" in parts
+    assert "SSL initialisation" in parts and "interval " in parts
+    assert lines[2] == "- **Explanations** (share of each map inside the lesion):"
+    assert "96 px" in lines[-1] and "3x3 map" in lines[-1]
+    smoke = p1.findings(results, paired, pd.DataFrame(columns=["dataset", "method"]), plan,
+                        ["busi"], SMOKE, n_boot=200)
+    assert "synthetic phantoms" in smoke[-1]
+
+
 def test_mean_roc_is_the_vertical_average():
     y = np.array([0, 0, 1, 1])
     perfect = fake_run(y, [0.1, 0.2, 0.8, 0.9], "a")
