@@ -149,6 +149,28 @@ def test_paired_difference_observed_equals_fold_metrics_and_finds_a_real_gap():
     assert lr["ci_low"] > 0 and lr["paper"] == pytest.approx(1.5) and "verdict" not in v.columns
 
 
+def test_paired_vs_baseline_and_the_tables_beside_the_paper():
+    results = [fake_result(v, f, noise, seed + f) for v, noise, seed in
+               (("lr", 0.15, 10), ("baseline", 0.45, 20), ("ir", 0.45, 20)) for f in range(3)]
+    t = p2.paired_vs_baseline(results, ["baseline", "lr", "ir"], n_boot=200)
+    assert len(t) == 2 * len(p2.COMPARISONS) and set(t["variant"]) == {"lr", "ir"}
+    row = t[(t["variant"] == "lr") & (t["metric"] == "auc") & (t["level"] == "image")].iloc[0]
+    ref = p2.paired_difference(results, "lr", "baseline", "auc", n_boot=200)
+    assert (row["difference"], row["ci_low"]) == (ref["diff"], ref["lo"])
+    assert row["paper difference"] == pytest.approx(p2.paper_value("lr", "auc")
+                                                   - p2.paper_value("baseline", "auc"))
+    assert t[t["level"] == "lesion"]["paper difference"].isna().all()   # the paper has none
+    assert row["folds better than baseline"] == "3/3"
+    assert p2.paired_vs_baseline(results, ["lr", "ir"], n_boot=50).empty   # no baseline run
+    summ = p2.summary(p2.fold_table(results), ["auc", "mcr"])
+    shown = p2.beside_paper(summ, "table1", ["baseline", "lr", "lr_minus_all"], ["auc", "mcr"])
+    assert list(shown.index) == ["Baseline", "LR"]                       # only what ran, in order
+    paper = p2.paper_002("table1").set_index("variant")
+    s = summ.set_index("variant")
+    assert shown.loc["LR", "AUC"] == (f"{s.loc['lr', 'auc']:.1f} ± {s.loc['lr', 'auc_sd']:.1f} "
+                                      f"({paper.loc['lr', 'auc']:.1f})")
+
+
 def test_paper_numbers():
     claims = {c.key: c for c in p2.CLAIMS}
     assert claims["lr_auc"].paper == pytest.approx(1.5)

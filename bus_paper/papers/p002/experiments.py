@@ -363,6 +363,53 @@ def claim_differences(results: Sequence[dict[str, Any]], n_boot: int = 2000, see
     return pd.DataFrame(rows)
 
 
+#: the baseline comparisons the chapter shows: (metric, level); MCR and discordance are image-level
+COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("auc", "image"), ("accuracy", "image"), ("specificity", "image"), ("mcr", "image"),
+    ("discordance", "image"), ("auc", "lesion"), ("accuracy", "lesion"))
+
+
+def paired_vs_baseline(results: Sequence[dict[str, Any]], variants: Sequence[str],
+                       comparisons: Sequence[tuple[str, str]] = COMPARISONS, n_boot: int = 2000,
+                       seed: int = 0) -> pd.DataFrame:
+    """Every variant minus the baseline, per (metric, level) of ``comparisons``, in points: the
+    paired difference over folds (:func:`paired_difference`), the folds it wins and the paper's
+    difference (image level only: the paper reports no lesion level). Empty without a baseline."""
+    rows = []
+    if "baseline" in variants:
+        for v in variants:
+            if v == "baseline":
+                continue
+            for metric, level in comparisons:
+                d = paired_difference(results, v, "baseline", metric, level, n_boot=n_boot,
+                                      seed=seed)
+                ref = (paper_value(v, metric) - paper_value("baseline", metric)
+                       if level == "image" else np.nan)
+                rows.append({"variant": v, "method": LABELS[v], "metric": metric, "level": level,
+                             "difference": d["diff"], "ci_low": d["lo"], "ci_high": d["hi"],
+                             "p": d["p"],
+                             "folds better than baseline": f"{d['a_better_folds']}/{d['n_folds']}",
+                             "paper difference": ref})
+    return pd.DataFrame(rows)
+
+
+def beside_paper(summ: pd.DataFrame, table: str, names: Sequence[str], metrics: Sequence[str]
+                 ) -> pd.DataFrame:
+    """Paper 002's ``table`` ("table1" | "table2") as measured here: each variant of ``names``
+    that ran, each metric as "mean ± sd" over folds (a :func:`summary`), the paper's mean in
+    brackets where it gives one."""
+    paper = paper_002(table).set_index("variant")
+    t = summ.set_index("variant")
+    order = [v for v in names if v in t.index]
+
+    def cell(v: str, m: str) -> str:
+        ref = paper.loc[v, m] if v in paper.index else np.nan
+        sd = f" ± {t.loc[v, m + '_sd']:.1f}" if np.isfinite(t.loc[v, m + "_sd"]) else ""
+        return f"{t.loc[v, m]:.1f}{sd}" + (f" ({ref:.1f})" if np.isfinite(ref) else "")
+    return pd.DataFrame({METRIC_NAMES[m]: [cell(v, m) for v in order] for m in metrics},
+                        index=pd.Index([LABELS[v] for v in order], name="method"))
+
+
 def training_log(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The per-epoch log of every run: losses, validation AUC, learning rate, speed."""
     rows = [{"variant": r["variant"], "fold": r["fold"], **h} for r in results
