@@ -65,6 +65,16 @@ def test_learning_checks_on_the_issue_numbers():
     assert S.mechanism(checks[:1]) == "passed" and S.mechanism([]) == "n/a"
 
 
+def test_the_chance_loss_is_the_saved_runs_own():
+    """One rule for every pretraining table: DINO's ln K with the K the run used; NT-Xent's
+    ln(2N - 1) with N the batch, or the image pool when smaller (mini-MIAS: 64 ROIs, batch 128)."""
+    assert S.ssl_chance_loss({"dino": {"out_dim": 4096}}, 64) == pytest.approx(math.log(4096))
+    assert S.ssl_chance_loss({}, 64) == pytest.approx(math.log(127))
+    assert S.ssl_chance_loss({"n_images": 5000}, 64) == pytest.approx(math.log(127))
+    assert S.ssl_chance_loss({"n_images": 64}, 128) == pytest.approx(math.log(127))
+    assert S.ssl_chance_loss({"n_images": None}, 32) == pytest.approx(math.log(63))
+
+
 # ----------------------------------------------------------------------------- bootstrap
 def _data(n=120, runs=3, seed=1):
     rng = np.random.default_rng(seed)

@@ -10,11 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core import MISSING
+from ..core import MISSING, MissingResult
 
-
-class MissingResult(FileNotFoundError):
-    """A result file a generated block needs is absent (its chapter has not run)."""
+__all__ = ["MissingResult"]  # re-exported: the pages import it from here
 
 
 # ----------------------------------------------------------------------------- reading results

@@ -15,9 +15,9 @@ compared *paired*: one cluster draw serves both.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -150,6 +150,16 @@ def nt_xent_chance(batch_size: int) -> float:
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     return math.log(2 * batch_size - 1)
+
+
+def ssl_chance_loss(state: Mapping[str, Any], batch_size: int) -> float:
+    """The loss of an encoder that knows nothing, for the run saved in ``state`` (a loaded
+    ``encoder.pt``): DINO ln K with the K it trained with; NT-Xent ln(2N - 1) with N the batch,
+    or the image pool when smaller (a batch never holds more images than the pool)."""
+    if "dino" in state:
+        return math.log(int(state["dino"]["out_dim"]))
+    pool = int(state.get("n_images") or batch_size)
+    return nt_xent_chance(min(batch_size, pool))
 
 
 def ssl_loss_check(losses: Sequence[float], chance: float, margin: float = 0.10) -> Check:

@@ -20,13 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Profile, load_profile
+from ..core import MissingResult
 from ..core.stats import Check, nt_xent_chance, seed_auc_check, ssl_loss_check
 
 nan = math.nan
-
-
-class MissingResult(FileNotFoundError):
-    """A result file a claim needs is absent: its chapter has not run."""
 
 
 @dataclass(frozen=True)

@@ -71,14 +71,11 @@ def encoder_for(profile: Profile, root: str | Path | None, row: Row | str) -> Pa
 def pretraining_summary(profile: Profile, row: Row, state: dict[str, Any]) -> dict[str, Any]:
     """One row of Table 1's pretraining table from a loaded ``encoder.pt``: epochs, first and
     last loss, and the loss of an encoder that knows nothing (``chance loss``) *for that run*:
-    DINO ln K with the K it was trained with, SimCLR ln(2N - 1) at the profile's batch N. The
+    DINO ln K with the K it was trained with, SimCLR ln(2N - 1) at the profile's batch N (:func:`core.stats.ssl_chance_loss`). The
     learning check reads it from here, so a later profile change cannot re-judge an old run."""
-    import math
-
-    from ...core.stats import nt_xent_chance
+    from ...core.stats import ssl_chance_loss
     hist = state["history"]
-    chance = (math.log(int(state["dino"]["out_dim"])) if "dino" in state
-              else nt_xent_chance(profile.pretrain.batch_size))
+    chance = ssl_chance_loss(state, profile.pretrain.batch_size)
     return {"row": row.key, "model": row.label, "objective": row.objective,
             "epochs": len(hist), "first loss": hist[0]["train_loss"],
             "last loss": hist[-1]["train_loss"], "chance loss": chance,

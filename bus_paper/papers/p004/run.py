@@ -368,9 +368,7 @@ def encoder_table(results: dict[str, TaskResult], profile: Profile) -> pd.DataFr
     check needs (:mod:`.claims`): first and last pretraining loss and the run's own chance loss
     (NT-Xent: ln(2N - 1) with N the batch, or the pool when smaller; DINO: ln K). One row per
     task, backbone and init; random-init encoders have no loss and no row."""
-    import math
-
-    from ...core.stats import nt_xent_chance
+    from ...core.stats import ssl_chance_loss
     from ...train.pretraining import load_pretrained
     from ..p000.experiments import pretraining_profile
     rows, seen = [], set()
@@ -382,8 +380,7 @@ def encoder_table(results: dict[str, TaskResult], profile: Profile) -> pd.DataFr
             state = load_pretrained(Path(enc.path))
             hist = state["history"]
             batch = pretraining_profile(profile, backbone).pretrain.batch_size
-            chance = (math.log(int(state["dino"]["out_dim"])) if "dino" in state else
-                      nt_xent_chance(min(batch, int(state.get("n_images") or batch))))
+            chance = ssl_chance_loss(state, batch)
             rows.append({"task": task, "modality": enc.modality, "backbone": backbone,
                          "init": init, "key": enc.key, "epochs": len(hist),
                          "first loss": hist[0]["train_loss"], "last loss": hist[-1]["train_loss"],
