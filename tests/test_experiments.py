@@ -115,3 +115,33 @@ def test_ablation_differences():
     assert "verdict" not in d.columns
     twin = d[(d["variant"] == "no_fusion") & (d["metric"] == "auc")].iloc[0]
     assert twin["difference"] == 0 and twin["ci_low"] <= 0 <= twin["ci_high"]
+
+
+def test_table1_paired_and_findings_describe_where_each_interval_lies():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 150)
+    sharp = lambda: np.clip(0.7 * y + 0.4 * rng.random(150), 0, 1)
+    rows = [ex.ROWS[k] for k in ("proposed", "convnext_tiny", "simclr_resnet50")]
+    results = []
+    for d in ("busi", "udiat"):
+        results += [fake_run(y, sharp(), row="proposed", dataset=d, seed=s) for s in (0, 1)]
+        results += [fake_run(y, rng.random(150), row="convnext_tiny", dataset=d, seed=s)
+                    for s in (0, 1)]
+        results += [fake_run(y, results[-4 + s]["predictions"]["prob"].to_numpy()[:-1],
+                             row="simclr_resnet50", dataset=d, seed=s) for s in (0, 1)]
+    pairs = ex.table1_paired(results, rows, ["busi", "udiat"], n_boot=300)
+    assert len(pairs) == 4 and set(pairs["baseline"]) == {r.label for r in rows[1:]}
+    one = pairs.iloc[0]
+    ref = ex.paired_difference(results[:2], results[2:4], "auc", n_boot=300)
+    assert (one["AUC proposed - baseline"], one["95% CI low"]) == (ref["diff"], ref["lo"])
+    assert ex.table1_paired(results, rows[1:], ["busi"]).empty      # no proposed row: no pairs
+
+    table = ex.seed_table(results, n_boot=100)
+    table["label"] = table["row"].map({r.key: r.label for r in ex.TABLE1})
+    paper = paper_000("table1").set_index(["model", "dataset"])
+    lines = ex.table1_findings(table, pairs, paper, ["busi"], load_profile("cpu"), 2)
+    conv, same = rows[1].label, rows[2].label
+    assert lines[0].startswith("- **BUSI**, ranked by our test AUC: ")
+    assert lines[0].index("ConvNeXt") > lines[0].index("Proposed")     # noise ranks last
+    assert f"above 0 for {conv};" in lines[1] and f"containing 0 for {same}." in lines[1]
+    assert "below 0 for none" in lines[1] and "96 px" in lines[-1] and "2 seed(s)" in lines[-1]

@@ -71,14 +71,17 @@ def encoder_for(profile: Profile, root: str | Path | None, row: Row | str) -> Pa
 def pretraining_summary(profile: Profile, row: Row, state: dict[str, Any]) -> dict[str, Any]:
     """One row of Table 1's pretraining table from a loaded ``encoder.pt``: epochs, first and
     last loss, and the loss of an encoder that knows nothing (``chance loss``) *for that run*:
-    DINO ln K with the K it was trained with, SimCLR ln(2N - 1) at the profile's batch N (:func:`core.stats.ssl_chance_loss`). The
-    learning check reads it from here, so a later profile change cannot re-judge an old run."""
-    from ...core.stats import ssl_chance_loss
+    DINO ln K with the K it was trained with, SimCLR ln(2N - 1) at the profile's batch N
+    (:func:`~bus_paper.core.stats.ssl_chance_loss`). The claims' learning check reads it from
+    here, so a later profile change cannot re-judge an old run; ``learned`` is that check, shown
+    beside the losses."""
+    from ...core.stats import ssl_chance_loss, ssl_loss_check
     hist = state["history"]
     chance = ssl_chance_loss(state, profile.pretrain.batch_size)
+    losses = [h["train_loss"] for h in hist]
     return {"row": row.key, "model": row.label, "objective": row.objective,
-            "epochs": len(hist), "first loss": hist[0]["train_loss"],
-            "last loss": hist[-1]["train_loss"], "chance loss": chance,
+            "epochs": len(hist), "first loss": losses[0], "last loss": losses[-1],
+            "chance loss": chance, "learned": ssl_loss_check(losses, chance).passed,
             "pretraining minutes (when run)": state["seconds"] / 60}
 
 
@@ -227,6 +230,68 @@ def fmt_ci(table: pd.DataFrame, metric: str) -> pd.Series:
     return pd.Series([f"{lo:.1f}–{hi:.1f}" if np.isfinite(lo) and np.isfinite(hi) else MISSING
                       for lo, hi in zip(table[f"{metric}_lo"], table[f"{metric}_hi"])],
                      index=table.index)
+
+
+# ----------------------------------------------------------------------------- Table 1's chapter
+def table1_paired(results: Sequence[dict[str, Any]], rows: Sequence[Row],
+                  datasets: Sequence[str], n_boot: int = 2000) -> pd.DataFrame:
+    """The proposed model minus each other row of ``rows``, per dataset, in AUC points
+    (:func:`paired_difference`: the same test images, seeds then clusters); empty when the
+    proposed model is not among ``rows``."""
+    out = []
+    if any(r.key == "proposed" for r in rows):
+        for d in datasets:
+            mine = [r for r in results if r["dataset"] == d and r["row"] == "proposed"]
+            for row in rows:
+                if row.key == "proposed":
+                    continue
+                other = [r for r in results if r["dataset"] == d and r["row"] == row.key]
+                p = paired_difference(mine, other, "auc", n_boot=n_boot)
+                out.append({"dataset": d, "baseline": row.label,
+                            "AUC proposed - baseline": p["diff"], "95% CI low": p["lo"],
+                            "95% CI high": p["hi"], "p": p["p"]})
+    return pd.DataFrame(out, columns=["dataset", "baseline", "AUC proposed - baseline",
+                                      "95% CI low", "95% CI high", "p"])
+
+
+def table1_findings(table: pd.DataFrame, pairs: pd.DataFrame, paper: pd.DataFrame,
+                    datasets: Sequence[str], profile: Profile, n_seeds: int) -> list[str]:
+    """The chapter's closing summary: per dataset, the rows ranked by our test AUC beside the
+    paper's ranking, and where the proposed model's paired differences lie against 0 (a
+    description; the verdicts, with the learning checks, are the claims chapter's). ``table``: a
+    :func:`seed_table` with a ``label`` column; ``paper``: Table 1 as printed, indexed by (row,
+    dataset); ``pairs``: :func:`table1_paired`."""
+    from ...metrics import interval_position
+
+    def short(labels: pd.Series) -> str:
+        return " > ".join(labels.str.replace(r" \(.*\)", "", regex=True))
+    lines = []
+    for d in datasets:
+        t = table[table["dataset"] == d].sort_values("auc", ascending=False)
+        order = list(t["row"])
+        pp = paper.xs(d, level="dataset").loc[[k for k in order if (k, d) in paper.index]]
+        lines.append(f"- **{d.upper()}**, ranked by our test AUC: {short(t['label'])}. The "
+                     f"paper's ranking: {short(pp.sort_values('auc', ascending=False)['label'])}.")
+        if "proposed" in order and len(pairs):
+            p = pairs[pairs["dataset"] == d]
+            side = [interval_position(lo, hi) for lo, hi in zip(p["95% CI low"], p["95% CI high"])]
+            names = {w: ", ".join(b for b, s in zip(p["baseline"], side) if s == w) or "none"
+                     for w in ("above 0", "below 0", "contains 0")}
+            prop = t[t["row"] == "proposed"].iloc[0]
+            lines.append(
+                f"  The proposed model: AUC {prop['auc']:.1f} (95% CI {prop['auc_lo']:.1f}–"
+                f"{prop['auc_hi']:.1f}; paper {paper.loc[('proposed', d), 'auc']:.2f}). Its paired "
+                f"AUC difference with each baseline has an interval above 0 for "
+                f"{names['above 0']}; below 0 for {names['below 0']}; containing 0 for "
+                f"{names['contains 0']}. The verdicts, with the learning checks, are the claims "
+                "chapter's.")
+    lines.append(
+        f"\nProfile `{profile.name}`: {profile.data.image_size} px, {profile.pretrain.epochs} "
+        f"pretraining epochs, {profile.finetune.epochs} fine-tuning epochs, {n_seeds} seed(s); "
+        "the paper: 224 px, 1000 and 200 epochs. A ranking measured at this budget says which "
+        "architecture learns most from little pretraining and fine-tuning, not which wins at the "
+        "paper's budget (the `gpu` profile).")
+    return lines
 
 
 # ----------------------------------------------------------------------------- Tables 4-5
