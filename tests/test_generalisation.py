@@ -234,6 +234,26 @@ def test_pooled_training_unions_splits_and_is_cached(smoke_runs):
     assert loo[2]["threshold"] == run["threshold"]                    # the cached pooled model
 
 
+def test_the_experiment_command_trains_what_the_chapter_reads(smoke_runs, monkeypatch, capsys):
+    """`bus-paper experiment generalisation` trains every run ahead (e.g. over several sittings,
+    or on a GPU); the chapter's calls then train nothing."""
+    from bus_paper import cli
+    from bus_paper.train import engine
+    assert cli.main(["-q", "experiment", "generalisation", "--profile", "smoke",
+                     "--set", "finetune.epochs=1", "--dataset", "busi", "--dataset", "udiat",
+                     "--seed", "0", "--pooled-seeds", "1", "--only", "proposed"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5 and all(line.startswith("proposed") for line in out)
+    assert "without busi" in out[2] and " udiat " in out[2] and "busi+udiat" in out[4]
+
+    def no_training(self):
+        raise AssertionError("the chapter retrained a run the experiment had trained")
+    monkeypatch.setattr(engine.Stage, "fit", no_training)
+    gen.site_runs(SMOKE, None, "proposed", ["busi", "udiat"], [0])
+    gen.leave_one_out(SMOKE, None, ["busi", "udiat"], [0])
+    gen.deployable_model(SMOKE, None, 0, sites=["busi", "udiat"])
+
+
 def test_pooled_key_follows_the_recipe_not_the_code(monkeypatch):
     """The pooled runs' key is their recipe (bus_paper.core.runs): stable, the same for the
     datasets in any order, changed by what decides the model (data, encoder, seed, config, the

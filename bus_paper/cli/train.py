@@ -139,6 +139,16 @@ def _cmd_experiment(args) -> int:
             print(curve[["dataset", "ssl_epochs", "auc", "ci_low", "ci_high", "diff", "diff_low",
                          "diff_high", "knn_auc"]].round(1).to_string(index=False))
         return 0
+    if args.chapter == "generalisation":  # the chapter's defaults: its four sites, two rows
+        from ..papers.beyond import generalisation as gen
+        seeds = args.seed if args.seed is not None else list(profile.finetune.seeds)
+        runs = gen.chapter_runs(profile, args.data_root, args.only or ["proposed", "simclr_resnet50"],
+                                args.dataset or list(gen.SITES), seeds, seeds[:args.pooled_seeds])
+        if int(os.environ.get("RANK", "0")) == 0:
+            for r in runs:
+                print(f"{r['row']:<16} {r['kind']:<16} {r['train']:<28} seed {r['seed']}: "
+                      f"AUC {r['auc']:.3f}  ({r['minutes']:.1f} min when run)  {r['run_dir']}")
+        return 0
     # the chapters' defaults: label efficiency on BUSI only; ablations pretrain per variant where
     # the profile says so ([papers.p000] ablations_own_pretraining: gpu)
     datasets = args.dataset or (["busi"] if args.chapter == "label_efficiency"
@@ -243,10 +253,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="the training runs behind a results chapter (cached; "
                        "e.g. under torchrun before running the chapter)")
     common(p)
-    p.add_argument("chapter", choices=["table1", "ablations", "label_efficiency", "ssl_budget"])
+    p.add_argument("chapter", choices=["table1", "ablations", "label_efficiency", "ssl_budget",
+                                       "generalisation"])
     p.add_argument("--only", action="append", metavar="NAME",
-                   help="Table 1 row or ablation variant (default: all), e.g. dino_vit, no_fusion")
-    p.add_argument("--dataset", action="append", help="busi | udiat (default: the profile's)")
+                   help="Table 1 row or ablation variant (default: all), e.g. dino_vit, no_fusion; "
+                   "generalisation: Table 1 rows (default: proposed, simclr_resnet50)")
+    p.add_argument("--dataset", action="append", help="busi | udiat (default: the profile's); "
+                   "generalisation: its sites (default: busi udiat busbra busuclm)")
+    p.add_argument("--pooled-seeds", type=int, default=3, metavar="N",
+                   help="generalisation: the pooled runs use the first N seeds (default 3, as the "
+                   "chapter)")
     p.add_argument("--seed", type=int, action="append", help="fine-tuning seed(s)")
     p.add_argument("--fraction", type=float, action="append",
                    help="label_efficiency: share(s) of the training labels (default 0.1 0.25 0.5 1)")

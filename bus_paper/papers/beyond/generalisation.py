@@ -290,6 +290,38 @@ def deployable_summary(runs: Sequence[Mapping[str, Any]], loo: pd.DataFrame,
             "new_site_mean_auc": float(held["auc"].mean())}
 
 
+# ----------------------------------------------------------------------------- every run, ahead
+def chapter_runs(profile: Profile, root: str | Path | None, rows: Sequence[str],
+                 datasets: Sequence[str], seeds: Sequence[int], pooled_seeds: Sequence[int]
+                 ) -> list[dict[str, Any]]:
+    """Train (or read from the cache) every run the generalisation chapter uses, so that it then
+    finds them cached (``bus-paper experiment generalisation``): the proposed model on each
+    site, the pooled runs (each site left out, then all sites: the deployable model's run), then
+    the other ``rows`` on each site. Each run is cached on its own as it finishes, so an
+    interrupted call loses only the run in progress. One summary row per run."""
+    out = []
+
+    def note(kind: str, row: str, r: Mapping[str, Any]) -> None:
+        preds = r["predictions"]
+        test = preds[preds["split"] == "test"]
+        auc = binary_metrics(test["label"].to_numpy(), test["prob"].to_numpy(),
+                             float(r["threshold"]))["auc"]
+        out.append({"kind": kind, "row": row, "train": r["train"], "seed": int(r["seed"]),
+                    "auc": auc, "minutes": r["seconds"] / 60, "run_dir": r["run_dir"]})
+    ordered = ["proposed", *(r for r in rows if r != "proposed")] if "proposed" in rows else []
+    if ordered:
+        for r in site_runs(profile, root, "proposed", datasets, seeds):
+            note("site", "proposed", r)
+        for held in [*datasets, None]:
+            for s in pooled_seeds:
+                r = pooled_finetune(profile, root, [d for d in datasets if d != held], s)
+                note("pooled" if held is None else f"without {held}", "proposed", r)
+    for row in [r for r in rows if r != "proposed"]:
+        for r in site_runs(profile, root, row, datasets, seeds):
+            note("site", row, r)
+    return out
+
+
 # ----------------------------------------------------------------------------- the chapter's views
 def transfer_drops(transfers: Sequence[Mapping[str, Any]], datasets: Sequence[str],
                    n_boot: int = 1000) -> pd.DataFrame:
