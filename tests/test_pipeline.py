@@ -1,6 +1,7 @@
 """The chapter runner (bus_paper.book.runner): discovery, content hash, execution and reuse."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -176,6 +177,32 @@ def test_run_executes_then_reuses(tmp_path, capsys, monkeypatch):
 
     with pytest.raises(ValueError, match="-p nope"):
         pipeline.run("smoke", overrides={"nope": 1}, **kw)
+
+
+def test_the_runner_records_the_training_runs_a_chapter_used(tmp_path, monkeypatch):
+    """The kernel notes every run whose lock it takes (core.runs ledger); the executed chapter's
+    metadata says how many it read from the cache and what they took to train, and its rerun box
+    turns that into the chapter's cost from an empty cache."""
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    runs = tmp_path / "runs"
+    done, fresh = runs / "finetune" / "aaa", runs / "finetune" / "bbb"
+    done.mkdir(parents=True)
+    (done / "done.json").write_text("{}")
+    (done / "result.json").write_text(json.dumps({"seconds": 1800.0}))
+    source = (f"from bus_paper.train.engine import run_lock\n"
+              f"for d in [{str(done)!r}, {str(fresh)!r}, {str(done)!r}]:\n"
+              "    with run_lock(d):\n        pass\n")
+    make_notebook(tmp_path / "nb" / "01_tiny.ipynb", source)
+    out = tmp_path / "book" / "chapters"
+    assert [o.status for o in pipeline.run("smoke", notebooks_dir=tmp_path / "nb", out=out)] == \
+        ["executed"]
+    executed = nbformat.read(out / "01_tiny.ipynb", as_version=4)
+    used = executed.metadata["bus_paper"]["runs_used"]
+    assert used == {"runs": 2, "cached_runs": 1, "cached_training_s": 1800.0, "untimed": 0}
+    box = "\n".join(c.source for c in executed.cells if "Download or re-run" in c.source)
+    assert "From an empty cache it would take about **3" in box and "plus 30.0 min" in box
+    assert "the 1 of its 2 training runs" in box
+    assert pipeline.LEDGER_ENV not in os.environ      # the runner's own process is left as it was
 
 
 def test_failing_notebook_fails_the_run_with_its_name(tmp_path, capsys):

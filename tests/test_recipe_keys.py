@@ -59,3 +59,28 @@ def test_a_refactor_keeps_every_run_key():
         f"run keys changed: {changed[:6]}{' ...' if len(changed) > 6 else ''}; a refactor must keep "
         "them (cached runs would retrain); if the recipe is meant to change, regenerate with "
         "`BUS_PAPER_REGEN_GOLDEN=1 pytest tests/test_recipe_keys.py` (see the module docstring)")
+
+
+def test_the_ledger_notes_each_run_once_and_sums_what_the_cached_ones_took(tmp_path, monkeypatch):
+    from bus_paper.core import runs as R
+    ledger = tmp_path / "ledger.jsonl"
+    fine, pre, untimed, fresh = (tmp_path / n for n in ("fine", "pre", "untimed", "fresh"))
+    for d in (fine, pre, untimed, fresh):
+        d.mkdir()
+    (fine / "result.json").write_text('{"seconds": 90.0}')
+    (pre / "done.json").write_text("{}")
+    (pre / "log.jsonl").write_text('{"epoch": 0, "train_seconds": 100.5}\n'
+                                   '{"epoch": 1, "train_seconds": 50.0}\n')
+    (untimed / "done.json").write_text("{}")
+    assert R.training_seconds(fine) == 90.0 and R.training_seconds(pre) == 150.5
+    assert R.training_seconds(untimed) is None and R.training_seconds(fresh) is None
+    R.note_run_used(fine)                       # no ledger set: nothing is written
+    assert not ledger.exists()
+    monkeypatch.setenv(R.LEDGER_ENV, str(ledger))
+    for d in (fine, pre, untimed, fresh, fine):
+        R.note_run_used(d)
+    assert len(ledger.read_text().splitlines()) == 4   # once per run
+    assert R.ledger_summary(ledger) == {"runs": 4, "cached_runs": 3,
+                                        "cached_training_s": 240.5, "untimed": 1}
+    assert R.ledger_summary(tmp_path / "none.jsonl") == {"runs": 0, "cached_runs": 0,
+                                                         "cached_training_s": 0.0, "untimed": 0}

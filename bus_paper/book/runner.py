@@ -34,6 +34,7 @@ from typing import Any
 import nbformat
 
 from ..config import PROFILE_NAMES, Profile, load_profile
+from ..core.runs import LEDGER_ENV, ledger_summary
 from ..paths import PACKAGE_DIR, project_root, runs_dir  # project_root: tests' name
 from ..paths import data_root as find_data_root
 from ..provenance import atomic_write_text, data_checksums, provenance
@@ -324,10 +325,14 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
               "results_dir": str(Path(parameters["results_dir"]).with_name(staging.name))}
     with tempfile.TemporaryDirectory(prefix="bus-paper-run-") as tmp:
         work = Path(tmp) / target.name
+        ledger = Path(tmp) / "runs_used.jsonl"  # the training runs the kernel takes (core.runs)
+        before = os.environ.get(LEDGER_ENV)
+        os.environ[LEDGER_ENV] = str(ledger)    # the kernel inherits it
         try:
             executed = pm.execute_notebook(
                 nb.path, work, parameters=staged, kernel_name=KERNEL,
                 cwd=str(cwd), progress_bar=False, log_output=False)
+            runs_used = ledger_summary(ledger)
         except BaseException as err:  # a cell raised, the kernel died or timed out, Ctrl-C
             if isinstance(err, pm.PapermillExecutionError):
                 msg = f"cell {err.exec_count}: {err.ename}: {err.evalue}"
@@ -342,6 +347,11 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
             if not isinstance(err, Exception):
                 raise
             return Outcome(nb, "failed", time.time() - started, None, msg, note)
+        finally:
+            if before is None:
+                os.environ.pop(LEDGER_ENV, None)
+            else:
+                os.environ[LEDGER_ENV] = before
     trim_outputs(executed)
     read, undeclared = siblings_read(staging, nb.name)
     if undeclared:  # its hash misses those siblings: a change there would not re-run it
@@ -354,6 +364,7 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
         "source": nb.path.name,
         "parameters": dict(parameters),
         "reads": read,
+        "runs_used": runs_used,
         "provenance": provenance(profile, parameters.get("seed"), data_root,
                                  [k for k in data if k != "synthetic"], started),
     }

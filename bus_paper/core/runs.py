@@ -117,3 +117,68 @@ def config_part(cfg: Any, without: Iterable[str] = ()) -> dict[str, Any]:
             raise KeyError(f"{name!r} is not a field of {type(cfg).__name__}")
         d.pop(name)
     return d
+
+
+# ----------------------------------------------------------------------------- which runs a chapter used
+#: Set by the book's runner while a chapter executes: the file where every process that takes a
+#: run's lock (:func:`bus_paper.train.engine.run_lock`) notes that run, once, and whether it was
+#: already finished then (read from the cache) or trained now. What the chapter would cost from
+#: an empty cache is its own wall time plus the training time of the runs it read from the cache.
+LEDGER_ENV = "BUS_PAPER_RUNS_LEDGER"
+_NOTED: set[str] = set()
+
+
+def note_run_used(run_dir: str | PurePath) -> None:
+    """Append ``run_dir`` to the ledger named by :data:`LEDGER_ENV` (once per process and
+    ledger), with ``cached``: its ``done.json`` or ``result.json`` existed already."""
+    import os
+    from pathlib import Path
+    ledger = os.environ.get(LEDGER_ENV)
+    if not ledger or f"{ledger}\0{run_dir}" in _NOTED:
+        return
+    _NOTED.add(f"{ledger}\0{run_dir}")
+    d = Path(run_dir)
+    cached = (d / "done.json").is_file() or (d / "result.json").is_file()
+    with open(ledger, "a") as f:  # one short line per write: appends from several processes interleave whole
+        f.write(json.dumps({"run_dir": str(d), "cached": cached}) + "\n")
+
+
+def training_seconds(run_dir: str | PurePath) -> float | None:
+    """How long a finished run took to train, from its own records: ``result.json``'s
+    ``seconds`` (a fine-tuning: training, selection and prediction), else the sum of the epochs'
+    ``train_seconds`` in ``log.jsonl`` (a pretraining); None when neither records it."""
+    from pathlib import Path
+    d = Path(run_dir)
+    try:
+        seconds = json.loads((d / "result.json").read_text()).get("seconds")
+        if isinstance(seconds, (int, float)):
+            return float(seconds)
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        epochs = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines() if line]
+        times = [e["train_seconds"] for e in epochs if "train_seconds" in e]
+        return float(sum(times)) if times else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def ledger_summary(ledger: str | PurePath) -> dict[str, Any]:
+    """What a chapter's ledger says: how many runs it used, how many it read from the cache, and
+    the training time those cached runs recorded (``cached_training_s``; ``untimed``: cached
+    runs that record none)."""
+    from pathlib import Path
+    path = Path(ledger)
+    lines = path.read_text().splitlines() if path.is_file() else []
+    used: dict[str, bool] = {}
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        used[e["run_dir"]] = used.get(e["run_dir"], True) and bool(e["cached"])
+    cached = [d for d, c in used.items() if c]
+    times = [training_seconds(d) for d in cached]
+    return {"runs": len(used), "cached_runs": len(cached),
+            "cached_training_s": float(sum(t for t in times if t is not None)),
+            "untimed": sum(t is None for t in times)}

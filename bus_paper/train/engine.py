@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..core.atomic import atomic_path, atomic_write_text
 from ..core.log import shows_progress
+from ..core.runs import note_run_used
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +389,7 @@ def run_lock(run_dir: Path, d: Dist = Dist()) -> Iterator[None]:
     try:
         if d.main:
             remove_stale_tmp(run_dir)
+            note_run_used(run_dir)  # the runner's ledger of the runs a chapter used
         barrier(d)
         yield
     finally:
