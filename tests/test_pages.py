@@ -35,6 +35,7 @@ def executed_chapter(path: Path, params: str = PARAMS, **meta) -> Path:
         "hash": "h", "source": path.name,
         "parameters": {"profile": "cpu", "data_root": "../shared/data",
                        "results_dir": "book/results/table1", **meta.pop("extra", {})},
+        **({"runs_used": meta.pop("runs_used")} if "runs_used" in meta else {}),
         "provenance": {"profile": "cpu", "seed": None, "wall_s": 150.0,
                        "timestamp": "2026-01-01T10:00:00+00:00",
                        "git": {"commit": "abcdef1234567890", "dirty": False}, **meta}}
@@ -251,7 +252,7 @@ def test_reproducibility_page_names_each_distinct_machine_and_data_state(tmp_pat
                                                          "provenance": {"seed": 0}}))
     b = pages.reproducibility_blocks(tmp_path / "book", chapters)
     # one profile: said once under the table (a column fewer, so the table fits the page)
-    assert "| 01_data | `abcdef123456` | – | D1 | H1 | P1 | 2.5 | 2026-01-01 10:00 | 0 |" in b["runs"]
+    assert "| 01_data | `abcdef123456` | – | D1 | H1 | P1 | 2.5 | – | 2026-01-01 10:00 | 0 |" in b["runs"]
     assert "| 02_table1 | `abcdef123456` | 0, 1, 2 | D1 | H2 | P1 |" in b["runs"]
     assert "| 03_claims | `abcdef123456` | – | D2 | H1 | P2 |" in b["runs"]
     assert "3 chapters, all at profile `cpu`" in b["runs"]
@@ -264,6 +265,37 @@ def test_reproducibility_page_names_each_distinct_machine_and_data_state(tmp_pat
     mixed = pages.reproducibility_blocks(tmp_path / "book", chapters)["runs"]
     assert "| 01_data | cpu | `abcdef123456` |" in mixed and "| 04_smoke | smoke |" in mixed
     assert "all at profile" not in mixed
+
+
+def test_the_empty_cache_cost_is_estimated_from_the_runs_each_chapter_used(tmp_path):
+    """Each chapter: its wall time plus what the runs it read from the cache took to train; the
+    book: every run counted once, and not at all where a chapter's own wall time holds it."""
+    chapters = tmp_path / "book" / "chapters"
+    enc, ft = "pretrain/enc", "finetune/ft"
+    # chapter 01 trains the encoder (its 2.5 min hold it); 02 and 03 read it, and 03 reads the
+    # fine-tuning that took 10 min, cached from a session before
+    executed_chapter(chapters / "01_pretraining.ipynb", runs_used={
+        "runs": 1, "cached_runs": 0, "cached_training_s": 0.0, "untimed": 0, "cached": {},
+        "trained": [enc]})
+    executed_chapter(chapters / "02_finetuning.ipynb", runs_used={
+        "runs": 1, "cached_runs": 1, "cached_training_s": 1200.0, "untimed": 0,
+        "cached": {enc: 1200.0}, "trained": []})
+    executed_chapter(chapters / "03_table1.ipynb", runs_used={
+        "runs": 2, "cached_runs": 2, "cached_training_s": 1800.0, "untimed": 0,
+        "cached": {enc: 1200.0, ft: 600.0}, "trained": []})
+    recs = pages.chapter_records(chapters)
+    assert [pages.chapter_estimate(r) for r in recs] == [2.5, 22.5, 32.5]
+    est = pages.book_estimate(recs)
+    assert est["minutes"] == pytest.approx(3 * 2.5 + 10.0) and est["runs"] == 2
+    runs = pages.reproducibility_blocks(tmp_path / "book", chapters)["runs"]
+    assert "| 03_table1 | `abcdef123456` | – | D1 | H1 | P1 | 2.5 | 32 |" in runs
+    assert "about **18 minutes**" in runs and "each of the 2 training runs counted once" in runs
+    # a chapter executed before the ledger: no book estimate, and it is named
+    executed_chapter(chapters / "04_claims.ipynb")
+    recs = pages.chapter_records(chapters)
+    assert pages.book_estimate(recs)["minutes"] is None
+    runs = pages.reproducibility_blocks(tmp_path / "book", chapters)["runs"]
+    assert "1 of 4 have not (04_claims)" in runs and "| 04_claims | `abcdef123456` |" in runs
 
 
 def test_refresh_fills_pages_present_and_skips_absent_ones(tmp_path):

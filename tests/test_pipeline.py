@@ -185,6 +185,7 @@ def test_the_runner_records_the_training_runs_a_chapter_used(tmp_path, monkeypat
     turns that into the chapter's cost from an empty cache."""
     monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
     runs = tmp_path / "runs"
+    monkeypatch.setenv("BUS_PAPER_RUNS", str(runs))
     done, fresh = runs / "finetune" / "aaa", runs / "finetune" / "bbb"
     done.mkdir(parents=True)
     (done / "done.json").write_text("{}")
@@ -198,7 +199,9 @@ def test_the_runner_records_the_training_runs_a_chapter_used(tmp_path, monkeypat
         ["executed"]
     executed = nbformat.read(out / "01_tiny.ipynb", as_version=4)
     used = executed.metadata["bus_paper"]["runs_used"]
-    assert used == {"runs": 2, "cached_runs": 1, "cached_training_s": 1800.0, "untimed": 0}
+    assert {k: used[k] for k in ("runs", "cached_runs", "cached_training_s", "untimed")} == \
+        {"runs": 2, "cached_runs": 1, "cached_training_s": 1800.0, "untimed": 0}
+    assert used["cached"] == {"finetune/aaa": 1800.0} and used["trained"] == ["finetune/bbb"]
     box = "\n".join(c.source for c in executed.cells if "Download or re-run" in c.source)
     assert "From an empty cache it would take about **3" in box and "plus 30.0 min" in box
     assert "the 1 of its 2 training runs" in box

@@ -80,7 +80,10 @@ def test_the_ledger_notes_each_run_once_and_sums_what_the_cached_ones_took(tmp_p
     for d in (fine, pre, untimed, fresh, fine):
         R.note_run_used(d)
     assert len(ledger.read_text().splitlines()) == 4   # once per run
-    assert R.ledger_summary(ledger) == {"runs": 4, "cached_runs": 3,
-                                        "cached_training_s": 240.5, "untimed": 1}
-    assert R.ledger_summary(tmp_path / "none.jsonl") == {"runs": 0, "cached_runs": 0,
-                                                         "cached_training_s": 0.0, "untimed": 0}
+    assert R.ledger_summary(ledger, tmp_path) == {
+        "runs": 4, "cached_runs": 3, "cached_training_s": 240.5, "untimed": 1,
+        "cached": {"fine": 90.0, "pre": 150.5, "untimed": None}, "trained": ["fresh"]}
+    assert R.ledger_summary(ledger)["trained"] == [str(fresh)]       # no root: as noted
+    assert R.ledger_summary(tmp_path / "none.jsonl") == {
+        "runs": 0, "cached_runs": 0, "cached_training_s": 0.0, "untimed": 0, "cached": {},
+        "trained": []}

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,37 @@ def chapter_times(chapters_dir: str | os.PathLike) -> list[dict[str, Any]]:
              "finished": r["provenance"].get("timestamp"),
              "minutes": r["provenance"].get("wall_s", 0) / 60}
             for r in chapter_records(Path(chapters_dir))]
+
+
+def chapter_estimate(rec: Mapping[str, Any]) -> float | None:
+    """Minutes one chapter would take from an empty cache by its last execution's own records:
+    its wall time plus the training time of the runs it read from the cache (the runner's
+    ``runs_used``); None for an execution from before that record."""
+    used, wall = rec.get("runs_used"), (rec.get("provenance") or {}).get("wall_s")
+    if not used or not isinstance(wall, (int, float)):
+        return None
+    return (wall + float(used.get("cached_training_s") or 0.0)) / 60
+
+
+def book_estimate(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The whole book from an empty cache, estimated from the chapters' last executions: their
+    wall times plus the recorded training time of every run some chapter read from the cache and
+    none trained during its execution, each run counted once (chapters share encoders). An
+    estimate from measured parts, not a measurement (``bus-paper run --from-empty-cache`` is);
+    ``minutes`` is None until every chapter records its runs (``missing`` names the others)."""
+    missing = [r["stem"] for r in recs if not r.get("runs_used")]
+    cached: dict[str, float | None] = {}
+    trained: set[str] = set()
+    for r in recs:
+        used = r.get("runs_used") or {}
+        cached.update(used.get("cached") or {})
+        trained.update(used.get("trained") or [])
+    extra = [t for d, t in cached.items() if d not in trained]
+    wall = sum((r.get("provenance") or {}).get("wall_s") or 0.0 for r in recs)
+    return {"minutes": None if missing or not recs else
+            (wall + sum(t for t in extra if t is not None)) / 60,
+            "missing": missing, "runs": len(set(cached) | trained),
+            "untimed": sum(t is None for t in extra)}
 
 
 def times_markdown(chapters_dir: str | os.PathLike) -> str:

@@ -40,6 +40,8 @@ from .boxes import (  # noqa: F401 (the CLI's and the tests' names)
     HIDE_INPUT,
     RERUN_ID,
     add_rerun_cell,
+    book_estimate,
+    chapter_estimate,
     chapter_records,
     chapter_times,
     declared_parameters,
@@ -187,19 +189,37 @@ def reproducibility_blocks(book: Path, chapters: Path) -> dict[str, str]:
     for rec, p, dl, hl, pl in zip(recs, provs, data_l, hw_l, pk_l):
         n_results = len(list((results / rec["name"]).glob("*.json")))
         wall = p.get("wall_s")
+        est = chapter_estimate(rec)
         body.append((rec["stem"], *([p.get("profile")] if per_row else []),
                      short_commit(p.get("git")), _seeds(results, rec), dl, hl, pl,
                      f"{wall / 60:.1f}" if isinstance(wall, (int, float)) else MISSING,
+                     MISSING if est is None else f"{est:.0f}",
                      str(p.get("timestamp") or "")[:16].replace("T", " "), n_results))
     runs = md_table(["chapter", *(["profile"] if per_row else []), "commit", "seeds", "data",
-                     "hw", "pkgs", "min", "finished (UTC)", "files"], body,
-                    ["---"] * (6 + per_row) + ["---:", "---", "---:"])
+                     "hw", "pkgs", "min", "empty", "finished (UTC)", "files"], body,
+                    ["---"] * (6 + per_row) + ["---:", "---:", "---", "---:"])
     total = sum(p.get("wall_s") or 0 for p in provs) / 60
+    book_est = book_estimate(recs)
     runs += (f"\n\n{len(recs)} chapters"
              + ("" if per_row else f", all at profile `{profiles[0]}`")
              + f", {total:.1f} minutes of wall time (*min*) in their last executions (with "
-             "whatever training was cached at the time); *files*: the result files each wrote. "
-             "*data*, *hw* (hardware) and *pkgs* (packages) name the sets below.")
+             "whatever training was cached at the time). *empty*: the minutes the chapter alone "
+             "would take from an empty cache, by its last execution's records: its wall time "
+             "plus the training time that the runs it read from the cache recorded when they "
+             "were trained (on the hardware of that time; a dash: executed before this was "
+             "recorded). *files*: the result files each wrote. *data*, *hw* (hardware) and "
+             "*pkgs* (packages) name the sets below.\n\n"
+             + (f"**The whole book from an empty cache, estimated** from these records (each of "
+                f"the {book_est['runs']} training runs counted once): about "
+                f"**{book_est['minutes']:.0f} minutes**"
+                + (f" ({book_est['untimed']} cached runs record no time)"
+                   if book_est["untimed"] else "")
+                + ". An estimate from measured parts, not a measurement; the measurement is "
+                "below." if book_est["minutes"] is not None else
+                f"The whole book's cost from an empty cache can be estimated from these records "
+                f"once every chapter has been executed since they are kept; "
+                f"{len(book_est['missing'])} of {len(recs)} have not "
+                f"({', '.join(book_est['missing'])})."))
 
     names = sorted({k for v in data_v for k in v})
     data = md_table(["data set", *(f"D{i + 1}" for i in range(len(data_v)))],

@@ -332,7 +332,7 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
             executed = pm.execute_notebook(
                 nb.path, work, parameters=staged, kernel_name=KERNEL,
                 cwd=str(cwd), progress_bar=False, log_output=False)
-            runs_used = ledger_summary(ledger)
+            runs_used = ledger_summary(ledger, runs_dir())
         except BaseException as err:  # a cell raised, the kernel died or timed out, Ctrl-C
             if isinstance(err, pm.PapermillExecutionError):
                 msg = f"cell {err.exec_count}: {err.ename}: {err.evalue}"

@@ -163,10 +163,12 @@ def training_seconds(run_dir: str | PurePath) -> float | None:
         return None
 
 
-def ledger_summary(ledger: str | PurePath) -> dict[str, Any]:
+def ledger_summary(ledger: str | PurePath, root: str | PurePath | None = None) -> dict[str, Any]:
     """What a chapter's ledger says: how many runs it used, how many it read from the cache, and
     the training time those cached runs recorded (``cached_training_s``; ``untimed``: cached
-    runs that record none)."""
+    runs that record none). ``cached`` maps each cached run (its folder relative to ``root``, the
+    runs folder, where it lies inside) to its seconds; ``trained`` lists the runs trained during
+    the chapter, whose time its wall time holds: a whole book's estimate counts each run once."""
     from pathlib import Path
     path = Path(ledger)
     lines = path.read_text().splitlines() if path.is_file() else []
@@ -177,8 +179,14 @@ def ledger_summary(ledger: str | PurePath) -> dict[str, Any]:
         except ValueError:
             continue
         used[e["run_dir"]] = used.get(e["run_dir"], True) and bool(e["cached"])
-    cached = [d for d, c in used.items() if c]
-    times = [training_seconds(d) for d in cached]
+
+    def name(d: str) -> str:
+        try:
+            return Path(d).resolve().relative_to(Path(root).resolve()).as_posix() if root else d
+        except ValueError:
+            return d
+    cached = {name(d): training_seconds(d) for d, c in sorted(used.items()) if c}
     return {"runs": len(used), "cached_runs": len(cached),
-            "cached_training_s": float(sum(t for t in times if t is not None)),
-            "untimed": sum(t is None for t in times)}
+            "cached_training_s": float(sum(t for t in cached.values() if t is not None)),
+            "untimed": sum(t is None for t in cached.values()),
+            "cached": cached, "trained": sorted(name(d) for d, c in used.items() if not c)}
