@@ -308,8 +308,7 @@ def chapter_runs(profile: Profile, root: str | Path | None, rows: Sequence[str],
                              float(r["threshold"]))["auc"]
         out.append({"kind": kind, "row": row, "train": r["train"], "seed": int(r["seed"]),
                     "auc": auc, "minutes": r["seconds"] / 60, "run_dir": r["run_dir"]})
-    ordered = ["proposed", *(r for r in rows if r != "proposed")] if "proposed" in rows else []
-    if ordered:
+    if "proposed" in rows:  # first: the model the chapter and the deployable model rest on
         for r in site_runs(profile, root, "proposed", datasets, seeds):
             note("site", "proposed", r)
         for held in [*datasets, None]:
