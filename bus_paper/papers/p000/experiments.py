@@ -19,7 +19,7 @@ runs serve Table 1, the ablations (as "full") and the label-efficiency curve (at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import pandas as pd
 from ...config import Profile
 from ...core import MISSING
 from ...core.stats import two_level_paired
-from ...metrics import METRICS
+from ...metrics import METRICS, interval_position
 from .analysis import aligned_test_predictions, cluster_count, seed_mean_ci, test_clusters
 
 
@@ -232,26 +232,44 @@ def fmt_ci(table: pd.DataFrame, metric: str) -> pd.Series:
                      index=table.index)
 
 
+def paired_table(results: Sequence[Mapping[str, Any]], reference: str = "proposed",
+                 metrics: Sequence[str] = ("auc", "accuracy"), n_boot: int = 1000
+                 ) -> pd.DataFrame:
+    """``reference`` minus every other model, per dataset and metric, in points: seed means on the
+    same test images, paired bootstrap CI and p (:func:`paired_difference`), and where the
+    interval lies against 0 (``interval``: ``above 0``, ``below 0``, ``contains 0``; a
+    description: the paper's claims get their verdicts in the claims table)."""
+    by: dict[tuple[str, str], list] = {}
+    for r in results:
+        by.setdefault((r["row"], r["dataset"]), []).append(r)
+    rows = []
+    for (key, d), runs in by.items():
+        if key == reference or (reference, d) not in by:
+            continue
+        for m in metrics:
+            p = paired_difference(by[reference, d], runs, m, n_boot=n_boot)
+            rows.append({"dataset": d, "model": key, "metric": m, "difference": p["diff"],
+                         "ci_low": p["lo"], "ci_high": p["hi"], "p": p["p"],
+                         "seeds": f"{len(by[reference, d])} vs {len(runs)}",
+                         "interval": interval_position(p["lo"], p["hi"])})
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------- Table 1's chapter
 def table1_paired(results: Sequence[dict[str, Any]], rows: Sequence[Row],
                   datasets: Sequence[str], n_boot: int = 2000) -> pd.DataFrame:
-    """The proposed model minus each other row of ``rows``, per dataset, in AUC points
-    (:func:`paired_difference`: the same test images, seeds then clusters); empty when the
-    proposed model is not among ``rows``."""
-    out = []
-    if any(r.key == "proposed" for r in rows):
-        for d in datasets:
-            mine = [r for r in results if r["dataset"] == d and r["row"] == "proposed"]
-            for row in rows:
-                if row.key == "proposed":
-                    continue
-                other = [r for r in results if r["dataset"] == d and r["row"] == row.key]
-                p = paired_difference(mine, other, "auc", n_boot=n_boot)
-                out.append({"dataset": d, "baseline": row.label,
-                            "AUC proposed - baseline": p["diff"], "95% CI low": p["lo"],
-                            "95% CI high": p["hi"], "p": p["p"]})
-    return pd.DataFrame(out, columns=["dataset", "baseline", "AUC proposed - baseline",
-                                      "95% CI low", "95% CI high", "p"])
+    """The proposed model minus each other row of ``rows`` on each of ``datasets``, in AUC
+    points: :func:`paired_table` under the chapter's column names (a row's label for its key);
+    empty when the proposed model is not among ``rows``."""
+    label = {r.key: r.label for r in rows}
+    t = paired_table([r for r in results if r["row"] in label and r["dataset"] in datasets],
+                     "proposed", ("auc",), n_boot=n_boot) if "proposed" in label else None
+    if t is None or t.empty:
+        return pd.DataFrame(columns=["dataset", "baseline", "AUC proposed - baseline",
+                                     "95% CI low", "95% CI high", "p"])
+    return pd.DataFrame({"dataset": t["dataset"], "baseline": t["model"].map(label),
+                         "AUC proposed - baseline": t["difference"], "95% CI low": t["ci_low"],
+                         "95% CI high": t["ci_high"], "p": t["p"]})
 
 
 def table1_findings(table: pd.DataFrame, pairs: pd.DataFrame, paper: pd.DataFrame,

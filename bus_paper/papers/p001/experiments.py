@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import Profile, load_profile
-from ...metrics import interval_position
+from ..p000.experiments import paired_table  # noqa: F401 (the chapter's name for it)
 
 #: The abstract's numbers (AUC only; no other metric, interval, split or seed count is given).
 PAPER_001 = {"busi": {"auc": 98.34}, "private": {"auc": 93.20}}
@@ -226,30 +226,6 @@ def run_plan(profile: Profile, root, plan: Plan, datasets: Sequence[str]) -> lis
 
 
 # ----------------------------------------------------------------------------- comparisons
-def paired_table(results: Sequence[Mapping[str, Any]], reference: str = "proposed",
-                 metrics: Sequence[str] = ("auc", "accuracy"), n_boot: int = 1000
-                 ) -> pd.DataFrame:
-    """``reference`` minus every other model, per dataset and metric, in points: seed means on the
-    same test images, paired bootstrap CI and p (:func:`bus_paper.papers.p000.experiments.paired_difference`),
-    and where the interval lies against 0 (``interval``: ``above 0``, ``below 0``, ``contains 0``;
-    a description: the paper's claims get their verdicts in the claims table)."""
-    from ..p000.experiments import paired_difference
-    by: dict[tuple[str, str], list] = {}
-    for r in results:
-        by.setdefault((r["row"], r["dataset"]), []).append(r)
-    rows = []
-    for (key, d), runs in by.items():
-        if key == reference or (reference, d) not in by:
-            continue
-        for m in metrics:
-            p = paired_difference(by[reference, d], runs, m, n_boot=n_boot)
-            rows.append({"dataset": d, "model": key, "metric": m, "difference": p["diff"],
-                         "ci_low": p["lo"], "ci_high": p["hi"], "p": p["p"],
-                         "seeds": f"{len(by[reference, d])} vs {len(runs)}",
-                         "interval": interval_position(p["lo"], p["hi"])})
-    return pd.DataFrame(rows)
-
-
 def mean_roc(results: Sequence[Mapping[str, Any]], grid: int = 101
              ) -> tuple[np.ndarray, np.ndarray, float]:
     """ROC curve of runs on the same test images, averaged vertically over seeds (mean

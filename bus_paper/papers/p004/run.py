@@ -372,12 +372,15 @@ def encoder_table(results: dict[str, TaskResult], profile: Profile) -> pd.DataFr
     from ...train.pretraining import load_pretrained
     from ..p000.experiments import pretraining_profile
     rows, seen = [], set()
+    states: dict[str, dict] = {}  # the tasks of one modality share their encoders: read each once
     for task, res in results.items():
         for (_, backbone, init), enc in sorted(res.encoders.items()):
             if enc.path is None or (task, backbone, init) in seen:
                 continue
             seen.add((task, backbone, init))
-            state = load_pretrained(Path(enc.path))
+            if enc.path not in states:
+                states[enc.path] = load_pretrained(Path(enc.path))
+            state = states[enc.path]
             hist = state["history"]
             batch = pretraining_profile(profile, backbone).pretrain.batch_size
             chance = ssl_chance_loss(state, batch)
