@@ -285,18 +285,20 @@ def empty_cache_cost(results: Path | None, stem: str) -> dict[str, Any] | None:
         return None
 
 
-def _estimate(used: Mapping[str, Any] | None, wall: Any, profile: str) -> str:
-    """What this execution says of the chapter's cost from an empty cache (the runner's ledger
-    of the training runs it used, ``core.runs.ledger_summary``); empty when not recorded."""
-    if not used or not isinstance(wall, (int, float)) or not used.get("runs"):
+def _estimate(meta: Mapping[str, Any], profile: str) -> str:
+    """The box's sentence on the chapter's cost from an empty cache (:func:`chapter_estimate`,
+    from the runner's ledger of the training runs it used); empty when not recorded."""
+    total, used = chapter_estimate(meta), meta.get("runs_used") or {}
+    if total is None or not used.get("runs"):
         return ""
+    wall = meta["provenance"]["wall_s"]
     n, cached = int(used["runs"]), int(used["cached_runs"])
     if not cached:
         return (f"It trained all {n} training runs it uses in this execution, so from an empty "
                 f"cache it takes about as long: {wall / 60:.1f} min at the `{profile}` profile.")
     train = float(used["cached_training_s"]) / 60
     untimed = int(used.get("untimed") or 0)
-    return (f"From an empty cache it would take about **{wall / 60 + train:.0f} minutes** at the "
+    return (f"From an empty cache it would take about **{total:.0f} minutes** at the "
             f"`{profile}` profile: this execution's {wall / 60:.1f} min plus {train:.1f} min, "
             f"the training time that the {cached} of its {n} training runs it read from the "
             "cache recorded when they were trained (on the hardware of that time"
@@ -356,8 +358,7 @@ def rerun_markdown(meta: Mapping[str, Any], stem: str,
              f"`{cost['profile']}` profile, of the whole book's {cost['book_minutes']:.1f} "
              f"(`bus-paper run --from-empty-cache`, {cost['started']}, commit {cost['commit']}; "
              "runs it shares with earlier chapters were trained by then)."), ""]
-          if cost else [estimate, ""] if (estimate := _estimate(meta.get("runs_used"), wall,
-                                                                profile)) else []),
+          if cost else [estimate, ""] if (estimate := _estimate(meta, profile)) else []),
         ("Re-run it with the book's pipeline (skipped when nothing it depends on changed; "
          f"results go to `book/results/{name}/`):"),
         "",

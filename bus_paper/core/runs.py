@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 #: One integer per kind of cached run. Bump a kind's number when its numbers are *meant* to
@@ -131,8 +132,6 @@ _NOTED: set[str] = set()
 def note_run_used(run_dir: str | PurePath) -> None:
     """Append ``run_dir`` to the ledger named by :data:`LEDGER_ENV` (once per process and
     ledger), with ``cached``: its ``done.json`` or ``result.json`` existed already."""
-    import os
-    from pathlib import Path
     ledger = os.environ.get(LEDGER_ENV)
     if not ledger or f"{ledger}\0{run_dir}" in _NOTED:
         return
@@ -147,7 +146,6 @@ def training_seconds(run_dir: str | PurePath) -> float | None:
     """How long a finished run took to train, from its own records: ``result.json``'s
     ``seconds`` (a fine-tuning: training, selection and prediction), else the sum of the epochs'
     ``train_seconds`` in ``log.jsonl`` (a pretraining); None when neither records it."""
-    from pathlib import Path
     d = Path(run_dir)
     try:
         seconds = json.loads((d / "result.json").read_text()).get("seconds")
@@ -169,7 +167,6 @@ def ledger_summary(ledger: str | PurePath, root: str | PurePath | None = None) -
     runs that record none). ``cached`` maps each cached run (its folder relative to ``root``, the
     runs folder, where it lies inside) to its seconds; ``trained`` lists the runs trained during
     the chapter, whose time its wall time holds: a whole book's estimate counts each run once."""
-    from pathlib import Path
     path = Path(ledger)
     lines = path.read_text().splitlines() if path.is_file() else []
     used: dict[str, bool] = {}
