@@ -230,3 +230,22 @@ def test_step_decay_reaches_the_second_epoch(phantom_root, tmp_path, monkeypatch
     r = tl.run_fold(SMOKE, phantom_root, "ir", 2, init="random", settings=settings)
     assert [h["lr"] for h in r["history"]] == pytest.approx([1e-4, 1e-5])
     assert all(np.isfinite(h["train_con"]) for h in r["history"])
+
+
+def test_the_experiment_command_trains_what_the_chapter_reads(phantom_root, tmp_path, monkeypatch,
+                                                               capsys):
+    """`bus-paper experiment paper002` runs the chapter's defaults (SimCLR init, seed 0) for the
+    variants and folds asked; the chapter's run_all then trains nothing."""
+    from bus_paper import cli
+    from bus_paper.train import engine
+    monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
+    assert cli.main(["-q", "experiment", "paper002", "--profile", "smoke", "--data-root",
+                     str(phantom_root), "--only", "baseline", "--only", "lr", "--fold", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in out] == [["baseline", "fold", "1:"], ["lr", "fold", "1:"]]
+
+    def no_training(self):
+        raise AssertionError("the chapter retrained a run the experiment had trained")
+    monkeypatch.setattr(engine.Stage, "fit", no_training)
+    again = p2.run_all(SMOKE, phantom_root, ["baseline", "lr"], [1])
+    assert [line.split()[-1] for line in out] == [r["run_dir"] for r in again]

@@ -99,7 +99,11 @@ def test_code_digest_tracks_python_and_profiles(tmp_path):
     changed_profile = pipeline.code_digest(pkg)
     assert changed_profile != base
     (pkg / "data" / "new_module.py").write_text("y = 1\n")
-    assert pipeline.code_digest(pkg) not in (base, changed_profile)
+    changed_code = pipeline.code_digest(pkg)
+    assert changed_code not in (base, changed_profile)
+    # the command line is the top layer: no notebook can import it (import-linter's layers)
+    (pkg / "cli" / "train.py").write_text((pkg / "cli" / "train.py").read_text() + "\n# new\n")
+    assert pipeline.code_digest(pkg) == changed_code
 
 
 def test_parse_value_types_like_papermill():

@@ -149,6 +149,26 @@ def _cmd_experiment(args) -> int:
                 print(f"{r['row']:<16} {r['kind']:<16} {r['train']:<28} seed {r['seed']}: "
                       f"AUC {r['auc']:.3f}  ({r['minutes']:.1f} min when run)  {r['run_dir']}")
         return 0
+    if args.chapter == "paper001":  # the chapter's defaults: its models, seeds and plan, BUSI + UDIAT
+        from ..papers.p001 import experiments as p1
+        plan = p1.default_plan(profile, p1.model_list(args.only, profile),
+                               args.seed or list(profile.finetune.seeds))
+        results = p1.run_plan(profile, args.data_root, plan, args.dataset or ["busi", "udiat"])
+        if int(os.environ.get("RANK", "0")) == 0:
+            for r in results:
+                print(f"{r['row']:<18} {r['dataset']:<6} seed {r['seed']}: AUC "
+                      f"{r['metrics']['auc']:.3f}  ({r['seconds'] / 60:.1f} min when run)  "
+                      f"{r['run_dir']}")
+        return 0
+    if args.chapter == "paper002":  # the chapter's defaults: six variants, the profile's folds
+        from ..papers.p002 import experiments as p2
+        results = p2.run_all(profile, args.data_root, p2.parse_variants(args.only),
+                             p2.parse_folds(args.fold, profile), seed=(args.seed or [0])[0])
+        if int(os.environ.get("RANK", "0")) == 0:
+            for r in results:
+                print(f"{r['variant']:<14} fold {r['fold']}: AUC {r['metrics']['auc']:.3f}  "
+                      f"({r['seconds'] / 60:.1f} min when run)  {r['run_dir']}")
+        return 0
     # the chapters' defaults: label efficiency on BUSI only; ablations pretrain per variant where
     # the profile says so ([papers.p000] ablations_own_pretraining: gpu)
     datasets = args.dataset or (["busi"] if args.chapter == "label_efficiency"
@@ -254,10 +274,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "e.g. under torchrun before running the chapter)")
     common(p)
     p.add_argument("chapter", choices=["table1", "ablations", "label_efficiency", "ssl_budget",
-                                       "generalisation"])
+                                       "generalisation", "paper001", "paper002"])
     p.add_argument("--only", action="append", metavar="NAME",
                    help="Table 1 row or ablation variant (default: all), e.g. dino_vit, no_fusion; "
-                   "generalisation: Table 1 rows (default: proposed, simclr_resnet50)")
+                   "generalisation: Table 1 rows (default: proposed, simclr_resnet50); paper001: "
+                   "its models (default: the profile's); paper002: its variants (default: all six)")
+    p.add_argument("--fold", type=int, action="append",
+                   help="paper002: BUS-BRA fold(s) 0-4 (default: the profile's)")
     p.add_argument("--dataset", action="append", help="busi | udiat (default: the profile's); "
                    "generalisation: its sites (default: busi udiat busbra busuclm)")
     p.add_argument("--pooled-seeds", type=int, default=3, metavar="N",
