@@ -158,7 +158,8 @@ def test_run_executes_then_reuses(tmp_path, capsys, monkeypatch):
     assert meta["parameters"]["results_dir"] == str(results)
     assert json.loads((results / "seen.json").read_text()) == {"seed": 0}
     assert "seed 0" in json.dumps(executed.cells[-1].outputs)
-    assert "01_tiny" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "01_tiny" in out and "running     (not executed) since" in out   # said at its start
 
     second = pipeline.run("smoke", **kw)
     assert [o.status for o in second] == ["up to date"]
@@ -168,16 +169,20 @@ def test_run_executes_then_reuses(tmp_path, capsys, monkeypatch):
     (results / "stale.json").write_text("{}")
     third = pipeline.run("smoke", only=["tiny"], overrides={"seed": 3}, **kw)
     assert [o.status for o in third] == ["executed"]
+    assert "running     (parameters) since" in capsys.readouterr().out        # and why
     assert json.loads((results / "seen.json").read_text()) == {"seed": 3}
     assert not (results / "stale.json").exists()
 
     assert [o.status for o in pipeline.run("smoke", force=True, only=["01_tiny"],
                                            overrides={"seed": 3}, **kw)] == ["executed"]
+    assert "(forced)" in capsys.readouterr().out
 
     # so does the code
     assert [o.status for o in pipeline.run("smoke", overrides={"seed": 3}, **kw)] == ["up to date"]
     monkeypatch.setattr(pipeline, "code_digest", lambda: "code v2")
+    capsys.readouterr()
     assert [o.status for o in pipeline.run("smoke", overrides={"seed": 3}, **kw)] == ["executed"]
+    assert "running     (code) since" in capsys.readouterr().out
 
     with pytest.raises(ValueError, match="-p nope"):
         pipeline.run("smoke", overrides={"nope": 1}, **kw)

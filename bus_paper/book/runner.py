@@ -228,6 +228,23 @@ def stored_hash(executed: Path) -> str | None:
         return None
 
 
+def stale_parts(executed: Path, parts: Mapping[str, Any]) -> list[str]:
+    """Why a chapter is re-executed: the :func:`content_hash` parts (notebook, parameters, code,
+    data, reads) that differ from those its executed copy was made with; ``["not executed"]``
+    when there is no readable executed copy.
+
+    >>> stale_parts(Path("/nonexistent.ipynb"), {"code": "x"})
+    ['not executed']
+    """
+    try:
+        old = nbformat.read(executed, as_version=4).metadata.get("bus_paper", {}).get("hash_parts")
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, Mapping):
+        return ["not executed"]
+    return [k for k in sorted({*parts, *old}) if parts.get(k) != old.get(k)]
+
+
 @dataclass
 class Outcome:
     notebook: Notebook
@@ -292,9 +309,10 @@ def recover(results: Path, target: Path, record: Path) -> None:
 
 def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data: Mapping[str, str],
             profile: Profile, data_root: Path | None, code: str, force: bool = False,
-            cwd: Path | None = None) -> Outcome:
+            cwd: Path | None = None, echo: bool = False) -> Outcome:
     """Execute one notebook into ``out_dir`` unless its content hash is unchanged (and no record
-    of a failed or interrupted run is there).
+    of a failed or interrupted run is there). ``echo``: say when it starts, and why
+    (:func:`stale_parts`; a chapter may train for hours before its outcome line).
 
     Transactional (see above): a failure, an exception, Ctrl-C or a dead kernel leaves the
     chapter and its results as they were; the failed notebook is kept in ``<out_dir>/../failed/``.
@@ -318,6 +336,10 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
         f"re-run: the last run ({prev.get('started', '?')}) "
         + ("did not finish (killed?)" if prev.get("status") in ("running", "committing") else
            f"{prev.get('status')}: {prev.get('error', '')}".splitlines()[0]))
+    if echo:
+        why = "forced" if force else ", ".join(stale_parts(target, parts)) or "same hash"
+        print(f"{nb.stem:<24} {'running':<11} ({why}{'; ' + note if note else ''}) since "
+              f"{time.strftime('%H:%M')}", flush=True)
     started = time.time()
     rec = {"status": "running", "hash": digest, "parameters": dict(parameters), "started": _now()}
     _write_record(record, rec)
@@ -498,7 +520,8 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
                       "results_dir": _portable(out_dir.parent / "results" / nb.name, root),
                       **{k: v for k, v in overrides.items() if k in declared[nb.stem]}}
             outcomes.append(execute(nb, params, out_dir=out_dir, data=data, profile=prof,
-                                    data_root=root_for_nb, code=code, force=force, cwd=root))
+                                    data_root=root_for_nb, code=code, force=force, cwd=root,
+                                    echo=echo))
         if echo:
             _report(outcomes[-1])
     if from_empty_cache:
