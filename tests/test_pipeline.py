@@ -568,3 +568,16 @@ def test_the_book_is_timed_from_an_empty_cache_only(tmp_path, monkeypatch, capsy
     record.write_text(json.dumps(r))
     text = pages.empty_cache_markdown(tmp_path / "book" / "results")
     assert "**151.0 minutes**" in text and "over the profile's target of 15 minutes" in text
+
+
+def test_the_kernel_runs_encrypted_so_no_chapter_prints_a_transport_warning(tmp_path, capfd,
+                                                                           monkeypatch):
+    """ipykernel >= 7.3 warns on stderr at every start over unencrypted TCP; the runner asks
+    jupyter_client for CurveZMQ where both sides offer it, so `make book` prints no such line."""
+    if not pipeline.kernel_config():
+        pytest.skip("this jupyter_client / pyzmq offers no CurveZMQ: the warning cannot be avoided")
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    make_notebook(tmp_path / "nb" / "01_tiny.ipynb", WRITE_RESULT)
+    outcomes = pipeline.run("smoke", notebooks_dir=tmp_path / "nb", out=tmp_path / "book" / "chapters")
+    assert [o.status for o in outcomes] == ["executed"]
+    assert "without encryption" not in capfd.readouterr().err
