@@ -298,6 +298,28 @@ def test_the_empty_cache_cost_is_estimated_from_the_runs_each_chapter_used(tmp_p
     assert "1 of 4 have not (04_claims)" in runs and "| 04_claims | `abcdef123456` |" in runs
 
 
+def test_the_cost_here_counts_only_the_runs_no_longer_cached(tmp_path):
+    """`bus-paper run --plan`'s minutes: the last wall time, less the training of runs trained
+    then and still cached, plus the recorded training of cached runs that are gone."""
+    from bus_paper.book.boxes import estimate_here
+    root = tmp_path / "runs"
+    for d, seconds in [("finetune/a", None), ("finetune/c", 30.0)]:
+        (root / d).mkdir(parents=True)
+        if seconds is None:
+            (root / d / "done.json").write_text("{}")
+        else:
+            (root / d / "result.json").write_text(json.dumps({"seconds": seconds}))
+    rec = {"provenance": {"wall_s": 120.0},
+           "runs_used": {"cached": {"finetune/a": 60.0, "finetune/b": 240.0}, "trained": ["finetune/c"]}}
+    # b is gone (4 min to train again); c, trained in the 2 min of wall time, is still there
+    assert estimate_here(rec, root) == {"runs": 3, "missing": 1, "minutes": pytest.approx(1.5 + 4)}
+    shutil.rmtree(root / "finetune" / "c")      # gone too: the wall time holds its training
+    assert estimate_here(rec, root)["minutes"] == pytest.approx(2 + 4)
+    rec["runs_used"]["cached"]["finetune/b"] = None  # a missing run with no recorded time
+    assert estimate_here(rec, root)["minutes"] is None
+    assert estimate_here({"provenance": {"wall_s": 1.0}}, root) is None   # before the ledger
+
+
 def test_refresh_fills_pages_present_and_skips_absent_ones(tmp_path):
     book = tmp_path / "book"
     executed_chapter(book / "chapters" / "01_data.ipynb", hardware={"cpu": "x"})

@@ -163,6 +163,8 @@ def test_run_executes_then_reuses(tmp_path, capsys, monkeypatch):
 
     second = pipeline.run("smoke", **kw)
     assert [o.status for o in second] == ["up to date"]
+    plan = pipeline.plan("smoke", **kw)        # what a run would do, executing nothing
+    assert [(r.stem, r.state, r.minutes) for r in plan] == [("01_tiny", "up to date", 0.0)]
     assert nbformat.read(chapter, as_version=4).metadata["bus_paper"]["hash"] == meta["hash"]
 
     # a parameter override changes the hash: re-executed, and the stale result is replaced
@@ -180,6 +182,9 @@ def test_run_executes_then_reuses(tmp_path, capsys, monkeypatch):
     # so does the code
     assert [o.status for o in pipeline.run("smoke", overrides={"seed": 3}, **kw)] == ["up to date"]
     monkeypatch.setattr(pipeline, "code_digest", lambda: "code v2")
+    [row] = pipeline.plan("smoke", overrides={"seed": 3}, **kw)
+    assert (row.state, row.why, row.runs, row.missing) == ("stale", ["code"], 0, 0)
+    assert "| 01_tiny | stale | code | 0 (0) |" in pipeline.plan_markdown([row])
     capsys.readouterr()
     assert [o.status for o in pipeline.run("smoke", overrides={"seed": 3}, **kw)] == ["executed"]
     assert "running     (code) since" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from typing import Any
 
 import nbformat
 
+from ..core.runs import run_finished, training_seconds
 from ..paths import project_root
 from ..provenance import atomic_write_text
 from .format import md_table, short_commit
@@ -66,6 +67,26 @@ def chapter_estimate(rec: Mapping[str, Any]) -> float | None:
     if not used or not isinstance(wall, (int, float)):
         return None
     return (wall + float(used.get("cached_training_s") or 0.0)) / 60
+
+
+def estimate_here(rec: Mapping[str, Any], runs_root: str | os.PathLike) -> dict[str, Any] | None:
+    """What re-executing a chapter would cost with the runs now under ``runs_root``, by its last
+    execution's records (None for an execution from before the runner's ``runs_used``): the runs
+    it used (``runs``), those no longer finished there (``missing``: they would be trained), and
+    ``minutes``: its wall time less the training of the runs it trained then and finds now, plus
+    the recorded training of the missing runs it had read from the cache (None when one of them
+    records no time)."""
+    used, wall = rec.get("runs_used"), (rec.get("provenance") or {}).get("wall_s")
+    if not used or not isinstance(wall, (int, float)):
+        return None
+    root = Path(runs_root)
+    cached, trained = used.get("cached") or {}, used.get("trained") or []
+    gone = {d for d in [*cached, *trained] if not run_finished(root / d)}
+    found_trained = [training_seconds(root / d) for d in trained if d not in gone]
+    minutes: float | None = (max(0.0, wall - sum(t for t in found_trained if t is not None))
+                             + sum(cached[d] or float("nan") for d in gone if d in cached)) / 60
+    return {"runs": len(cached) + len(trained), "missing": len(gone),
+            "minutes": None if minutes != minutes else minutes}   # NaN: an untimed run is missing
 
 
 def book_estimate(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from ..paths import data_root as find_data_root
 from ..provenance import atomic_write_text, data_checksums, provenance
 from . import pages
 from .boxes import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
-from .boxes import EMPTY_CACHE, notebook_digest
+from .boxes import EMPTY_CACHE, estimate_here, notebook_digest
 from .chapter import READS, READS_FILE, registry_datasets
 
 KERNEL = "python3"
@@ -322,6 +322,17 @@ def recover(results: Path, target: Path, record: Path) -> None:
         record.unlink()
 
 
+def chapter_hash(nb: Notebook, parameters: Mapping[str, Any], data: Mapping[str, str], code: str,
+                 cwd: Path) -> tuple[str, dict[str, Any]]:
+    """:func:`content_hash` of a chapter with the results of the siblings it reads, where the
+    notebook will find them (:meth:`~bus_paper.book.chapter.Chapter.sibling_results`)."""
+    results = cwd / parameters["results_dir"]
+    reads = {name: results_digest(results.parent / name if (results.parent / name).is_dir()
+                                  else cwd / "book" / "results" / name)
+             for name in READS.get(nb.name, ())}
+    return content_hash(nb.path, parameters, data, code, reads)
+
+
 def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data: Mapping[str, str],
             profile: Profile, data_root: Path | None, code: str, force: bool = False,
             cwd: Path | None = None, echo: bool = False) -> Outcome:
@@ -340,11 +351,7 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
     results = cwd / parameters["results_dir"]
     recover(results, target, record)
     prev = read_record(record)
-    # the siblings it reads, where the notebook will find them (Chapter.sibling_results)
-    reads = {name: results_digest(results.parent / name if (results.parent / name).is_dir()
-                                  else cwd / "book" / "results" / name)
-             for name in READS.get(nb.name, ())}
-    digest, parts = content_hash(nb.path, parameters, data, code, reads)
+    digest, parts = chapter_hash(nb, parameters, data, code, cwd)
     if not force and prev is None and results.is_dir() and stored_hash(target) == digest:
         return Outcome(nb, "up to date", 0.0, target)
     note = "" if prev is None else (
@@ -510,16 +517,8 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
         check_empty_cache()
         force = True
     started = time.time()
-    root = project_root()
-    prof = load_profile(profile)
-    notebooks = in_read_order(select(discover(notebooks_dir or root / "notebooks"), only))
-    overrides = dict(overrides or {})
-    out_dir = chapters_dir(out, overrides, update_book)
-    declared = {nb.stem: _declared_parameters(nb.path) for nb in notebooks}
-    unused = sorted(k for k in overrides if not any(k in d for d in declared.values()))
-    if unused:
-        raise ValueError(f"-p {', '.join(unused)}: no selected notebook has such a parameter")
-    root_for_nb, data = data_state(prof, data_root)
+    root, prof, notebooks, out_dir, root_for_nb, data, params_of = _selection(
+        profile, only, out, data_root, overrides, notebooks_dir, update_book)
     code = code_digest()
     if echo:
         print(f"chapters -> {out_dir}, results -> {out_dir.parent / 'results'}"
@@ -530,11 +529,7 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
         if outcomes and outcomes[-1].status in ("failed", "skipped"):
             outcomes.append(Outcome(nb, "skipped", error="an earlier chapter failed"))
         else:
-            params = {"profile": prof.name,
-                      "data_root": _portable(root_for_nb, root) if root_for_nb else None,
-                      "results_dir": _portable(out_dir.parent / "results" / nb.name, root),
-                      **{k: v for k, v in overrides.items() if k in declared[nb.stem]}}
-            outcomes.append(execute(nb, params, out_dir=out_dir, data=data, profile=prof,
+            outcomes.append(execute(nb, params_of(nb), out_dir=out_dir, data=data, profile=prof,
                                     data_root=root_for_nb, code=code, force=force, cwd=root,
                                     echo=echo))
         if echo:
@@ -548,6 +543,94 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
             print(f"from an empty cache: {(time.time() - started) / 60:.1f} min -> {record}",
                   flush=True)
     return outcomes
+
+
+def _selection(profile: str, only: Iterable[str] | None, out: str | os.PathLike | None,
+               data_root: str | os.PathLike | None, overrides: Mapping[str, Any] | None,
+               notebooks_dir: str | os.PathLike | None, update_book: bool):
+    """What :func:`run` and :func:`plan` share: project root, profile, the selected notebooks in
+    read order, the chapters' folder, the data root and checksums, and each notebook's papermill
+    parameters (a function of the notebook)."""
+    root = project_root()
+    prof = load_profile(profile)
+    notebooks = in_read_order(select(discover(notebooks_dir or root / "notebooks"), only))
+    overrides = dict(overrides or {})
+    out_dir = chapters_dir(out, overrides, update_book)
+    declared = {nb.stem: _declared_parameters(nb.path) for nb in notebooks}
+    unused = sorted(k for k in overrides if not any(k in d for d in declared.values()))
+    if unused:
+        raise ValueError(f"-p {', '.join(unused)}: no selected notebook has such a parameter")
+    root_for_nb, data = data_state(prof, data_root)
+
+    def params_of(nb: Notebook) -> dict[str, Any]:
+        return {"profile": prof.name,
+                "data_root": _portable(root_for_nb, root) if root_for_nb else None,
+                "results_dir": _portable(out_dir.parent / "results" / nb.name, root),
+                **{k: v for k, v in overrides.items() if k in declared[nb.stem]}}
+    return root, prof, notebooks, out_dir, root_for_nb, data, params_of
+
+
+@dataclass
+class PlanRow:
+    stem: str
+    state: str                  # up to date | stale
+    why: list[str]              # stale_parts, or the failed / interrupted last run
+    runs: int | None = None     # the runs its last execution used (None: no record of them)
+    missing: int | None = None  # of those, not finished under runs/ now: they would be trained
+    minutes: float | None = None  # boxes.estimate_here; 0 when up to date
+
+
+def plan(profile: str = "cpu", *, only: Iterable[str] | None = None,
+         out: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
+         overrides: Mapping[str, Any] | None = None,
+         notebooks_dir: str | os.PathLike | None = None, update_book: bool = False,
+         force: bool = False) -> list[PlanRow]:
+    """What :func:`run` with the same arguments would do, without executing anything: per chapter
+    whether it is up to date, and if not why, which of the runs its last execution used are no
+    longer cached, and the minutes that would take here (:func:`~bus_paper.book.boxes.estimate_here`).
+    A chapter that reads others (:data:`~bus_paper.book.chapter.READS`) is judged on their
+    results as they are now; a re-run of those changes its hash too."""
+    root, prof, notebooks, out_dir, _, data, params_of = _selection(
+        profile, only, out, data_root, overrides, notebooks_dir, update_book)
+    code = code_digest()
+    rows = []
+    for nb in notebooks:
+        target = out_dir / f"{nb.stem}.ipynb"
+        digest, parts = chapter_hash(nb, params_of(nb), data, code, root)
+        prev = read_record(record_path(out_dir, nb.stem))
+        if not force and prev is None and stored_hash(target) == digest:
+            rows.append(PlanRow(nb.stem, "up to date", [], minutes=0.0))
+            continue
+        why = (["forced"] if force else stale_parts(target, parts) or ["same hash"])
+        if prev is not None:
+            why.append(f"last run {prev.get('status', '?')}")
+        try:
+            rec = nbformat.read(target, as_version=4).metadata.get("bus_paper", {})
+        except (OSError, ValueError):
+            rec = {}
+        est = estimate_here(rec, runs_dir()) or {}
+        rows.append(PlanRow(nb.stem, "stale", why, est.get("runs"), est.get("missing"),
+                            est.get("minutes")))
+    return rows
+
+
+def plan_markdown(rows: Sequence[PlanRow]) -> str:
+    """:func:`plan` as the table ``bus-paper run --plan`` prints."""
+    def num(v: float | int | None, fmt: str) -> str:
+        return "?" if v is None else format(v, fmt)
+    lines = ["| chapter | state | why | runs used (not cached now) | minutes here |",
+             "| --- | --- | --- | --- | ---: |"]
+    for r in rows:
+        runs = "" if r.state == "up to date" else (
+            "? (executed before the runner recorded its runs)" if r.runs is None
+            else f"{r.runs} ({r.missing})")
+        lines.append(f"| {r.stem} | {r.state} | {', '.join(r.why)} | {runs} | "
+                     f"{num(r.minutes, '.1f')} |")
+    known = [r.minutes for r in rows if r.minutes is not None]
+    unknown = [r.stem for r in rows if r.minutes is None]
+    lines.append(f"| **total** | | | | **{sum(known):.1f}**"
+                 + (f" + {', '.join(unknown)}" if unknown else "") + " |")
+    return "\n".join(lines) + "\n"
 
 
 def chapters_dir(out: str | os.PathLike | None, overrides: Mapping[str, Any] | None,
@@ -626,6 +709,16 @@ def write_times_page(chapters_dir: str | os.PathLike, target: str | os.PathLike)
 def _cmd_run(args: argparse.Namespace) -> int:
     overrides = {k: parse_value(v) for k, v in (args.param or [])}
     t0 = time.time()
+    if args.plan:
+        try:
+            rows = plan(args.profile, only=args.only, out=args.out, data_root=args.data_root,
+                        overrides=overrides, notebooks_dir=args.notebooks,
+                        update_book=args.update_book, force=args.force)
+        except ValueError as err:
+            print(f"bus-paper run: {err}", file=sys.stderr)
+            return 2
+        print(plan_markdown(rows), end="")
+        return 0
     try:
         outcomes = run(args.profile, only=args.only, force=args.force, out=args.out,
                        data_root=args.data_root, overrides=overrides,
@@ -670,6 +763,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "then go to runs/chapters and runs/results (see --update-book)")
     p.add_argument("--update-book", action="store_true",
                    help="with -p: replace the book's chapters and results all the same")
+    p.add_argument("--plan", action="store_true",
+                   help="execute nothing: say which chapters would run, why, which of their runs "
+                   "are no longer cached, and the minutes that would take here")
     p.add_argument("--from-empty-cache", action="store_true",
                    help="time the whole book from empty runs/ and data caches (refused "
                    "otherwise): every chapter re-executed, the time written to "

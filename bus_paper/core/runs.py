@@ -129,6 +129,12 @@ LEDGER_ENV = "BUS_PAPER_RUNS_LEDGER"
 _NOTED: set[str] = set()
 
 
+def run_finished(run_dir: str | PurePath) -> bool:
+    """Whether a cached run is complete: its ``done.json`` or ``result.json`` exists."""
+    d = Path(run_dir)
+    return (d / "done.json").is_file() or (d / "result.json").is_file()
+
+
 def note_run_used(run_dir: str | PurePath) -> None:
     """Append ``run_dir`` to the ledger named by :data:`LEDGER_ENV` (once per process and
     ledger), with ``cached``: its ``done.json`` or ``result.json`` existed already."""
@@ -137,7 +143,7 @@ def note_run_used(run_dir: str | PurePath) -> None:
         return
     _NOTED.add(f"{ledger}\0{run_dir}")
     d = Path(run_dir)
-    cached = (d / "done.json").is_file() or (d / "result.json").is_file()
+    cached = run_finished(d)
     with open(ledger, "a") as f:  # one short line per write: appends from several processes interleave whole
         f.write(json.dumps({"run_dir": str(d), "cached": cached}) + "\n")
 
