@@ -622,8 +622,9 @@ def plan_markdown(rows: Sequence[PlanRow]) -> str:
              "| --- | --- | --- | --- | ---: |"]
     for r in rows:
         runs = "" if r.state == "up to date" else (
-            "? (executed before the runner recorded its runs)" if r.runs is None
-            else f"{r.runs} ({r.missing})")
+            f"{r.runs} ({r.missing})" if r.runs is not None
+            else "? (not executed there yet)" if "not executed" in r.why
+            else "? (executed before the runner recorded its runs)")
         lines.append(f"| {r.stem} | {r.state} | {', '.join(r.why)} | {runs} | "
                      f"{num(r.minutes, '.1f')} |")
     known = [r.minutes for r in rows if r.minutes is not None]
