@@ -84,7 +84,8 @@ def estimate_here(rec: Mapping[str, Any], runs_root: str | os.PathLike) -> dict[
     gone = {d for d in [*cached, *trained] if not run_finished(root / d)}
     found_trained = [training_seconds(root / d) for d in trained if d not in gone]
     minutes: float | None = (max(0.0, wall - sum(t for t in found_trained if t is not None))
-                             + sum(cached[d] or float("nan") for d in gone if d in cached)) / 60
+                             + sum(float("nan") if cached[d] is None else cached[d]
+                                   for d in gone if d in cached)) / 60
     return {"runs": len(cached) + len(trained), "missing": len(gone),
             "minutes": None if minutes != minutes else minutes}   # NaN: an untimed run is missing
 

@@ -45,6 +45,12 @@ from .chapter import READS, READS_FILE, registry_datasets
 
 KERNEL = "python3"
 
+MAX_TEXT_CHARS = 20_000          # per text output; a runaway print must not bloat the book
+MAX_HTML_CHARS = 200_000         # per HTML output: a styled 50-row table is ~25 000 characters
+MAX_NOTEBOOK_BYTES = 5_000_000   # warn above this: figures are meant to be ~100 dpi PNGs
+BOOK_SOURCES = ("_config.yml", "_toc.yml")  # + the book/ folder, minus generated parts
+GENERATED = ("_build", "chapters", "results", "failed")  # under book/: outputs, not sources
+
 
 def kernel_config() -> dict[str, Any]:
     """papermill's keywords for the kernel: CurveZMQ encryption where jupyter_client and pyzmq
@@ -59,11 +65,6 @@ def kernel_config() -> dict[str, Any]:
     if "transport_encryption" not in KernelManager.class_trait_names() or not zmq.has("curve"):
         return {}
     return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
-MAX_TEXT_CHARS = 20_000          # per text output; a runaway print must not bloat the book
-MAX_HTML_CHARS = 200_000         # per HTML output: a styled 50-row table is ~25 000 characters
-MAX_NOTEBOOK_BYTES = 5_000_000   # warn above this: figures are meant to be ~100 dpi PNGs
-BOOK_SOURCES = ("_config.yml", "_toc.yml")  # + the book/ folder, minus generated parts
-GENERATED = ("_build", "chapters", "results", "failed")  # under book/: outputs, not sources
 
 
 # ----------------------------------------------------------------------------- discovery

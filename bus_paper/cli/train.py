@@ -162,6 +162,8 @@ def _cmd_experiment(args) -> int:
         return 0
     if args.chapter == "paper002":  # the chapter's defaults: six variants, the profile's folds
         from ..papers.p002 import experiments as p2
+        if args.seed and len(args.seed) > 1:
+            raise ValueError("paper002: one --seed (the chapter's seed parameter)")
         results = p2.run_all(profile, args.data_root, p2.parse_variants(args.only),
                              p2.parse_folds(args.fold, profile), seed=(args.seed or [0])[0])
         if int(os.environ.get("RANK", "0")) == 0:
