@@ -149,6 +149,18 @@ def test_paired_difference_observed_equals_fold_metrics_and_finds_a_real_gap():
     assert lr["ci_low"] > 0 and lr["paper"] == pytest.approx(1.5) and "verdict" not in v.columns
 
 
+def test_paired_difference_redraws_the_folds_then_the_lesions():
+    """Two levels, as every interval of the book: a gain in one fold of three is not a gain.
+    LR equals the baseline in folds 0 and 1 and is far better in fold 2. Redrawing lesions alone
+    would exclude 0; redrawing the folds first leaves about (2/3)^3 = 30 % of the resamples
+    without fold 2, each exactly 0."""
+    base = [fake_result("baseline", f, 0.45, 20 + f) for f in range(3)]
+    lr = [fake_result("lr", f, 0.45, 20 + f) for f in range(2)] + [fake_result("lr", 2, 0.15, 12)]
+    d = p2.paired_difference(base + lr, "lr", "baseline", "auc", n_boot=2000)
+    assert d["folds"][:2] == [0.0, 0.0] and d["folds"][2] > 5 and d["diff"] > 0
+    assert d["lo"] == 0.0 and 0.4 < d["p"] < 0.8
+
+
 def test_paired_vs_baseline_and_the_tables_beside_the_paper():
     results = [fake_result(v, f, noise, seed + f) for v, noise, seed in
                (("lr", 0.15, 10), ("baseline", 0.45, 20), ("ir", 0.45, 20)) for f in range(3)]

@@ -3,7 +3,7 @@ data, and how each is measured from the paper002 chapter's result files.
 
 The claims are the chapter's :data:`bus_paper.papers.p002.experiments.CLAIMS` (variant a minus variant b on
 BUS-BRA's five official folds, the paper's value from its Tables 1-2); the interval is the
-chapter's (lesions resampled within each test fold). Every variant but the baseline adds the
+chapter's (folds resampled, then the lesions of each drawn fold). Every variant but the baseline adds the
 contrastive loss L_con, so a claim rests on that loss having moved in training.
 """
 
