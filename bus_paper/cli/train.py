@@ -149,17 +149,6 @@ def _cmd_experiment(args) -> int:
                 print(f"{r['row']:<16} {r['kind']:<16} {r['train']:<28} seed {r['seed']}: "
                       f"AUC {r['auc']:.3f}  ({r['minutes']:.1f} min when run)  {r['run_dir']}")
         return 0
-    if args.chapter == "paper001":  # the chapter's defaults: its models, seeds and plan, BUSI + UDIAT
-        from ..papers.p001 import experiments as p1
-        plan = p1.default_plan(profile, p1.model_list(args.only, profile),
-                               args.seed or list(profile.finetune.seeds))
-        results = p1.run_plan(profile, args.data_root, plan, args.dataset or ["busi", "udiat"])
-        if int(os.environ.get("RANK", "0")) == 0:
-            for r in results:
-                print(f"{r['row']:<18} {r['dataset']:<6} seed {r['seed']}: AUC "
-                      f"{r['metrics']['auc']:.3f}  ({r['seconds'] / 60:.1f} min when run)  "
-                      f"{r['run_dir']}")
-        return 0
     if args.chapter == "paper002":  # the chapter's defaults: six variants, the profile's folds
         from ..papers.p002 import experiments as p2
         if args.seed and len(args.seed) > 1:
@@ -171,9 +160,11 @@ def _cmd_experiment(args) -> int:
                 print(f"{r['variant']:<14} fold {r['fold']}: AUC {r['metrics']['auc']:.3f}  "
                       f"({r['seconds'] / 60:.1f} min when run)  {r['run_dir']}")
         return 0
-    # the chapters' defaults: label efficiency on BUSI only; ablations pretrain per variant where
-    # the profile says so ([papers.p000] ablations_own_pretraining: gpu)
+    # the chapters' defaults: label efficiency on BUSI only, paper 001 on its chapter's BUSI and
+    # UDIAT; ablations pretrain per variant where the profile says so ([papers.p000]
+    # ablations_own_pretraining: gpu)
     datasets = args.dataset or (["busi"] if args.chapter == "label_efficiency"
+                                else ["busi", "udiat"] if args.chapter == "paper001"
                                 else list(profile.finetune.datasets))
     own = args.own_pretraining if args.own_pretraining is not None else ex.own_pretraining(profile)
     seeds = args.seed if args.seed is not None else list(profile.finetune.seeds)
@@ -181,6 +172,10 @@ def _cmd_experiment(args) -> int:
     if args.chapter == "table1":
         for row in args.only or [r.key for r in ex.TABLE1]:
             results += ex.table1_runs(profile, args.data_root, row, datasets, seeds)
+    elif args.chapter == "paper001":  # the chapter's models, seeds and plan
+        from ..papers.p001 import experiments as p1
+        plan = p1.default_plan(profile, p1.model_list(args.only, profile), seeds)
+        results = p1.run_plan(profile, args.data_root, plan, datasets)
     elif args.chapter == "ablations":
         for key in args.only or list(ex.ABLATIONS):
             results += ex.ablation_runs(profile, args.data_root, key, datasets, seeds,
