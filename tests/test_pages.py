@@ -103,7 +103,7 @@ def test_rerun_box_on_a_committed_chapter_leaves_its_hash_and_outputs(tmp_path):
         assert f"`{name}`" in box.source
     assert "bus-paper run --only claims --profile cpu" in box.source
     assert nb.metadata["bus_paper"] == before.metadata["bus_paper"]
-    assert pipeline.stored_hash(Path(path)) == before.metadata["bus_paper"]["hash"]
+    assert pipeline.executed_meta(Path(path))["hash"] == before.metadata["bus_paper"]["hash"]
     rest = [c for c in nb.cells if c.get("id") != pages.RERUN_ID]
     old = [c for c in before.cells if c.get("id") != pages.RERUN_ID]
     assert [(c.source, c.get("outputs")) for c in rest] == [(c.source, c.get("outputs"))

@@ -234,28 +234,27 @@ def trim_outputs(nb: nbformat.NotebookNode, max_chars: int = MAX_TEXT_CHARS,
     return trimmed
 
 
-def stored_hash(executed: Path) -> str | None:
-    """The content hash an executed chapter was made with, None if absent/unreadable."""
-    if not executed.exists():
-        return None
+def executed_meta(executed: Path) -> dict[str, Any]:
+    """The ``bus_paper`` metadata an executed chapter was written with (its hash, hash parts,
+    wall time, the runs it used); ``{}`` when it is absent or unreadable (a corrupt chapter is
+    simply re-executed). Read once and handed to :func:`stale_parts` and
+    :func:`~bus_paper.book.boxes.estimate_here`."""
     try:
-        return nbformat.read(executed, as_version=4).metadata.get("bus_paper", {}).get("hash")
-    except (OSError, ValueError):  # a corrupt chapter is simply re-executed
-        return None
+        meta = nbformat.read(executed, as_version=4).metadata.get("bus_paper", {})
+    except (OSError, ValueError):
+        return {}
+    return dict(meta) if isinstance(meta, Mapping) else {}
 
 
-def stale_parts(executed: Path, parts: Mapping[str, Any]) -> list[str]:
+def stale_parts(meta: Mapping[str, Any], parts: Mapping[str, Any]) -> list[str]:
     """Why a chapter is re-executed: the :func:`content_hash` parts (notebook, parameters, code,
-    data, reads) that differ from those its executed copy was made with; ``["not executed"]``
-    when there is no readable executed copy.
+    data, reads) that differ from those its executed copy was made with (``meta``:
+    :func:`executed_meta`); ``["not executed"]`` when it records none.
 
-    >>> stale_parts(Path("/nonexistent.ipynb"), {"code": "x"})
+    >>> stale_parts(executed_meta(Path("/nonexistent.ipynb")), {"code": "x"})
     ['not executed']
     """
-    try:
-        old = nbformat.read(executed, as_version=4).metadata.get("bus_paper", {}).get("hash_parts")
-    except (OSError, ValueError):
-        old = None
+    old = meta.get("hash_parts")
     if not isinstance(old, Mapping):
         return ["not executed"]
     return [k for k in sorted({*parts, *old}) if parts.get(k) != old.get(k)]
@@ -353,14 +352,15 @@ def execute(nb: Notebook, parameters: Mapping[str, Any], *, out_dir: Path, data:
     recover(results, target, record)
     prev = read_record(record)
     digest, parts = chapter_hash(nb, parameters, data, code, cwd)
-    if not force and prev is None and results.is_dir() and stored_hash(target) == digest:
+    meta = executed_meta(target)
+    if not force and prev is None and results.is_dir() and meta.get("hash") == digest:
         return Outcome(nb, "up to date", 0.0, target)
     note = "" if prev is None else (
         f"re-run: the last run ({prev.get('started', '?')}) "
         + ("did not finish (killed?)" if prev.get("status") in ("running", "committing") else
            f"{prev.get('status')}: {prev.get('error', '')}".splitlines()[0]))
     if echo:
-        why = "forced" if force else ", ".join(stale_parts(target, parts)) or "same hash"
+        why = "forced" if force else ", ".join(stale_parts(meta, parts)) or "same hash"
         print(f"{nb.stem:<24} {'running':<11} ({why}{'; ' + note if note else ''}) since "
               f"{time.strftime('%H:%M')}", flush=True)
     started = time.time()
@@ -599,17 +599,14 @@ def plan(profile: str = "cpu", *, only: Iterable[str] | None = None,
         target = out_dir / f"{nb.stem}.ipynb"
         digest, parts = chapter_hash(nb, params_of(nb), data, code, root)
         prev = read_record(record_path(out_dir, nb.stem))
-        if not force and prev is None and stored_hash(target) == digest:
+        meta = executed_meta(target)
+        if not force and prev is None and meta.get("hash") == digest:
             rows.append(PlanRow(nb.stem, "up to date", [], minutes=0.0))
             continue
-        why = (["forced"] if force else stale_parts(target, parts) or ["same hash"])
+        why = (["forced"] if force else stale_parts(meta, parts) or ["same hash"])
         if prev is not None:
             why.append(f"last run {prev.get('status', '?')}")
-        try:
-            rec = nbformat.read(target, as_version=4).metadata.get("bus_paper", {})
-        except (OSError, ValueError):
-            rec = {}
-        est = estimate_here(rec, runs_dir()) or {}
+        est = estimate_here(meta, runs_dir()) or {}
         rows.append(PlanRow(nb.stem, "stale", why, est.get("runs"), est.get("missing"),
                             est.get("minutes")))
     return rows

@@ -83,7 +83,8 @@ class Results:
 
     # ------------------------------------------------------------------------- learning checks
     def ssl_chance(self, objective: str) -> float:
-        """Loss of an encoder that knows nothing: NT-Xent ln(2N-1) at the profile's batch N;
+        """Loss of an encoder that knows nothing: NT-Xent ln(2N-1) at the profile's batch N (a
+        run's own result records N as trained: the batch, or the pool when smaller);
         DINO ln K, K its prototypes (a uniform output over K)."""
         if objective == "dino":
             return math.log(self.profile.dino.out_dim)

@@ -71,10 +71,10 @@ def encoder_for(profile: Profile, root: str | Path | None, row: Row | str) -> Pa
 def pretraining_summary(profile: Profile, row: Row, state: dict[str, Any]) -> dict[str, Any]:
     """One row of Table 1's pretraining table from a loaded ``encoder.pt``: epochs, first and
     last loss, and the loss of an encoder that knows nothing (``chance loss``) *for that run*:
-    DINO ln K with the K it was trained with, SimCLR ln(2N - 1) at the profile's batch N
-    (:func:`~bus_paper.core.stats.ssl_chance_loss`). The claims' learning check reads it from
-    here, so a later profile change cannot re-judge an old run; ``learned`` is that check, shown
-    beside the losses."""
+    DINO ln K with the K it was trained with, SimCLR ln(2N - 1) with N the profile's batch, or
+    the pool when smaller (:func:`~bus_paper.core.stats.ssl_chance_loss`). The claims' learning
+    check reads it from here, so a later profile change cannot re-judge an old run; ``learned`` is
+    that check, shown beside the losses."""
     from ...core.stats import ssl_chance_loss, ssl_loss_check
     hist = state["history"]
     chance = ssl_chance_loss(state, profile.pretrain.batch_size)
@@ -279,7 +279,6 @@ def table1_findings(table: pd.DataFrame, pairs: pd.DataFrame, paper: pd.DataFram
     description; the verdicts, with the learning checks, are the claims chapter's). ``table``: a
     :func:`seed_table` with a ``label`` column; ``paper``: Table 1 as printed, indexed by (row,
     dataset); ``pairs``: :func:`table1_paired`."""
-    from ...metrics import interval_position
 
     def short(labels: pd.Series) -> str:
         return " > ".join(labels.str.replace(r" \(.*\)", "", regex=True))
