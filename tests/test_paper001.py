@@ -106,6 +106,23 @@ def test_findings_read_the_paired_table_and_compare_random_init_with_random_init
     smoke = p1.findings(results, paired, pd.DataFrame(columns=["dataset", "method"]), plan,
                         ["busi"], SMOKE, n_boot=200)
     assert "synthetic phantoms" in smoke[-1]
+    assert not any("not tested" in line or "SimCLR encoders" in line for line in lines)
+    # an encoder of the proposed model that did not learn: "what SSL adds" is not tested
+    enc = pd.DataFrame({"backbone": ["mobilenetv2", "densenet121"], "epochs": [5, 5],
+                        "first loss": [4.82, 4.6], "last loss": [4.70, 2.9],
+                        "chance loss": [4.84, 4.84], "learned": [False, True]})
+    told = p1.findings(results, paired, pd.DataFrame(columns=["dataset", "method"]), plan,
+                       ["busi"], CPU, n_boot=200, encoders=enc)
+    assert told[0].startswith("- **SimCLR encoders**") and told[1:] != lines[1:]
+    assert "mobilenetv2 4.82 -> 4.70 (chance 4.84, 5 epochs): **did not learn**" in told[0]
+    assert "densenet121 4.60 -> 2.90 (chance 4.84, 5 epochs): learned" in told[0]
+    ssl_part = told[2].split("SSL initialisation")[1].split(";")[0]
+    assert "not tested at this budget: the encoder of mobilenetv2 did not learn" in ssl_part
+    assert "not tested" not in told[2].split(p1.CONTRASTS["no_attention"])[1]
+    learned = enc.assign(learned=True)
+    both = p1.findings(results, paired, pd.DataFrame(columns=["dataset", "method"]), plan,
+                       ["busi"], CPU, n_boot=200, encoders=learned)
+    assert both[1:] == lines and "did not learn" not in both[0]
 
 
 def test_mean_roc_is_the_vertical_average():
@@ -136,6 +153,14 @@ def test_smoke_run_end_to_end(phantom_root, capsys):
     assert torch.equal(enc["encoder"]["branches.mobilenetv2.conv_stem.weight"],
                        base["encoder"]["backbone.conv_stem.weight"])
     assert all(k.startswith(("branch_attention.", "projector.")) for k in enc["not_pretrained"])
+    # the learning check of each SimCLR encoder the plan starts from (fusion: its backbones')
+    enc_t = p1.encoder_table(SMOKE, phantom_root, plan)
+    assert list(enc_t["backbone"]) == ["mobilenetv2", "densenet121"]
+    row = enc_t.set_index("backbone").loc["mobilenetv2"]
+    assert row["key"] == base["key"] and row["epochs"] == len(base["history"])
+    assert row["last loss"] == base["history"][-1]["train_loss"]
+    assert row["used by"] == "proposed, mobilenetv2" and row["learned"] in (True, False)
+    assert enc_t.set_index("backbone").loc["densenet121", "used by"] == "proposed"
     # cached: the same runs come back without training
     again = p1.model_runs(SMOKE, phantom_root, "proposed", ["busi"], [0])
     assert again[0]["run_dir"] == by["proposed"]["run_dir"]

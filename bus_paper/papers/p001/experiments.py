@@ -199,6 +199,45 @@ def fusion_encoder(profile: Profile, root, cfg: Mapping[str, Any]) -> Path:
     return out
 
 
+def ssl_backbones(plan: Plan) -> list[str]:
+    """The Table 1 wrappers whose SimCLR encoders ``plan`` starts from: each SSL baseline's own,
+    and each backbone of an SSL fusion model (fusion adds no pretraining of its own), in order.
+
+    >>> ssl_backbones(default_plan("cpu", ["proposed", "vgg16", "resnet50"], [0]))
+    ['mobilenetv2', 'densenet121', 'resnet50']
+    """
+    out: list[str] = []
+    for k, ssl in plan.ssl.items():
+        if ssl:
+            out += [b for b in (MODELS[k].backbones or (MODELS[k].baseline,)) if b not in out]
+    return out
+
+
+def encoder_table(profile: Profile, root, plan: Plan) -> pd.DataFrame:
+    """Whether each SimCLR encoder the plan uses (:func:`ssl_backbones`) learned: epochs, first
+    and last loss, the run's own chance loss (NT-Xent ln(2N - 1), N the batch or the pool when
+    smaller) and the learning check (:func:`~bus_paper.core.stats.ssl_loss_check`). Reads the
+    cached ``encoder.pt`` (pretrains it when absent, as the chapter's runs would)."""
+    from ...core.stats import ssl_chance_loss, ssl_loss_check
+    from ...train.pretraining import load_pretrained
+    from ..p000.experiments import pretraining_profile
+    rows = []
+    for b in ssl_backbones(plan):
+        state = load_pretrained(baseline_encoder(profile, root, b))
+        losses = [h["train_loss"] for h in state["history"]]
+        chance = ssl_chance_loss(state, pretraining_profile(profile, b).pretrain.batch_size)
+        check = ssl_loss_check(losses, chance)
+        rows.append({"backbone": b, "key": state["key"], "epochs": len(losses),
+                     "first loss": losses[0], "last loss": losses[-1], "chance loss": chance,
+                     "learned": check.passed, "check": check.detail,
+                     "pretraining minutes (when run)": float(state["seconds"]) / 60,
+                     "used by": ", ".join(k for k, ssl in plan.ssl.items() if ssl and b in
+                                          (MODELS[k].backbones or (MODELS[k].baseline,)))})
+    return pd.DataFrame(rows, columns=["backbone", "key", "epochs", "first loss", "last loss",
+                                       "chance loss", "learned", "check",
+                                       "pretraining minutes (when run)", "used by"])
+
+
 def model_runs(profile: Profile, root, key: str, datasets: Sequence[str], seeds: Sequence[int],
                ssl: bool | None = None) -> list[dict[str, Any]]:
     """Fine-tune model ``key`` on every dataset and seed (cached); ``ssl`` None: the model's own
@@ -286,15 +325,31 @@ def explain_run(result: Mapping[str, Any], profile: Profile, root, target: str =
 # ----------------------------------------------------------------------------- the chapter's summary
 def findings(results: Sequence[Mapping[str, Any]], paired: pd.DataFrame,
              localisation: pd.DataFrame, plan: Plan, datasets: Sequence[str], profile: Profile,
-             n_boot: int = 1000) -> list[str]:
+             n_boot: int = 1000, encoders: pd.DataFrame | None = None) -> list[str]:
     """The chapter's closing summary, one markdown bullet per finding: the proposed model against
     each baseline trained from random init *from random init itself* (so pretraining does not
     decide it), what each ablated part adds (``paired``: :func:`paired_table`), the explanations'
     share inside the lesion (``localisation``: :func:`bus_paper.explain.localisation_summary`),
-    what cannot be repeated here, and the profile's caveat."""
+    what cannot be repeated here, and the profile's caveat. ``encoders`` (:func:`encoder_table`):
+    a first bullet on which SimCLR encoders learned; "what SSL initialisation adds" is then read
+    as untested when one of the proposed model's encoders did not."""
     from ...explain.saliency import summary_text
     from ..p000.experiments import paired_difference
     lines = []
+    failed: list[str] = []
+    if encoders is not None and len(encoders):
+        parts = [f"{r['backbone']} {r['first loss']:.2f} -> {r['last loss']:.2f} (chance "
+                 f"{r['chance loss']:.2f}, {r['epochs']} epochs): "
+                 + ("learned" if r["learned"] else "**did not learn**")
+                 for _, r in encoders.iterrows()]
+        failed = list(encoders.loc[~encoders["learned"].astype(bool), "backbone"])
+        lines.append("- **SimCLR encoders** (first -> last pretraining loss): " + "; ".join(parts)
+                     + "." + ("" if not failed else
+                              f" A model that starts from {' and '.join(failed)}'s encoder starts "
+                              "from weights that barely differ from random initialisation; its "
+                              "comparisons with other models still hold (all are trained alike), "
+                              "but what SSL initialisation adds is not tested at this budget."))
+    untested = set(failed) & set(FUSED)
     auc = paired[paired["metric"] == "auc"]
     group = {k: MODELS[k].group for k in auc["model"]}
     for d in datasets:
@@ -313,7 +368,11 @@ def findings(results: Sequence[Mapping[str, Any]], paired: pd.DataFrame,
         abl = t[[group[k] == "ablation" for k in t["model"]]]
         if len(abl):
             parts = [f"{CONTRASTS[r['model']]}: {r['difference']:+.1f} points ({r['ci_low']:+.1f} "
-                     f"to {r['ci_high']:+.1f}), interval {r['interval']}" for _, r in abl.iterrows()]
+                     f"to {r['ci_high']:+.1f}), interval {r['interval']}"
+                     + (" (not tested at this budget: the encoder of "
+                        f"{' and '.join(sorted(untested))} did not learn)"
+                        if r["model"] == "proposed_random" and untested else "")
+                     for _, r in abl.iterrows()]
             lines.append(f"- **What each part adds, {d.upper()}** (AUC of the proposed model minus "
                          "the model without that part): " + "; ".join(parts) + ".")
     lines.append("- **Explanations** (share of each map inside the lesion):")
