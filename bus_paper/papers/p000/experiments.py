@@ -65,7 +65,7 @@ def encoder_for(profile: Profile, root: str | Path | None, row: Row | str) -> Pa
         return dino_pretrain(profile, root, name=row.baseline)
     if row.objective != "simclr":
         raise ValueError(f"{row.key}: unknown objective {row.objective!r} (simclr | dino)")
-    return pretrain(profile, root, baseline=row.baseline)
+    return pretrain(pretraining_profile(profile, row.baseline), root, baseline=row.baseline)
 
 
 def pretraining_summary(profile: Profile, row: Row, state: dict[str, Any]) -> dict[str, Any]:
@@ -336,16 +336,27 @@ def ablation_differences(results: Sequence[dict[str, Any]], datasets: Sequence[s
 
 
 def pretraining_profile(profile: Profile, name: str) -> Profile:
-    """The profile to SSL-pretrain backbone ``name`` with: its epochs capped by the profile's
-    ``[papers.p000] pretrain_epochs_cap`` (the cpu profile caps VGG16, ~4x ResNet-50's compute,
-    at 2 epochs; papers 001 and 004 share that one pretraining).
+    """The profile to SSL-pretrain backbone ``name`` with: the profile's own, but with its epochs
+    capped by ``[papers.p000] pretrain_epochs_cap`` and its learning rate replaced by
+    ``[papers.p000] pretrain_lr`` where they name the backbone. The cpu profile caps VGG16 (~4x
+    ResNet-50's compute) at 2 epochs, and gives MobileNetV2 lr 1e-3: at the shared 1e-4 its
+    SimCLR loss stalls near chance (4.82 -> 4.70 in 5 epochs, chance 4.84). Every chapter that
+    pretrains a Table 1 wrapper (Table 1, papers 001 and 004) goes through here, so they share
+    one encoder per backbone.
 
     >>> from bus_paper.config import load_profile
-    >>> cpu = load_profile("cpu")
+    >>> cpu, gpu = load_profile("cpu"), load_profile("gpu")
     >>> pretraining_profile(cpu, "vgg16").pretrain.epochs, pretraining_profile(cpu, "resnet50") is cpu
     (2, True)
+    >>> pretraining_profile(cpu, "mobilenetv2").pretrain.lr, pretraining_profile(gpu, "mobilenetv2") is gpu
+    (0.001, True)
     """
-    cap = profile.section("p000").get("pretrain_epochs_cap", {}).get(name)
-    if cap is None or profile.pretrain.epochs <= cap:
-        return profile
-    return profile.replace(**{"pretrain.epochs": cap})
+    section = profile.section("p000")
+    changes: dict[str, Any] = {}
+    cap = section.get("pretrain_epochs_cap", {}).get(name)
+    if cap is not None and profile.pretrain.epochs > cap:
+        changes["pretrain.epochs"] = int(cap)
+    lr = section.get("pretrain_lr", {}).get(name)
+    if lr is not None and float(lr) != profile.pretrain.lr:
+        changes["pretrain.lr"] = float(lr)
+    return profile.replace(**changes) if changes else profile
