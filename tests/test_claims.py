@@ -298,7 +298,7 @@ def test_findings_block_is_made_from_the_claims_table(tmp_path):
 # ----------------------------------------------------------------------------- runner
 def test_a_reader_reruns_when_a_chapter_it_reads_changes(tmp_path, monkeypatch):
     from test_pipeline import make_notebook
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "code v1")
     monkeypatch.setitem(pipeline.READS, "reader", ("other",))
     # the reader comes first in book order (like 09_claims before 13_generalisation)
     make_notebook(tmp_path / "nb" / "01_reader.ipynb",

@@ -111,7 +111,7 @@ def test_rerun_box_on_a_committed_chapter_leaves_its_hash_and_outputs(tmp_path):
 
 
 def test_executed_chapters_get_the_box_at_write_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "code v1")
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# Tiny"),
                 nbformat.v4.new_code_cell('profile = "cpu"  # the profile\ndata_root = None\n'

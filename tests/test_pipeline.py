@@ -106,6 +106,43 @@ def test_code_digest_tracks_python_and_profiles(tmp_path):
     assert pipeline.code_digest(pkg) == changed_code
 
 
+def test_a_chapter_depends_on_the_code_it_can_import_and_nothing_else(tmp_path):
+    """A chapter's code digest covers its notebook's import closure (imports inside functions,
+    parents' __init__, whole packages that import by name) and every profile; an edit of a module
+    it cannot reach (the model card, paper 004 for paper 000's chapters) leaves it up to date."""
+    from bus_paper.book import codedeps
+
+    pkg = tmp_path / "bus_paper"
+    shutil.copytree(PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    nb = tmp_path / "ch.ipynb"
+    make_notebook(nb, "%matplotlib inline\nfrom bus_paper.papers.p000 import experiments as ex\n"
+                      "import bus_paper.book.chapter as chapter")
+    files = {p.relative_to(pkg).as_posix() for p in codedeps.chapter_files(nb, pkg)}
+    assert {"__init__.py", "papers/__init__.py", "papers/p000/__init__.py",
+            "papers/p000/experiments.py", "book/chapter.py", "profiles/cpu.toml"} <= files
+    # the model-family registry imports by name: every module of `models` is in
+    assert {p.relative_to(pkg).as_posix() for p in (pkg / "models").glob("*.py")} <= files
+    assert not files & {"book/runner.py", "book/pages.py", "papers/p004/features.py"}
+    assert not any(f.startswith("cli/") for f in files)
+
+    base = pipeline.code_digest(pkg, notebook=nb)
+    assert pipeline.code_digest(PACKAGE_DIR, notebook=nb) == base  # content, not location
+    (pkg / "book" / "pages.py").write_text((pkg / "book" / "pages.py").read_text() + "\n# new\n")
+    (pkg / "papers" / "p004" / "features.py").write_text("z = 2\n")
+    assert pipeline.code_digest(pkg, notebook=nb) == base
+    assert pipeline.code_digest(pkg) != pipeline.code_digest(PACKAGE_DIR)  # the whole package
+    # an import inside a function of a module it imports counts
+    (pkg / "papers" / "p000" / "experiments.py").write_text(
+        (pkg / "papers" / "p000" / "experiments.py").read_text()
+        + "\n\ndef _late():\n    from ..p004 import features\n    return features\n")
+    late = pipeline.code_digest(pkg, notebook=nb)
+    assert late != base
+    (pkg / "papers" / "p004" / "features.py").write_text("z = 3\n")
+    assert pipeline.code_digest(pkg, notebook=nb) != late
+    (pkg / "profiles" / "gpu.toml").write_text((pkg / "profiles" / "gpu.toml").read_text() + "\n")
+    assert pipeline.code_digest(pkg, notebook=nb) not in (base, late)
+
+
 def test_parse_value_types_like_papermill():
     assert [pipeline.parse_value(v) for v in ("3", "0.5", "True", "None", "cpu", "1e-4")] == \
         [3, 0.5, True, None, "cpu", 1e-4]
@@ -142,7 +179,7 @@ def test_trim_outputs_caps_text_and_drops_widgets():
 # ----------------------------------------------------------------------------- execution
 def test_run_executes_then_reuses(tmp_path, capsys, monkeypatch):
     # a fixed code digest: the package may be edited while tests run (code_digest is tested above)
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "code v1")
     make_notebook(tmp_path / "nb" / "01_tiny.ipynb", WRITE_RESULT)
     kw = {"notebooks_dir": tmp_path / "nb", "out": tmp_path / "book" / "chapters"}
 
@@ -181,7 +218,7 @@ def test_run_executes_then_reuses(tmp_path, capsys, monkeypatch):
 
     # so does the code
     assert [o.status for o in pipeline.run("smoke", overrides={"seed": 3}, **kw)] == ["up to date"]
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v2")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "code v2")
     [row] = pipeline.plan("smoke", overrides={"seed": 3}, **kw)
     assert (row.state, row.why, row.runs, row.missing) == ("stale", ["code"], 0, 0)
     assert "| 01_tiny | stale | code | 0 (0) |" in pipeline.plan_markdown([row])
@@ -197,7 +234,7 @@ def test_the_runner_records_the_training_runs_a_chapter_used(tmp_path, monkeypat
     """The kernel notes every run whose lock it takes (core.runs ledger); the executed chapter's
     metadata says how many it read from the cache and what they took to train, and its rerun box
     turns that into the chapter's cost from an empty cache."""
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "code v1")
     runs = tmp_path / "runs"
     monkeypatch.setenv("BUS_PAPER_RUNS", str(runs))
     done, fresh = runs / "finetune" / "aaa", runs / "finetune" / "bbb"
@@ -319,7 +356,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def fragile(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "code v1")
     make_notebook(tmp_path / "nb" / "01_tiny.ipynb", FRAGILE)
     out = tmp_path / "book" / "chapters"
     args = ["run", "--profile", "smoke", "--notebooks", str(tmp_path / "nb"), "--out", str(out)]
@@ -431,7 +468,7 @@ def test_parameter_overrides_do_not_replace_the_book(tmp_path, monkeypatch, caps
     repo = tmp_path / "repo"
     (repo / "book").mkdir(parents=True)
     monkeypatch.setattr(pipeline, "project_root", lambda: repo)
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "code v1")
     monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
     make_notebook(tmp_path / "nb" / "01_tiny.ipynb", WRITE_RESULT)
     args = ["run", "--profile", "smoke", "--notebooks", str(tmp_path / "nb")]
@@ -521,7 +558,7 @@ def test_the_book_is_timed_from_an_empty_cache_only(tmp_path, monkeypatch, capsy
     would leave out the training they spare), re-executes every chapter, and records the time
     against the profile's book_minutes for the reproducibility page."""
     from bus_paper.book import pages
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "code v1")
     monkeypatch.setenv("BUS_PAPER_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("BUS_PAPER_CACHE", str(tmp_path / "cache"))
     make_notebook(tmp_path / "nb" / "01_tiny.ipynb", WRITE_RESULT)
@@ -581,7 +618,7 @@ def test_the_kernel_runs_encrypted_so_no_chapter_prints_a_transport_warning(tmp_
     jupyter_client for CurveZMQ where both sides offer it, so `make book` prints no such line."""
     if not pipeline.kernel_config():
         pytest.skip("this jupyter_client / pyzmq offers no CurveZMQ: the warning cannot be avoided")
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "code v1")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "code v1")
     make_notebook(tmp_path / "nb" / "01_tiny.ipynb", WRITE_RESULT)
     outcomes = pipeline.run("smoke", notebooks_dir=tmp_path / "nb", out=tmp_path / "book" / "chapters")
     assert [o.status for o in outcomes] == ["executed"]

@@ -41,6 +41,7 @@ from ..provenance import atomic_write_text, data_checksums, provenance
 from . import pages
 from .boxes import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
 from .boxes import EMPTY_CACHE, estimate_here, notebook_digest
+from .codedeps import chapter_files
 from .chapter import READS, READS_FILE, registry_datasets
 
 KERNEL = "python3"
@@ -127,14 +128,19 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def code_digest(package_dir: Path = PACKAGE_DIR) -> str:
-    """sha256 over every ``*.py`` and profile ``*.toml`` of the package (path + content), except
-    ``cli/``: the top layer, which nothing a notebook imports may import (the import-linter
-    layers in ``pyproject.toml``), so a new command does not make every chapter stale."""
+def code_digest(package_dir: Path = PACKAGE_DIR, notebook: Path | None = None) -> str:
+    """sha256 over package files (path + content): with ``notebook``, the ones it can run
+    (:func:`~bus_paper.book.codedeps.chapter_files`: its import closure and the profiles), so an
+    edit elsewhere leaves the chapter up to date; without, every ``*.py`` and ``*.toml`` except
+    ``cli/`` (the top layer, which nothing a notebook imports may import: the import-linter
+    layers in ``pyproject.toml``)."""
     h = hashlib.sha256()
-    files = [p for p in package_dir.rglob("*") if p.suffix in (".py", ".toml") and p.is_file()
-             and "__pycache__" not in p.parts
-             and p.relative_to(package_dir).parts[0] != "cli"]
+    if notebook is not None:
+        files = chapter_files(Path(notebook), package_dir)
+    else:
+        files = [p for p in package_dir.rglob("*") if p.suffix in (".py", ".toml") and p.is_file()
+                 and "__pycache__" not in p.parts
+                 and p.relative_to(package_dir).parts[0] != "cli"]
     for p in sorted(files, key=lambda q: q.relative_to(package_dir).as_posix()):
         h.update(p.relative_to(package_dir).as_posix().encode() + b"\0")
         h.update(_sha(p.read_bytes()).encode() + b"\n")
@@ -165,7 +171,7 @@ def content_hash(notebook: str | os.PathLike, parameters: Mapping[str, Any],
     params = {k: v for k, v in parameters.items() if k not in ("data_root", "results_dir")}
     parts = {"notebook": notebook_digest(notebook),
              "parameters": params,
-             "code": code if code is not None else code_digest(),
+             "code": code if code is not None else code_digest(notebook=Path(notebook)),
              "data": dict(sorted(data.items()))}
     if reads:
         parts["reads"] = dict(sorted(reads.items()))
@@ -520,7 +526,6 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
     started = time.time()
     root, prof, notebooks, out_dir, root_for_nb, data, params_of = _selection(
         profile, only, out, data_root, overrides, notebooks_dir, update_book)
-    code = code_digest()
     if echo:
         print(f"chapters -> {out_dir}, results -> {out_dir.parent / 'results'}"
               + (" (-p: not the book; --update-book to replace it)"
@@ -531,8 +536,8 @@ def run(profile: str = "cpu", *, only: Iterable[str] | None = None, force: bool 
             outcomes.append(Outcome(nb, "skipped", error="an earlier chapter failed"))
         else:
             outcomes.append(execute(nb, params_of(nb), out_dir=out_dir, data=data, profile=prof,
-                                    data_root=root_for_nb, code=code, force=force, cwd=root,
-                                    echo=echo))
+                                    data_root=root_for_nb, code=code_digest(notebook=nb.path),
+                                    force=force, cwd=root, echo=echo))
         if echo:
             _report(outcomes[-1])
     if from_empty_cache:
@@ -593,11 +598,10 @@ def plan(profile: str = "cpu", *, only: Iterable[str] | None = None,
     results as they are now; a re-run of those changes its hash too."""
     root, prof, notebooks, out_dir, _, data, params_of = _selection(
         profile, only, out, data_root, overrides, notebooks_dir, update_book)
-    code = code_digest()
     rows = []
     for nb in notebooks:
         target = out_dir / f"{nb.stem}.ipynb"
-        digest, parts = chapter_hash(nb, params_of(nb), data, code, root)
+        digest, parts = chapter_hash(nb, params_of(nb), data, code_digest(notebook=nb.path), root)
         prev = read_record(record_path(out_dir, nb.stem))
         meta = executed_meta(target)
         if not force and prev is None and meta.get("hash") == digest:
