@@ -297,14 +297,20 @@ def test_the_model_card_states_the_new_site_estimate_beside_the_seen_sites(tmp_p
     y = np.array([0, 1] * 40)
     runs = [_deploy_run(s, y, np.clip(0.5 * y + 0.5 * rng.random(80), 0, 1)) for s in (0, 1)]
     loo = pd.DataFrame([{"row": "proposed", "train": "pooled", "test": t, "seeds": 2, "auc": a,
-                         "auc_lo": a - 10, "auc_hi": a + 5} for t, a in (("busi", 70.0),
-                                                                          ("udiat", 60.0))])
+                         "auc_lo": a - 10, "auc_hi": a + 5, "recall": r, "recall_lo": r - 20,
+                         "recall_hi": r + 10, "specificity": sp, "specificity_lo": sp - 15,
+                         "specificity_hi": sp + 5}
+                        for t, a, r, sp in (("busi", 70.0, 80.0, 50.0), ("udiat", 60.0, 40.0, 90.0))])
     s = gen.deployable_summary(runs, loo, n_boot=50)
     m = [binary_metrics(y, r["test_predictions"].prob.to_numpy(), 0.5) for r in runs]
     assert s["within"]["recall"][0] == pytest.approx(100 * np.mean([x["recall"] for x in m]))
     assert s["within"]["auc"][1] <= s["within"]["auc"][0] <= s["within"]["auc"][2]
     assert s["new_site_mean_auc"] == 65.0 and [r["site"] for r in s["new_site"]] == ["busi", "udiat"]
     assert s["seeds"] == [0, 1] and s["ece_after"] == pytest.approx(10.0)
+    # at a new site: the held-out sites' threshold metrics, and their means
+    assert s["new_site_mean"] == {"auc": 65.0, "recall": 60.0, "specificity": 70.0}
+    assert s["new_site"][1]["recall_lo"] == 20.0 and s["new_site"][0]["specificity_hi"] == 55.0
+    assert list(gen.deployable_view(s).iloc[:, 1]) == ["65.0", "60.0", "70.0"]
     with pytest.raises(ValueError, match="same pooled test images"):
         other = _deploy_run(2, y[::-1], runs[0]["test_predictions"].prob.to_numpy()[::-1])
         other["test_predictions"]["path"] = other["test_predictions"]["path"][::-1].to_numpy()
@@ -316,5 +322,7 @@ def test_the_model_card_states_the_new_site_estimate_beside_the_seen_sites(tmp_p
     save_result(results / "generalisation", "deployable", s, {})
     block = pages.model_card_blocks(tmp_path, tmp_path)["deployable"]
     assert "**expected on a new site**" in block and "| 65.0 |" in block
-    assert "held out UDIAT (2 seed(s)) | 60.0 (50.0–65.0)" in block
+    assert "held out UDIAT (2 seed(s)) | 60.0 (50.0–65.0) | 40.0 (20.0–50.0) | 90.0 (75.0–95.0) |" in block
+    assert "| 65.0 | 60.0 | 70.0 |" in block
+    assert "sensitivity ranged 40.0–80.0 % and its specificity 50.0–90.0 %" in block
     assert "range (60.0–70.0 %)" in block and "temperature 1.30" in block

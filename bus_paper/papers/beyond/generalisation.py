@@ -259,13 +259,19 @@ def deployable_model(profile: Profile, root: str | Path | None, seed: int = 0,
                 "test_predictions": test.assign(prob=p_test)}
 
 
+#: what the model card states for a new site, from the leave-one-site-out rows
+NEW_SITE_METRICS = ("auc", "recall", "specificity")
+
+
 def deployable_summary(runs: Sequence[Mapping[str, Any]], loo: pd.DataFrame,
                        n_boot: int = 1000) -> dict[str, Any]:
     """What the model card says of the deployable model: its decision threshold's sensitivity and
     specificity and its AUC on the pooled test parts of the sites it was trained on (mean over
-    ``runs``, one per seed, with a bootstrap CI over test images), its calibration, and the
-    expected AUC on a new site: the leave-one-site-out rows ``loo`` (a :func:`cross_site_table`
-    of :func:`leave_one_out`), one per held-out site."""
+    ``runs``, one per seed, with a bootstrap CI over test images), its calibration, and what to
+    expect on a new site: the leave-one-site-out rows ``loo`` (a :func:`cross_site_table` of
+    :func:`leave_one_out`), one per held-out site, with their AUC and the sensitivity and
+    specificity of a threshold chosen, as the deployable model's was, on the validation parts of
+    the sites it was trained on (``new_site_mean``: their means)."""
     if not runs:
         raise ValueError("no deployable run")
     test = [r["test_predictions"] for r in runs]
@@ -284,9 +290,11 @@ def deployable_summary(runs: Sequence[Mapping[str, Any]], loo: pd.DataFrame,
             "temperature": float(np.mean([r["calibration"]["temperature"] for r in runs])),
             "ece_before": 100 * float(np.mean([r["calibration"]["ece_test"]["before"] for r in runs])),
             "ece_after": 100 * float(np.mean([r["calibration"]["ece_test"]["after"] for r in runs])),
-            "new_site": [{"site": str(h["test"]), "auc": float(h["auc"]),
-                          "auc_lo": float(h["auc_lo"]), "auc_hi": float(h["auc_hi"]),
-                          "seeds": int(h["seeds"])} for _, h in held.iterrows()],
+            "new_site": [{"site": str(h["test"]), "seeds": int(h["seeds"]),
+                          **{f"{m}{end}": float(h[f"{m}{end}"]) for m in NEW_SITE_METRICS
+                             if m in held for end in ("", "_lo", "_hi")}}
+                         for _, h in held.iterrows()],
+            "new_site_mean": {m: float(held[m].mean()) for m in NEW_SITE_METRICS if m in held},
             "new_site_mean_auc": float(held["auc"].mean())}
 
 
@@ -374,12 +382,14 @@ def pooled_view(cross: pd.DataFrame, transfers: Sequence[Mapping[str, Any]],
 def deployable_view(summary: Mapping[str, Any]) -> pd.DataFrame:
     """The model card's two columns from :func:`deployable_summary`: the seen sites' pooled test
     parts (AUC, and sensitivity and specificity at the threshold, with intervals) and a new site
-    (the leave-one-site-out mean AUC)."""
+    (the leave-one-site-out means; a dash where a summary has only the AUC)."""
     w = summary["within"]
-    ci = [f"{w[m][0]:.1f} ({w[m][1]:.1f}–{w[m][2]:.1f})" for m in ("auc", "recall", "specificity")]
+    ci = [f"{w[m][0]:.1f} ({w[m][1]:.1f}–{w[m][2]:.1f})" for m in NEW_SITE_METRICS]
+    mean = summary.get("new_site_mean") or {"auc": summary["new_site_mean_auc"]}
     return pd.DataFrame(
         {"all four sites' test parts (seen sites)": ci,
-         "a new site (leave-one-site-out, mean)": [f"{summary['new_site_mean_auc']:.1f}", MISSING, MISSING]},
+         "a new site (leave-one-site-out, mean)": [f"{mean[m]:.1f}" if m in mean else MISSING
+                                                   for m in NEW_SITE_METRICS]},
         index=["AUC (%)", "sensitivity at the threshold (%)", "specificity at the threshold (%)"])
 
 
