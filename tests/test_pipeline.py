@@ -117,7 +117,7 @@ def test_a_chapter_depends_on_the_code_it_can_import_and_nothing_else(tmp_path):
     nb = tmp_path / "ch.ipynb"
     make_notebook(nb, "%matplotlib inline\nfrom bus_paper.papers.p000 import experiments as ex\n"
                       "import bus_paper.book.chapter as chapter")
-    files = {p.relative_to(pkg).as_posix() for p in codedeps.chapter_files(nb, pkg)}
+    files = {rel for rel, _ in codedeps.chapter_inputs(nb, pkg)}
     assert {"__init__.py", "papers/__init__.py", "papers/p000/__init__.py",
             "papers/p000/experiments.py", "book/chapter.py", "profiles/cpu.toml"} <= files
     # the model-family registry imports by name: every module of `models` is in
@@ -139,8 +139,26 @@ def test_a_chapter_depends_on_the_code_it_can_import_and_nothing_else(tmp_path):
     assert late != base
     (pkg / "papers" / "p004" / "features.py").write_text("z = 3\n")
     assert pipeline.code_digest(pkg, notebook=nb) != late
-    (pkg / "profiles" / "gpu.toml").write_text((pkg / "profiles" / "gpu.toml").read_text() + "\n")
-    assert pipeline.code_digest(pkg, notebook=nb) not in (base, late)
+    for f in ("papers/p000/experiments.py", "papers/p004/features.py"):  # as they were
+        (pkg / f).write_text((PACKAGE_DIR / f).read_text())
+    late = pipeline.code_digest(pkg, notebook=nb)
+    # profiles: by value, less the paper sections no module of the closure reads
+    cpu = pkg / "profiles" / "cpu.toml"
+    cpu.write_text(cpu.read_text() + "\n# a comment\n[papers.p999]\nx = 1\n")
+    assert pipeline.code_digest(pkg, notebook=nb) == late
+    assert "p004" not in codedeps.sections_read(pkg / f for f in files if f.endswith(".py"))
+    cpu.write_text(cpu.read_text().replace("[papers.p004]", "[papers.p004]\nnew_setting = 2"))
+    assert pipeline.code_digest(pkg, notebook=nb) == late
+    p004 = tmp_path / "p004.ipynb"  # a chapter that reads [papers.p004] sees the edit
+    make_notebook(p004, "from bus_paper.papers.p004 import run")
+    assert pipeline.code_digest(pkg, notebook=p004) != pipeline.code_digest(PACKAGE_DIR,
+                                                                           notebook=p004)
+    cpu.write_text(cpu.read_text().replace("[papers.p000]", "[papers.p000]\nnew_setting = 3"))
+    p000 = pipeline.code_digest(pkg, notebook=nb)
+    assert p000 != late
+    gpu = pkg / "profiles" / "gpu.toml"
+    gpu.write_text(gpu.read_text().replace("[data]", "[data]\nseed_offset = 1", 1))
+    assert pipeline.code_digest(pkg, notebook=nb) not in (base, late, p000)
 
 
 def test_parse_value_types_like_papermill():

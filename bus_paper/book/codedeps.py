@@ -10,12 +10,17 @@ the source text (``ast``), never by importing, and errs on the side of re-runnin
 - a package whose ``__init__`` (or any module of it) imports by name at run time
   (``importlib.import_module``: the model-family registry, lazy attributes) brings in all of its
   modules;
-- every profile and data file of the package (``*.toml``) belongs to every chapter.
+- every profile belongs to every chapter, less the ``[papers.<paper>]`` tables that no module
+  of its closure reads (``profile.section("<paper>")`` with a literal name; any other argument
+  keeps them all), and compared by their values, not their text (a comment changes nothing);
+- any other data file (``*.toml``, e.g. the published numbers) belongs to a chapter whose closure
+  holds a module of the folder it lies in.
 """
 from __future__ import annotations
 
 import ast
 import json
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +35,21 @@ def modules(package_dir: Path) -> dict[str, Path]:
             continue
         parts = (PACKAGE, *p.relative_to(package_dir).with_suffix("").parts)
         out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def sections_read(paths: Iterable[Path]) -> set[str] | None:
+    """The paper sections (``[papers.<name>]``) that code in ``paths`` reads through
+    ``profile.section("<name>")``; None when a call names one by anything but a literal."""
+    out: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "section"):
+                arg = node.args[0] if node.args else None
+                if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                    return None
+                out.add(arg.value)
     return out
 
 
@@ -102,10 +122,28 @@ def notebook_imports(notebook: Path) -> set[str]:
     return roots
 
 
-def chapter_files(notebook: Path, package_dir: Path) -> list[Path]:
-    """The files whose content decides what ``notebook`` computes: its import closure and every
-    ``*.toml`` of the package, sorted by their path in the package."""
+def chapter_inputs(notebook: Path, package_dir: Path) -> list[tuple[str, bytes]]:
+    """What decides what ``notebook`` computes, as ``(path in the package, content)`` sorted by
+    path: the files of its import closure, the profiles (their values, less the paper sections it
+    does not read: :func:`sections_read`) and the data files beside its modules."""
     known = modules(package_dir)
     files = {known[m] for m in closure(notebook_imports(notebook), package_dir)}
-    files |= {p for p in package_dir.rglob("*.toml") if "__pycache__" not in p.parts}
-    return sorted(files, key=lambda p: p.relative_to(package_dir).as_posix())
+    folders = {p.parent for p in files}
+    read = sections_read(files)
+    profiles = package_dir / "profiles"
+    out = [(p.relative_to(package_dir).as_posix(), p.read_bytes()) for p in files]
+    for p in package_dir.rglob("*.toml"):
+        if "__pycache__" in p.parts:
+            continue
+        if p.parent == profiles:
+            values = tomllib.loads(p.read_text())
+            papers = values.get("papers", {})
+            if read is not None and isinstance(papers, dict):
+                values["papers"] = {k: v for k, v in papers.items() if k in read}
+            content = json.dumps(values, sort_keys=True, default=str).encode()
+        elif p.parent in folders:
+            content = p.read_bytes()
+        else:
+            continue
+        out.append((p.relative_to(package_dir).as_posix(), content))
+    return sorted(out)

@@ -41,7 +41,7 @@ from ..provenance import atomic_write_text, data_checksums, provenance
 from . import pages
 from .boxes import chapter_times, times_markdown  # noqa: F401 (re-exported: the CLI's tables)
 from .boxes import EMPTY_CACHE, estimate_here, notebook_digest
-from .codedeps import chapter_files
+from .codedeps import chapter_inputs
 from .chapter import READS, READS_FILE, registry_datasets
 
 KERNEL = "python3"
@@ -129,21 +129,23 @@ def _sha(data: bytes) -> str:
 
 
 def code_digest(package_dir: Path = PACKAGE_DIR, notebook: Path | None = None) -> str:
-    """sha256 over package files (path + content): with ``notebook``, the ones it can run
-    (:func:`~bus_paper.book.codedeps.chapter_files`: its import closure and the profiles), so an
-    edit elsewhere leaves the chapter up to date; without, every ``*.py`` and ``*.toml`` except
-    ``cli/`` (the top layer, which nothing a notebook imports may import: the import-linter
-    layers in ``pyproject.toml``)."""
-    h = hashlib.sha256()
+    """sha256 over package files (path + content): with ``notebook``, what it can run
+    (:func:`~bus_paper.book.codedeps.chapter_inputs`: its import closure, the profiles less the
+    paper sections it does not read, the data files beside its modules), so an edit elsewhere
+    leaves the chapter up to date; without, every ``*.py`` and ``*.toml`` except ``cli/`` (the
+    top layer, which nothing a notebook imports may import: the import-linter layers in
+    ``pyproject.toml``)."""
     if notebook is not None:
-        files = chapter_files(Path(notebook), package_dir)
+        inputs = chapter_inputs(Path(notebook), package_dir)
     else:
-        files = [p for p in package_dir.rglob("*") if p.suffix in (".py", ".toml") and p.is_file()
-                 and "__pycache__" not in p.parts
-                 and p.relative_to(package_dir).parts[0] != "cli"]
-    for p in sorted(files, key=lambda q: q.relative_to(package_dir).as_posix()):
-        h.update(p.relative_to(package_dir).as_posix().encode() + b"\0")
-        h.update(_sha(p.read_bytes()).encode() + b"\n")
+        inputs = sorted((p.relative_to(package_dir).as_posix(), p.read_bytes())
+                        for p in package_dir.rglob("*")
+                        if p.suffix in (".py", ".toml") and p.is_file()
+                        and "__pycache__" not in p.parts
+                        and p.relative_to(package_dir).parts[0] != "cli")
+    h = hashlib.sha256()
+    for rel, content in inputs:
+        h.update(rel.encode() + b"\0" + _sha(content).encode() + b"\n")
     return h.hexdigest()
 
 
