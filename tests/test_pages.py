@@ -446,6 +446,17 @@ def test_a_chapter_executed_from_an_older_notebook_says_so(tmp_path):
     nbformat.write(nb, source)
     assert boxes.older_chapters(chapters, tmp_path) == []
 
+    # the landing page's sentence, in the singular and the plural
+    from bus_paper.book import pages
+    for stems, start in ((["13_generalisation"], "1 chapter (13_generalisation) was executed "
+                          "before its notebook"),
+                         (["04_table1", "13_generalisation"], "2 chapters (04_table1, "
+                          "13_generalisation) were executed before their notebooks")):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pages, "older_chapters", lambda _c, s=stems: [{"stem": x} for x in s])
+            line = pages._older_chapters(tmp_path / "book" / "results")[1]
+        assert line.startswith(f"**Pages from an earlier version.** {start}"), line
+
 
 def test_prose_reaches_the_executed_chapter_without_a_rerun(tmp_path):
     """A reworded paragraph, a new Markdown cell or a figure caption (cell metadata) in the source

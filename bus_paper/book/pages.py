@@ -637,10 +637,13 @@ def _older_chapters(results: Path) -> list[str]:
     older = [r["stem"] for r in older_chapters(results.parent / "chapters")]
     if not older:
         return []
-    return ["", f"**Pages from an earlier version.** {len(older)} chapters ({', '.join(older)}) "
-                "were executed before their notebooks last changed; the verdicts above are "
-                "computed now from their result files, but their own pages show the earlier "
-                "wording until they are re-run (each page says so)."]
+    one = len(older) == 1
+    return ["", f"**Pages from an earlier version.** {len(older)} chapter{'' if one else 's'} "
+                f"({', '.join(older)}) {'was' if one else 'were'} executed before "
+                f"{'its notebook' if one else 'their notebooks'} last changed; the verdicts above "
+                f"are computed now from {'its' if one else 'their'} result files, but "
+                f"{'its own page shows' if one else 'their own pages show'} the earlier wording "
+                "until re-run (each page says so)."]
 
 
 def intro_blocks(book: Path, chapters: Path) -> dict[str, str]:
