@@ -22,6 +22,7 @@ import ast
 import json
 import tomllib
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "bus_paper"
@@ -38,18 +39,42 @@ def modules(package_dir: Path) -> dict[str, Path]:
     return out
 
 
+# Every chapter of a run or a plan walks the same modules: what each module imports and which
+# paper sections it reads are worked out once per content (not per file time, which two quick
+# edits can share).
+@lru_cache(maxsize=1024)
+def _tree(source: bytes) -> ast.AST:
+    return ast.parse(source)
+
+
+@lru_cache(maxsize=1024)
+def _module_imports(source: bytes, name: str, is_package: bool) -> tuple[frozenset[str], bool]:
+    names, dynamic = _imported(_tree(source), name, is_package)
+    return frozenset(names), dynamic
+
+
+@lru_cache(maxsize=1024)
+def _module_sections(source: bytes) -> frozenset[str] | None:
+    out: set[str] = set()
+    for node in ast.walk(_tree(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "section"):
+            arg = node.args[0] if node.args else None
+            if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                return None
+            out.add(arg.value)
+    return frozenset(out)
+
+
 def sections_read(paths: Iterable[Path]) -> set[str] | None:
     """The paper sections (``[papers.<name>]``) that code in ``paths`` reads through
     ``profile.section("<name>")``; None when a call names one by anything but a literal."""
     out: set[str] = set()
     for path in paths:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "section"):
-                arg = node.args[0] if node.args else None
-                if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
-                    return None
-                out.add(arg.value)
+        found = _module_sections(path.read_bytes())
+        if found is None:
+            return None
+        out |= found
     return out
 
 
@@ -77,9 +102,11 @@ def _imported(tree: ast.AST, name: str, is_package: bool) -> tuple[set[str], boo
     return names, dynamic
 
 
-def closure(roots: Iterable[str], package_dir: Path) -> set[str]:
-    """Every package module that importing ``roots`` (dotted names) can run."""
-    known = modules(package_dir)
+def closure(roots: Iterable[str], package_dir: Path,
+            known: dict[str, Path] | None = None) -> set[str]:
+    """Every package module that importing ``roots`` (dotted names) can run (``known``: the
+    package's :func:`modules`, when the caller has them)."""
+    known = known if known is not None else modules(package_dir)
     seen: set[str] = set()
     todo = [r for r in roots if r in known]
     while todo:
@@ -88,7 +115,8 @@ def closure(roots: Iterable[str], package_dir: Path) -> set[str]:
             continue
         seen.add(mod)
         path = known[mod]
-        names, dynamic = _imported(ast.parse(path.read_text()), mod, path.name == "__init__.py")
+        imported, dynamic = _module_imports(path.read_bytes(), mod, path.name == "__init__.py")
+        names = set(imported)
         parts = mod.split(".")
         names.update(".".join(parts[:i]) for i in range(1, len(parts)))  # parents' __init__
         if dynamic:  # imports by name: the whole package it lives in
@@ -127,7 +155,7 @@ def chapter_inputs(notebook: Path, package_dir: Path) -> list[tuple[str, bytes]]
     path: the files of its import closure, the profiles (their values, less the paper sections it
     does not read: :func:`sections_read`) and the data files beside its modules."""
     known = modules(package_dir)
-    files = {known[m] for m in closure(notebook_imports(notebook), package_dir)}
+    files = {known[m] for m in closure(notebook_imports(notebook), package_dir, known)}
     folders = {p.parent for p in files}
     read = sections_read(files)
     profiles = package_dir / "profiles"
