@@ -637,13 +637,13 @@ def _older_chapters(results: Path) -> list[str]:
     older = [r["stem"] for r in older_chapters(results.parent / "chapters")]
     if not older:
         return []
-    one = len(older) == 1
-    return ["", f"**Pages from an earlier version.** {len(older)} chapter{'' if one else 's'} "
-                f"({', '.join(older)}) {'was' if one else 'were'} executed before "
-                f"{'its notebook' if one else 'their notebooks'} last changed; the verdicts above "
-                f"are computed now from {'its' if one else 'their'} result files, but "
-                f"{'its own page shows' if one else 'their own pages show'} the earlier wording "
-                "until re-run (each page says so)."]
+    chapters, was, its, notebooks, pages_show = (
+        ("chapter", "was", "its", "notebook", "page shows") if len(older) == 1
+        else ("chapters", "were", "their", "notebooks", "pages show"))
+    return ["", f"**Pages from an earlier version.** {len(older)} {chapters} ({', '.join(older)}) "
+                f"{was} executed before {its} {notebooks} last changed; the verdicts above are "
+                f"computed now from {its} result files, but {its} own {pages_show} the earlier "
+                "wording until re-run (each page says so)."]
 
 
 def intro_blocks(book: Path, chapters: Path) -> dict[str, str]:
@@ -674,12 +674,9 @@ def _deployable(results: Path) -> str:
     d = load(results, "generalisation", "deployable")
     w = d["within"]
     new = d["new_site"]
-    mean = d.get("new_site_mean") or {"auc": d["new_site_mean_auc"]}
+    mean = d["new_site_mean"]
     seeds = ", ".join(map(str, d["seeds"]))
     metrics = ("auc", "recall", "specificity")
-
-    def held(r: Mapping[str, Any], m: str) -> str:
-        return ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) if m in r else MISSING
 
     def spread(m: str) -> str:
         return f"{num(min(r[m] for r in new))}–{num(max(r[m] for r in new))} %"
@@ -687,9 +684,9 @@ def _deployable(results: Path) -> str:
     lines = [md_table(
         ["", "AUC (%)", "sensitivity (%)", "specificity (%)"],
         [("**expected on a new site** (leave-one-site-out, mean of the held-out sites)",
-          *(num(mean[m]) if m in mean else MISSING for m in metrics)),
+          *(num(mean[m]) for m in metrics)),
          *((f"held out {NAMES.get(r['site'], r['site'])} ({r['seeds']} seed(s))",
-            *(held(r, m) for m in metrics)) for r in new),
+            *(ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) for m in metrics)) for r in new),
          (f"the four sites' own test parts ({d['n_test']} images; sites it was trained on)",
           ci(*w["auc"]), ci(*w["recall"]), ci(*w["specificity"]))]),
         "",
@@ -702,12 +699,10 @@ def _deployable(results: Path) -> str:
         f"{num(d['ece_after'])} % after.",
         "",
         f"Expect an AUC near {num(mean['auc'])} % at a new hospital, and anywhere in the held-out "
-        f"sites' range ({spread('auc')}): sites differ more than test sets do."
-        + (f" The threshold moves with the site too: across the held-out sites its sensitivity "
-           f"ranged {spread('recall')} and its specificity {spread('specificity')}."
-           if all("recall" in r and "specificity" in r for r in new) else "")
-        + " At a new site, check the sensitivity on a few confirmed cases before relying on a "
-        "decision."]
+        f"sites' range ({spread('auc')}): sites differ more than test sets do. The threshold "
+        f"moves with the site too: across the held-out sites its sensitivity ranged "
+        f"{spread('recall')} and its specificity {spread('specificity')}. At a new site, check "
+        "the sensitivity on a few confirmed cases before relying on a decision."]
     return "\n".join(lines)
 
 

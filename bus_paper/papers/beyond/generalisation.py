@@ -292,9 +292,9 @@ def deployable_summary(runs: Sequence[Mapping[str, Any]], loo: pd.DataFrame,
             "ece_after": 100 * float(np.mean([r["calibration"]["ece_test"]["after"] for r in runs])),
             "new_site": [{"site": str(h["test"]), "seeds": int(h["seeds"]),
                           **{f"{m}{end}": float(h[f"{m}{end}"]) for m in NEW_SITE_METRICS
-                             if m in held for end in ("", "_lo", "_hi")}}
+                             for end in ("", "_lo", "_hi")}}
                          for _, h in held.iterrows()],
-            "new_site_mean": {m: float(held[m].mean()) for m in NEW_SITE_METRICS if m in held},
+            "new_site_mean": {m: float(held[m].mean()) for m in NEW_SITE_METRICS},
             "new_site_mean_auc": float(held["auc"].mean())}
 
 
