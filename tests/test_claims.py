@@ -208,6 +208,35 @@ def test_claims_table_follows_the_legend_and_the_learning_checks(results):
     assert "min-width: 14em" in html and "row_heading" not in html   # no row numbers
 
 
+def test_table1_claims_use_the_whole_data_set_where_the_chapter_cross_validated_it(results):
+    """UDIAT cross-validated: its 'beats' claims read the out-of-fold paired table, count every
+    image and its clusters, and check every fold model of both sides; BUSI keeps the split."""
+    labels = papers.PAPERS["000"].LABELS
+    write(results, "table1", "cv_paired", [
+        {"dataset": "udiat", "baseline": labels[b], "AUC proposed - baseline": 12.0,
+         "95% CI low": 4.0, "95% CI high": 20.0, "p": 0.01} for b in ("convnext_tiny", "dino_vit")])
+    write(results, "table1", "cv_metrics", [
+        {"row": r, "dataset": "udiat", "auc": 80.0, "ci_low": 70.0, "ci_high": 88.0,
+         "images": 163, "clusters": 150, "folds": 5, "repeats": 2, "lowest fold AUC": 60.0}
+        for r in ("proposed", "convnext_tiny", "dino_vit")])
+    write(results, "table1", "cv_runs", [
+        {"row": r, "dataset": "udiat", "repeat": rep, "fold": f,
+         "test AUC": 0.45 if (r, rep, f) == ("dino_vit", 1, 3) else 0.7}
+        for r in ("proposed", "convnext_tiny", "dino_vit") for rep in range(2) for f in range(5)])
+    by = papers.claims_table(results, "cpu").set_index("claim")
+    conv = by.loc["the proposed model beats ConvNeXt-Tiny on UDIAT (AUC, paired)"]
+    # the split's seed below 0.5 no longer decides: every fold model learned
+    assert conv["mechanism"] == "passed" and conv["verdict"] == S.REPRODUCED  # 4-20 holds 7.9
+    assert (conv["measured"], conv["n_test"], conv["n_clusters"]) == (12.0, 163, 150)
+    assert conv["seeds"] == "2 x 5 folds" and conv["source"] == "table1/cv_paired.csv"
+    dino = by.loc["the proposed model beats DINO-ViT on UDIAT (AUC, paired)"]
+    assert dino["verdict"] == S.NOT_TESTED
+    assert "fold AUCs above 0.5 (test) (DINO-ViT)" in dino["mechanism"]
+    assert "ssl loss below chance (DINO-ViT)" in dino["mechanism"]
+    busi = by.loc["the proposed model beats ConvNeXt-Tiny on BUSI (AUC, paired)"]
+    assert busi["source"] == "table1/paired.csv" and busi["n_test"] == 127
+
+
 def test_direction_only_claims_and_seed_checks():
     assert S.verdict("difference", math.nan, 1.0, 5.0, sign=+1) == S.REPRODUCED
     assert S.verdict("difference", math.nan, -1.0, 5.0, sign=+1) == S.NOT_RESOLVED

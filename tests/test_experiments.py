@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from bus_paper.config import load_profile
+from bus_paper.core import MISSING
 from bus_paper.metrics import binary_metrics
 from bus_paper.models.baselines import BASELINES
 from bus_paper.papers.literature import paper_000
@@ -145,3 +146,62 @@ def test_table1_paired_and_findings_describe_where_each_interval_lies():
     assert lines[0].index("ConvNeXt") > lines[0].index("Proposed")     # noise ranks last
     assert f"above 0 for {conv};" in lines[1] and f"containing 0 for {same}." in lines[1]
     assert "below 0 for none" in lines[1] and "96 px" in lines[-1] and "2 seed(s)" in lines[-1]
+
+
+def test_a_backbone_gets_its_own_fine_tuning_only_where_the_profile_names_it():
+    prof = CPU.replace(**{"papers.p000.finetune_by_backbone": {
+        "convnext_tiny": {"lr": 1e-3, "epochs": 20, "patience": 5}}})
+    tuned = ex.finetuning_profile(prof, "convnext_tiny")
+    assert (tuned.finetune.lr, tuned.finetune.epochs, tuned.finetune.patience) == (1e-3, 20, 5)
+    assert tuned.model == prof.model and tuned.pretrain == prof.pretrain   # fine-tuning only
+    assert ex.finetuning_profile(prof, "resnet50") is prof            # not named: the shared one
+    assert ex.finetuning_profile(prof, None) is prof                  # the proposed model
+    with pytest.raises(ValueError, match="learning_rate is no"):      # a field [finetune] lacks
+        ex.finetuning_profile(CPU.replace(**{"papers.p000.finetune_by_backbone": {
+            "resnet50": {"learning_rate": 1e-3}}}), "resnet50")
+
+
+def test_table1_cv_pairs_every_row_with_the_proposed_model_on_every_image(monkeypatch):
+    """Out of fold, per row; the proposed model minus each baseline on the same images."""
+    rng = np.random.default_rng(3)
+    n, k, repeats = 60, 3, 2
+    y = rng.integers(0, 2, n)
+    paths = [f"img{i:03d}.png" for i in range(n)]
+    quality = {"proposed": 0.8, "convnext_tiny": 0.0}
+
+    def fake_cv_runs(profile, root, row, dataset, folds):
+        out = []
+        for f in folds:
+            idx = [i for i in range(n) if i % f.k == f.index]
+            prob = np.clip(quality[row.key] * y[idx] + 0.5 * rng.random(len(idx)), 0, 1)
+            preds = pd.DataFrame({"path": [paths[i] for i in idx], "split": "test",
+                                  "label": y[idx], "prob": prob,
+                                  "cluster": [paths[i] for i in idx]})
+            out.append({"row": row.key, "dataset": dataset, "seconds": 6.0,
+                        "fold": {"k": f.k, "index": f.index, "repeat": f.repeat},
+                        "metrics": binary_metrics(y[idx], prob, 0.5), "predictions": preds})
+        return out
+    monkeypatch.setattr(ex, "table1_cv_runs", fake_cv_runs)
+    prof = CPU.replace(**{"papers.p000.cv_datasets": ["udiat"], "papers.p000.cv_folds": k,
+                          "papers.p000.cv_repeats": repeats})
+    rows = [ex.ROWS["convnext_tiny"], ex.ROWS["proposed"]]
+    cv = ex.table1_cv(prof, None, rows, n_boot=200)
+    m = cv["metrics"].set_index("row")
+    assert list(m["images"]) == [n, n] and set(m["folds"]) == {k} and set(m["repeats"]) == {2}
+    assert m.loc["proposed", "auc"] > 90 and 30 < m.loc["convnext_tiny", "auc"] < 70
+    assert len(cv["runs"]) == 2 * k * repeats
+    p = cv["paired"].iloc[0]
+    assert p["baseline"] == rows[0].label and p["95% CI low"] > 0     # the better model, paired
+    shown = ex.table1_cv_readable(cv, {r.key: r.label for r in rows})
+    assert list(shown["model"]) == ["ConvNeXt-Tiny", "Proposed Model"]
+    assert shown.iloc[1]["proposed − model (95% CI)"] == MISSING       # itself: no difference
+    assert shown.iloc[0]["images (clusters)"] == f"{n} ({n})"
+    table = pd.DataFrame([{"row": "proposed", "dataset": "udiat", "auc": 80.0, "auc_lo": 70.0,
+                           "auc_hi": 90.0, "label": "Proposed Model"}])
+    lines = ex.table1_findings(table, cv["paired"].iloc[:0], paper_000("table1").set_index(
+        ["model", "dataset"]), ["udiat"], prof, 3, cv)
+    assert any(line.strip().startswith(f"Used whole ({n} images, 2 x {k} folds)") and
+               f"above 0 for {rows[0].label}" in line for line in lines)
+    # no rows: empty tables, no error
+    none = ex.table1_cv(prof, None, [], 10)
+    assert none["metrics"].empty and none["paired"].empty

@@ -20,7 +20,7 @@ runs serve Table 1, the ablations (as "full") and the label-efficiency curve (at
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,18 +82,112 @@ def pretraining_summary(profile: Profile, row: Row, state: dict[str, Any]) -> di
     return {"row": row.key, "model": row.label, "objective": row.objective,
             "epochs": len(hist), "first loss": losses[0], "last loss": losses[-1],
             "chance loss": chance, "learned": ssl_loss_check(losses, chance).passed,
-            "pretraining minutes (when run)": state["seconds"] / 60}
+            "pretraining minutes (when run)": state["seconds"] / 60,
+            "fine-tuning": finetuning_summary(finetuning_profile(profile, row.baseline))}
+
+
+def finetuning_summary(profile: Profile) -> str:
+    """A profile's fine-tuning schedule in words, for the table that compares rows.
+
+    >>> from bus_paper.config import load_profile
+    >>> finetuning_summary(load_profile("cpu").replace(**{"finetune.patience": 4}))
+    'lr 0.0001, up to 5 epochs (stops after 4 without a better validation AUC)'
+    """
+    f = profile.finetune
+    stop = (f" (stops after {f.patience} without a better validation AUC)" if f.patience
+            else "")
+    return f"lr {f.lr:g}, {'up to ' if f.patience else ''}{f.epochs} epochs{stop}"
 
 
 def table1_runs(profile: Profile, root: str | Path | None, row: Row | str,
                 datasets: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """Pretrain (once) and fine-tune one Table 1 row on every dataset and seed."""
+    """Pretrain (once) and fine-tune one Table 1 row on every dataset and seed (with the row's
+    own fine-tuning settings: :func:`finetuning_profile`)."""
     from ...train import finetune
     row = ROWS[row] if isinstance(row, str) else row
     enc = encoder_for(profile, root, row)
-    return [finetune(profile, d, s, root, encoder_path=enc,
+    tuned = finetuning_profile(profile, row.baseline)
+    return [finetune(tuned, d, s, root, encoder_path=enc,
                      baseline=row.baseline) | {"row": row.key}
             for d in datasets for s in seeds]
+
+
+def table1_cv_runs(profile: Profile, root: str | Path | None, row: Row | str, dataset: str,
+                   folds: Sequence[Any]) -> list[dict[str, Any]]:
+    """One Table 1 row fine-tuned on every fold of a grouped cross-validation of ``dataset``
+    (:class:`~bus_paper.train.data.Fold`; seed = the fold's repeat), so that every image is a test
+    image once per repeat. The proposed model's runs are the SSL budget curve's at the book's
+    budget (the same encoder and settings: cached once)."""
+    from ...train import finetune
+    row = ROWS[row] if isinstance(row, str) else row
+    enc = encoder_for(profile, root, row)
+    tuned = finetuning_profile(profile, row.baseline)
+    return [finetune(tuned, dataset, f.repeat, root, encoder_path=enc, baseline=row.baseline,
+                     fold=f) | {"row": row.key} for f in folds]
+
+
+def table1_cv(profile: Profile, root: str | Path | None, rows: Sequence[Row],
+              n_boot: int = 2000) -> dict[str, pd.DataFrame]:
+    """Table 1 on whole data sets: every row of ``rows`` on every fold of the profile's grouped
+    cross-validation (``[papers.p000] cv_datasets``, ``cv_folds``, ``cv_repeats``: the SSL budget
+    curve's plan, :class:`~bus_paper.papers.p000.budget.BudgetPlan`), out of fold.
+
+    Returns ``metrics`` (row, dataset: out-of-fold AUC in points with its two-level interval,
+    repeats then clusters; images, clusters, folds, repeats; the lowest fold AUC), ``paired``
+    (the proposed model minus each baseline on the same images, paired: the columns of
+    :func:`table1_paired`) and ``runs`` (one row per fold model: its test AUC). Empty tables when
+    the profile names no cross-validated data set."""
+    from .budget import BudgetPlan, cv_auc, cv_paired, out_of_fold
+    plan = BudgetPlan.of(profile)
+    metrics, paired, runs = [], [], []
+    for d in plan.datasets:
+        oofs = {}
+        for row in rows:
+            rs = table1_cv_runs(profile, root, row, d, plan.folds)
+            oofs[row.key] = out_of_fold(rs)
+            aucs = [100 * r["metrics"]["auc"] for r in rs]
+            metrics.append({"row": row.key, "dataset": d, **cv_auc(oofs[row.key], n_boot),
+                            "folds": plan.k, "repeats": plan.repeats, "lowest fold AUC": min(aucs)})
+            runs += [{"row": row.key, "dataset": d, "repeat": r["fold"]["repeat"],
+                      "fold": r["fold"]["index"], "test AUC": r["metrics"]["auc"],
+                      "minutes": r["seconds"] / 60} for r in rs]
+        if "proposed" in oofs:
+            for row in rows:
+                if row.key != "proposed":
+                    p = cv_paired(oofs["proposed"], oofs[row.key], n_boot)
+                    paired.append({"dataset": d, "baseline": row.label,
+                                   "AUC proposed - baseline": p["diff"],
+                                   "95% CI low": p["diff_low"], "95% CI high": p["diff_high"],
+                                   "p": p["p"]})
+    return {"metrics": pd.DataFrame(metrics, columns=[
+                "row", "dataset", "auc", "ci_low", "ci_high", "images", "clusters", "folds",
+                "repeats", "lowest fold AUC"]),
+            "paired": pd.DataFrame(paired, columns=[
+                "dataset", "baseline", "AUC proposed - baseline", "95% CI low", "95% CI high",
+                "p"]),
+            "runs": pd.DataFrame(runs, columns=["row", "dataset", "repeat", "fold", "test AUC",
+                                                "minutes"])}
+
+
+def table1_cv_readable(cv: Mapping[str, pd.DataFrame], labels: Mapping[str, str]) -> pd.DataFrame:
+    """:func:`table1_cv` for reading: per data set and row, the out-of-fold AUC with its interval,
+    the lowest fold AUC, and the proposed model minus the row (paired), in points."""
+    m, p = cv["metrics"], cv["paired"]
+    diff = {(r["dataset"], r["baseline"]): r for _, r in p.iterrows()}
+    out = []
+    for _, r in m.iterrows():
+        d = diff.get((r["dataset"], labels[r["row"]]))
+        out.append({
+            "data set": r["dataset"].upper(), "model": labels[r["row"]].split(" (")[0],
+            "out-of-fold AUC (95% CI)": f"{r['auc']:.1f} ({r['ci_low']:.1f}–{r['ci_high']:.1f})",
+            "lowest fold AUC": f"{r['lowest fold AUC']:.1f}",
+            "proposed − model (95% CI)": MISSING if d is None else
+            f"{d['AUC proposed - baseline']:+.1f} ({d['95% CI low']:+.1f} to "
+            f"{d['95% CI high']:+.1f})",
+            "p": MISSING if d is None else ("< 0.001" if d["p"] < 0.001 else f"{d['p']:.3f}"),
+            "images (clusters)": f"{int(r['images'])} ({int(r['clusters'])})",
+            "folds": f"{int(r['repeats'])} x {int(r['folds'])}"})
+    return pd.DataFrame(out)
 
 
 # ----------------------------------------------------------------------------- Tables 4-5
@@ -273,7 +367,8 @@ def table1_paired(results: Sequence[dict[str, Any]], rows: Sequence[Row],
 
 
 def table1_findings(table: pd.DataFrame, pairs: pd.DataFrame, paper: pd.DataFrame,
-                    datasets: Sequence[str], profile: Profile, n_seeds: int) -> list[str]:
+                    datasets: Sequence[str], profile: Profile, n_seeds: int,
+                    cv: Mapping[str, pd.DataFrame] | None = None) -> list[str]:
     """The chapter's closing summary: per dataset, the rows ranked by our test AUC beside the
     paper's ranking, and where the proposed model's paired differences lie against 0 (a
     description; the verdicts, with the learning checks, are the claims chapter's). ``table``: a
@@ -302,6 +397,19 @@ def table1_findings(table: pd.DataFrame, pairs: pd.DataFrame, paper: pd.DataFram
                 f"{names['above 0']}; below 0 for {names['below 0']}; containing 0 for "
                 f"{names['contains 0']}. The verdicts, with the learning checks, are the claims "
                 "chapter's.")
+        m = cv["metrics"] if cv is not None else pd.DataFrame(columns=["dataset"])
+        if d in set(m["dataset"]) and "proposed" in set(m[m["dataset"] == d]["row"]):
+            prop = m[(m["dataset"] == d) & (m["row"] == "proposed")].iloc[0]
+            p = cv["paired"][cv["paired"]["dataset"] == d]
+            side = [interval_position(lo, hi) for lo, hi in zip(p["95% CI low"], p["95% CI high"])]
+            names = {w: ", ".join(b for b, s in zip(p["baseline"], side) if s == w) or "none"
+                     for w in ("above 0", "below 0", "contains 0")}
+            lines.append(
+                f"  Used whole ({int(prop['images'])} images, {int(prop['repeats'])} x "
+                f"{int(prop['folds'])} folds): the proposed model's out-of-fold AUC is "
+                f"{prop['auc']:.1f} (95% CI {prop['ci_low']:.1f}–{prop['ci_high']:.1f}); the paired "
+                f"difference's interval lies above 0 for {names['above 0']}; below 0 for "
+                f"{names['below 0']}; contains 0 for {names['contains 0']}. The claims use these.")
     lines.append(
         f"\nProfile `{profile.name}`: {profile.data.image_size} px, {profile.pretrain.epochs} "
         f"pretraining epochs, {profile.finetune.epochs} fine-tuning epochs, {n_seeds} seed(s); "
@@ -333,6 +441,30 @@ def ablation_differences(results: Sequence[dict[str, Any]], datasets: Sequence[s
                              "metric": m, "difference": p["diff"], "ci_low": p["lo"],
                              "ci_high": p["hi"], "p": p["p"], "paper difference": ref})
     return pd.DataFrame(rows)
+
+
+def finetuning_profile(profile: Profile, name: str | None) -> Profile:
+    """The profile to fine-tune Table 1 backbone ``name`` with (None: the proposed model): the
+    profile's own, with the ``[papers.p000] finetune_by_backbone`` settings that name it
+    (``{convnext_tiny = {lr = 1e-3, epochs = 20, patience = 5}}``: any ``[finetune]`` field).
+    For backbones that cannot learn in the shared setting at a profile's budget (chosen on
+    validation AUC; the cpu profile says which and why); the gpu profile keeps the paper's one
+    setting for every row.
+
+    >>> from bus_paper.config import load_profile
+    >>> cpu, gpu = load_profile("cpu"), load_profile("gpu")
+    >>> finetuning_profile(cpu, None) is cpu, finetuning_profile(gpu, "convnext_tiny") is gpu
+    (True, True)
+    """
+    if name is None:
+        return profile
+    own = profile.section("p000").get("finetune_by_backbone", {}).get(name, {})
+    unknown = sorted(set(own) - {f.name for f in fields(profile.finetune)})
+    if unknown:
+        raise ValueError(f"[papers.p000] finetune_by_backbone.{name}: {', '.join(unknown)} "
+                         "is no [finetune] setting")
+    changes = {f"finetune.{k}": v for k, v in own.items() if getattr(profile.finetune, k) != v}
+    return profile.replace(**changes) if changes else profile
 
 
 def pretraining_profile(profile: Profile, name: str) -> Profile:
