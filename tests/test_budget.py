@@ -133,6 +133,15 @@ def test_snapshots_are_the_encoders_of_shorter_runs(runs):
     assert got == {1: one, 2: two}
 
 
+def test_the_book_encoder_is_one_run_that_saves_the_curves_snapshots(runs):
+    prof = SMOKE.replace(**{"pretrain.epochs": 2, "papers.p000.ssl_budgets": [1, 2, 4]})
+    path = budget.book_encoder(prof)                    # 2 epochs, the snapshot at 1 saved
+    assert snapshot_path(path.parent, 1).exists() and not snapshot_path(path.parent, 4).exists()
+    assert pretrain(prof) == path                       # the plain pretraining's cache entry
+    got = pretrain_snapshots(prof, [1, 2])              # what the curve asks: nothing trains
+    assert got == {1: snapshot_path(path.parent, 1), 2: path}
+
+
 def test_fold_runs_cover_the_data_set_once(runs):
     profile = SMOKE.replace(**{"finetune.datasets": ["udiat"]})
     plan = budget.BudgetPlan((1,), ("udiat",), k=2, repeats=1)

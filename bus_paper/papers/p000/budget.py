@@ -62,6 +62,16 @@ class BudgetPlan:
         return [Fold(self.k, i, r) for r in range(self.repeats) for i in range(self.k)]
 
 
+def book_encoder(profile: Profile, root: str | Path | None = None) -> Path:
+    """The proposed model's encoder (the profile's pretraining epochs: the same run, and cache
+    key, as :func:`~bus_paper.train.pretraining.pretrain`), trained with the curve's shorter
+    budgets saved on the way, so that from an empty cache the pretraining chapter's one run also
+    gives this chapter its snapshots (a plain run would leave them to a second, shorter run)."""
+    epochs = profile.pretrain.epochs
+    shorter = [b for b in BudgetPlan.of(profile).budgets if b < epochs]
+    return pretrain_snapshots(profile, [*shorter, epochs], root)[epochs]
+
+
 def encoders(profile: Profile, plan: BudgetPlan, root: str | Path | None = None
              ) -> dict[int, Path | None]:
     """``{ssl epochs: encoder.pt}`` for every budget, and ``{0: None}`` (random init)."""
