@@ -135,8 +135,8 @@ def table1_cv(profile: Profile, root: str | Path | None, rows: Sequence[Row],
     Returns ``metrics`` (row, dataset: out-of-fold AUC in points with its two-level interval,
     repeats then clusters; images, clusters, folds, repeats; the lowest fold AUC), ``paired``
     (the proposed model minus each baseline on the same images, paired: the columns of
-    :func:`table1_paired`) and ``runs`` (one row per fold model: its test AUC). Empty tables when
-    the profile names no cross-validated data set."""
+    :func:`table1_paired`) and ``runs`` (one row per fold model: its test AUC). The plan's data
+    sets default to the fine-tuning ones, as the curve's do."""
     from .budget import BudgetPlan, cv_auc, cv_paired, out_of_fold
     plan = BudgetPlan.of(profile)
     metrics, paired, runs = [], [], []
