@@ -87,16 +87,16 @@ def pretraining_summary(profile: Profile, row: Row, state: dict[str, Any]) -> di
 
 
 def finetuning_summary(profile: Profile) -> str:
-    """A profile's fine-tuning schedule in words, for the table that compares rows.
+    """A profile's fine-tuning schedule in words, for the table that compares rows (the best
+    validation epoch is kept in every case). ``finetune.patience`` is not shown: no fine-tuning
+    reads it yet (session 15 found it), so it would claim an early stop that does not happen.
 
     >>> from bus_paper.config import load_profile
-    >>> finetuning_summary(load_profile("cpu").replace(**{"finetune.patience": 4}))
-    'lr 0.0001, up to 5 epochs (stops after 4 without a better validation AUC)'
+    >>> finetuning_summary(load_profile("cpu").replace(**{"finetune.lr": 1e-3}))
+    'lr 0.001, 5 epochs'
     """
     f = profile.finetune
-    stop = (f" (stops after {f.patience} without a better validation AUC)" if f.patience
-            else "")
-    return f"lr {f.lr:g}, {'up to ' if f.patience else ''}{f.epochs} epochs{stop}"
+    return f"lr {f.lr:g}, {f.epochs} epochs"
 
 
 def table1_runs(profile: Profile, root: str | Path | None, row: Row | str,
