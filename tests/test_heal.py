@@ -264,3 +264,43 @@ def test_profile_values_are_type_checked():
     assert p.finetune.epochs == 3 and isinstance(p.finetune.epochs, int)
     assert p.finetune.seeds == (1, 2) and p.run.threads == 2
     assert load_profile("cpu").replace(**{"finetune.lr": 1}).finetune.lr == 1  # ints are numbers
+
+
+# ----------------------------------------------------------------------------- early stopping
+class Scripted(Toy):
+    """A stage whose validation scores are given: epoch i scores ``scores[i]``."""
+
+    def __init__(self, run_dir: Path, epochs: int, scores: list[float], patience: int | None):
+        super().__init__(run_dir, epochs)
+        self.patience, self.scores = patience, scores
+
+    def validate(self) -> dict[str, float]:
+        return {"score": self.scores[len(self.history.epochs)]}
+
+
+SCORES = [0.5, 0.7, 0.6, 0.65, 0.6, 0.9]  # best at epoch 1; the 0.9 of epoch 5 is never reached
+
+
+def test_patience_stops_after_that_many_epochs_without_a_better_validation_score(tmp_path):
+    stage = Scripted(tmp_path, 6, SCORES, patience=2)
+    history = stage.fit()
+    assert [r["score"] for r in history.epochs] == SCORES[:4]  # epochs 2 and 3 did not beat 0.7
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    assert json.loads((tmp_path / "done.json").read_text())["epochs_run"] == 4
+    # without patience every epoch runs, and the late best is kept
+    full = Scripted(tmp_path / "full", 6, SCORES, patience=None).fit()
+    assert len(full.epochs) == 6 and load_checkpoint(tmp_path / "full" / "best.pt")["epoch"] == 5
+
+
+def test_a_resumed_run_stops_where_an_uninterrupted_one_does(tmp_path):
+    Scripted(tmp_path, 3, SCORES, patience=2).fit()  # interrupted after 3 epochs (as if killed)
+    (tmp_path / "done.json").unlink()
+    history = Scripted(tmp_path, 6, SCORES, patience=2).fit()
+    assert len(history.epochs) == 4 and load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+
+
+def test_patience_below_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="patience"):
+        Stage(nn.Linear(2, 2), tmp_path, epochs=2, batch_size=2, lr=0.1, weight_decay=0.0,
+              seed=0, n_train=2, patience=0,
+              run=RunConfig(device="cpu", precision="fp32", channels_last=False))

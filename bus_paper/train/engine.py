@@ -454,9 +454,11 @@ class Stage:
 
     def __init__(self, model: nn.Module, run_dir: Path, *, epochs: int, batch_size: int, lr: float,
                  weight_decay: float, seed: int, run: RunConfig, n_train: int,
-                 max_steps: int | None = None, key: str = ""):
+                 max_steps: int | None = None, key: str = "", patience: int | None = None):
         if epochs < 1:
             raise ValueError("epochs must be >= 1")
+        if patience is not None and patience < 1:
+            raise ValueError("patience must be >= 1 (or None: never stop early)")
         self.run = run
         self.device = select_device(run)
         self.dist = init_distributed(self.device.type)
@@ -466,6 +468,7 @@ class Stage:
         self.run_dir = Path(run_dir)
         self.epochs, self.batch_size, self.seed = epochs, batch_size, seed
         self.n_train, self.max_steps, self.key = n_train, max_steps, key
+        self.patience = patience
         self.progress = self.dist.main and shows_progress(log)  # tqdm bars and epoch lines
         self.history = History()
         self.best_score = -math.inf
@@ -542,6 +545,23 @@ class Stage:
             log.info("[%s] resuming %s at epoch %d/%d", self.name, self.run_dir.name,
                      self.start_epoch, self.epochs)
 
+    def epoch_batches(self, epoch_seed: int) -> list[torch.Tensor]:
+        """The batches of training indices of one epoch (this rank's shard): every training
+        example once, shuffled by ``epoch_seed``. A stage that samples otherwise (e.g. capped per
+        site) overrides this; it must depend on ``epoch_seed`` alone, so a resumed epoch replays."""
+        return list(shard_batches(self.n_train, self.batch_size, epoch_seed, self.dist,
+                                  self.drop_last))
+
+    def stalled(self) -> bool:
+        """True when ``patience`` epochs have passed without a better validation score than the
+        best one. Worked out from the checkpointed history, not from a counter, so a resumed run
+        stops where an uninterrupted one would."""
+        scores = [r["score"] for r in self.history.epochs if "score" in r]
+        if self.patience is None or not scores:
+            return False
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # the first best epoch
+        return len(scores) - 1 - best >= self.patience
+
     def fit(self) -> History:
         """Train the remaining epochs, holding the run folder against other processes."""
         with run_lock(self.run_dir, self.dist):
@@ -550,12 +570,16 @@ class Stage:
     def _fit(self) -> History:
         self._try_resume()
         for epoch in range(self.start_epoch, self.epochs):
+            if self.stalled():  # early stop: the best epoch is already saved as best.pt
+                if self.progress:
+                    log.info("[%s] no better validation score in %d epochs: stopping after epoch %d/%d",
+                             self.name, self.patience, epoch, self.epochs)
+                break
             self.ddp_model.train()
             # every epoch draws from its own seed: a resumed run replays the same batches and views
             epoch_seed = self.seed * 100_003 + epoch
             seed_everything(epoch_seed * 31 + self.dist.rank)
-            batches = list(shard_batches(self.n_train, self.batch_size, epoch_seed, self.dist,
-                                         self.drop_last))
+            batches = self.epoch_batches(epoch_seed)
             if self.max_steps:
                 batches = batches[: self.max_steps]
             t0, seen, total = time.perf_counter(), 0, 0.0
@@ -594,6 +618,6 @@ class Stage:
             barrier(self.dist)
         if self.dist.main:
             write_json(self.done_file, {"epochs": self.epochs, "best_score": self.best_score,
-                                        "key": self.key})
+                                        "key": self.key, "epochs_run": len(self.history.epochs)})
         barrier(self.dist)
         return self.history

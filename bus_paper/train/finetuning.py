@@ -75,7 +75,8 @@ class FinetuneStage(Stage):
         self.augment = build_augment(f.augment)
         super().__init__(model, run_dir, epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                          weight_decay=f.weight_decay, seed=seed, run=profile.run,
-                         n_train=len(data.y["train"]), max_steps=f.max_steps, key=key)
+                         n_train=len(data.y["train"]), max_steps=f.max_steps, key=key,
+                         patience=f.patience)
         self.augment = self.augment.to(self.device)
         # drop_last keeps BatchNorm away from a batch of one, unless the set is smaller than a batch
         self.drop_last = len(data.y["train"]) > f.batch_size

@@ -88,15 +88,19 @@ def pretraining_summary(profile: Profile, row: Row, state: dict[str, Any]) -> di
 
 def finetuning_summary(profile: Profile) -> str:
     """A profile's fine-tuning schedule in words, for the table that compares rows (the best
-    validation epoch is kept in every case). ``finetune.patience`` is not shown: no fine-tuning
-    reads it yet (session 15 found it), so it would claim an early stop that does not happen.
+    validation epoch is kept in every case).
 
     >>> from bus_paper.config import load_profile
     >>> finetuning_summary(load_profile("cpu").replace(**{"finetune.lr": 1e-3}))
     'lr 0.001, 5 epochs'
+    >>> finetuning_summary(load_profile("cpu").replace(**{"finetune.epochs": 20, "finetune.patience": 5}))
+    'lr 0.0001, up to 20 epochs (stops after 5 without a better validation AUC)'
     """
     f = profile.finetune
-    return f"lr {f.lr:g}, {f.epochs} epochs"
+    if f.patience is None:
+        return f"lr {f.lr:g}, {f.epochs} epochs"
+    return (f"lr {f.lr:g}, up to {f.epochs} epochs (stops after {f.patience} without a better "
+            "validation AUC)")
 
 
 def table1_runs(profile: Profile, root: str | Path | None, row: Row | str,
