@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bus_paper.config import load_profile
 from bus_paper.metrics import binary_metrics
@@ -172,10 +173,11 @@ def test_pooled_view_findings_and_reliability_curves_read_the_tables():
 
 def test_deployable_view_reads_the_summary():
     s = {"within": {"auc": [81.04, 77.5, 84.26], "recall": [70.0, 60.0, 80.0],
-                    "specificity": [75.0, 70.0, 80.0]}, "new_site_mean_auc": 66.66}
+                    "specificity": [75.0, 70.0, 80.0]},
+         "new_site_mean": {"auc": 66.66, "recall": 50.04, "specificity": 72.0}}
     t = gen.deployable_view(s)
     assert t.iloc[0, 0] == "81.0 (77.5–84.3)" and t.iloc[0, 1] == "66.7"
-    assert list(t.iloc[1:, 1]) == ["–", "–"] and t.shape == (3, 2)
+    assert list(t.iloc[1:, 1]) == ["50.0", "72.0"] and t.shape == (3, 2)
 
 
 # ----------------------------------------------------------------------------- on the smoke profile
@@ -254,6 +256,34 @@ def test_the_experiment_command_trains_what_the_chapter_reads(smoke_runs, monkey
     gen.deployable_model(SMOKE, None, 0, sites=["busi", "udiat"])
 
 
+def test_a_site_capped_epoch_draws_each_site_up_to_the_cap_and_replays_by_seed():
+    sites = ["busbra"] * 50 + ["udiat"] * 7 + ["busi"] * 20
+    batches = gen.site_capped_batches(sites, cap=10, batch_size=4, seed=3, drop_last=False)
+    idx = torch.cat(batches).tolist()
+    assert len(idx) == len(set(idx)) == 27                        # 10 + all 7 + 10, none twice
+    drawn = pd.Series([sites[i] for i in idx]).value_counts().to_dict()
+    assert drawn == {"busbra": 10, "busi": 10, "udiat": 7}
+    assert [len(b) for b in batches] == [4] * 6 + [3]
+    again = gen.site_capped_batches(sites, cap=10, batch_size=4, seed=3, drop_last=False)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))  # a resumed epoch replays
+    other = torch.cat(gen.site_capped_batches(sites, cap=10, batch_size=4, seed=4)).tolist()
+    assert len(other) == 24 and other != idx[:24]                  # drop_last; another epoch
+    with pytest.raises(ValueError, match="site_cap"):
+        gen.site_cap(SMOKE.replace(**{"papers.beyond.site_cap": 0}))
+    assert gen.site_cap(SMOKE) is None
+
+
+def test_a_capped_pooled_run_trains_on_the_capped_sites(smoke_runs, monkeypatch):
+    seen = []
+    capped = SMOKE.replace(**{"papers.beyond.site_cap": 3})
+    real = gen.site_capped_batches
+    monkeypatch.setattr(gen, "site_capped_batches",
+                        lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    run = gen.pooled_finetune(capped, None, ["busi", "udiat"], seed=0)
+    assert seen and all(sum(len(b) for b in e) <= 6 for e in seen)  # 3 per site and epoch
+    assert run["run_dir"] != gen.pooled_finetune(SMOKE, None, ["busi", "udiat"], seed=0)["run_dir"]
+
+
 def test_pooled_key_follows_the_recipe_not_the_code(monkeypatch):
     """The pooled runs' key is their recipe (bus_paper.core.runs): stable, the same for the
     datasets in any order, changed by what decides the model (data, encoder, seed, config, the
@@ -271,7 +301,8 @@ def test_pooled_key_follows_the_recipe_not_the_code(monkeypatch):
              gen.pooled_key(*args[:2], 1, *args[3:]),
              gen.pooled_key(*args[:3], "enc2", *args[4:]),
              gen.pooled_key(*args[:5], {"busi": "y"}),
-             gen.pooled_key(SMOKE.replace(**{"finetune.lr": 1e-3}), *args[1:])]
+             gen.pooled_key(SMOKE.replace(**{"finetune.lr": 1e-3}), *args[1:]),
+             gen.pooled_key(SMOKE.replace(**{"papers.beyond.site_cap": 300}), *args[1:])]
     assert key not in other and len(set(other)) == len(other)
     assert gen.pooled_key(SMOKE.replace(**{"finetune.seeds": [5, 6]}), *args[1:]) == key
     monkeypatch.setitem(runs.RECIPE_VERSIONS, "pooled", runs.RECIPE_VERSIONS["pooled"] + 1)
@@ -305,7 +336,7 @@ def test_the_model_card_states_the_new_site_estimate_beside_the_seen_sites(tmp_p
     m = [binary_metrics(y, r["test_predictions"].prob.to_numpy(), 0.5) for r in runs]
     assert s["within"]["recall"][0] == pytest.approx(100 * np.mean([x["recall"] for x in m]))
     assert s["within"]["auc"][1] <= s["within"]["auc"][0] <= s["within"]["auc"][2]
-    assert s["new_site_mean_auc"] == 65.0 and [r["site"] for r in s["new_site"]] == ["busi", "udiat"]
+    assert s["new_site_mean"]["auc"] == 65.0 and [r["site"] for r in s["new_site"]] == ["busi", "udiat"]
     assert s["seeds"] == [0, 1] and s["ece_after"] == pytest.approx(10.0)
     # at a new site: the held-out sites' threshold metrics, and their means
     assert s["new_site_mean"] == {"auc": 65.0, "recall": 60.0, "specificity": 70.0}

@@ -34,7 +34,6 @@ import pandas as pd
 import torch
 
 from ...config import Profile
-from ...core import MISSING
 from ...core.calibration import expected_calibration_error, fit_temperature, scale  # noqa: F401 (re-exported)
 from ...metrics import METRICS, binary_metrics
 from ...train.engine import releases_run_locks
@@ -141,19 +140,51 @@ def pooled_labelled(profile: Profile, root: str | Path | None, datasets: Sequenc
                           splits)
 
 
+def site_cap(profile: Profile) -> int | None:
+    """Images drawn per site and epoch in a pooled fine-tuning (``[papers.beyond] site_cap``;
+    ``None``: every training image once per epoch, so the largest site dominates)."""
+    cap = profile.section("beyond").get("site_cap")
+    if cap is not None and (not isinstance(cap, int) or cap < 1):
+        raise ValueError(f"[papers.beyond] site_cap must be a positive integer, got {cap!r}")
+    return cap
+
+
+def site_capped_batches(sites: Sequence[str], cap: int, batch_size: int, seed: int,
+                        drop_last: bool = True) -> list[torch.Tensor]:
+    """One epoch's batches of training indices: at most ``cap`` images of each site, drawn
+    without replacement (all of a smaller site), then shuffled together. Each site weighs about
+    the same and an epoch costs ``sites x cap`` images, not the largest site's thousands.
+
+    >>> b = site_capped_batches(["a"] * 6 + ["b"] * 2, cap=3, batch_size=5, seed=0)
+    >>> len(b), len(b[0]), int((b[0] < 6).sum()), int((b[0] >= 6).sum())  # 3 of a's 6, b's 2
+    (1, 5, 3, 2)
+    """
+    rng = np.random.default_rng(seed)
+    sites = np.asarray(sites)
+    picked = np.concatenate([rng.choice(np.flatnonzero(sites == s),
+                                        min(cap, int((sites == s).sum())), replace=False)
+                             for s in sorted(set(sites.tolist()))])
+    order = torch.as_tensor(rng.permutation(picked), dtype=torch.long)
+    stop = (len(order) // batch_size) * batch_size if drop_last else len(order)
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
 def pooled_key(profile: Profile, datasets: Sequence[str], seed: int, encoder_key: str | None,
                model_config: Mapping[str, Any], checksums: Mapping[str, str]) -> str:
     """The run key of a pooled fine-tuning: its recipe (:mod:`bus_paper.core.runs`): each
     dataset split on its own (:func:`labelled`: all labels, the profile's split seed), the parts
-    pooled, one normaliser on the pooled training images."""
+    pooled, one normaliser on the pooled training images, and the per-site cap of an epoch
+    (:func:`site_cap`; in the key only when set, so uncapped runs keep their keys)."""
     from ...core.runs import SELECT_VAL_AUC_YOUDEN, config_part, recipe_key
     split = {"datasets": sorted(datasets), "scheme": "holdout per dataset, parts pooled",
              "split_seed": profile.finetune.split_seed}
+    cap = site_cap(profile)
     return recipe_key("pooled", network=dict(model_config),
                       finetune=config_part(profile.finetune, without=("datasets", "seeds")),
                       data=config_part(profile.data), split=split, seed=seed,
                       encoder=encoder_key, checksums=dict(checksums),
-                      selection=SELECT_VAL_AUC_YOUDEN)
+                      selection=SELECT_VAL_AUC_YOUDEN,
+                      **({} if cap is None else {"sampling": {"site_cap": cap}}))
 
 
 @releases_run_locks
@@ -199,6 +230,10 @@ def pooled_finetune(profile: Profile, root: str | Path | None, datasets: Sequenc
     stage = FinetuneStage(profile, data, seed, run_dir, key, encoder["encoder"],
                           model_config=model_config,
                           strict=_canonical(encoder["model_config"]) == _canonical(model_config))
+    if (cap := site_cap(profile)) is not None:  # each epoch: at most `cap` images of every site
+        sites = [p.split(":", 1)[0] for p in data.paths["train"]]
+        stage.epoch_batches = lambda epoch_seed: site_capped_batches(  # type: ignore[method-assign]
+            sites, cap, stage.batch_size, epoch_seed, stage.drop_last)
     history = stage.fit()
     _, threshold, preds = select_and_predict(stage, data, profile)  # the same end as finetune's
     result = {"dataset": data.dataset, "threshold": threshold, "history": history.epochs,
@@ -294,8 +329,7 @@ def deployable_summary(runs: Sequence[Mapping[str, Any]], loo: pd.DataFrame,
                           **{f"{m}{end}": float(h[f"{m}{end}"]) for m in NEW_SITE_METRICS
                              for end in ("", "_lo", "_hi")}}
                          for _, h in held.iterrows()],
-            "new_site_mean": {m: float(held[m].mean()) for m in NEW_SITE_METRICS},
-            "new_site_mean_auc": float(held["auc"].mean())}
+            "new_site_mean": {m: float(held[m].mean()) for m in NEW_SITE_METRICS}}
 
 
 # ----------------------------------------------------------------------------- every run, ahead
@@ -382,14 +416,13 @@ def pooled_view(cross: pd.DataFrame, transfers: Sequence[Mapping[str, Any]],
 def deployable_view(summary: Mapping[str, Any]) -> pd.DataFrame:
     """The model card's two columns from :func:`deployable_summary`: the seen sites' pooled test
     parts (AUC, and sensitivity and specificity at the threshold, with intervals) and a new site
-    (the leave-one-site-out means; a dash where a summary has only the AUC)."""
+    (the leave-one-site-out means)."""
     w = summary["within"]
     ci = [f"{w[m][0]:.1f} ({w[m][1]:.1f}–{w[m][2]:.1f})" for m in NEW_SITE_METRICS]
-    mean = summary.get("new_site_mean") or {"auc": summary["new_site_mean_auc"]}
+    mean = summary["new_site_mean"]
     return pd.DataFrame(
         {"all four sites' test parts (seen sites)": ci,
-         "a new site (leave-one-site-out, mean)": [f"{mean[m]:.1f}" if m in mean else MISSING
-                                                   for m in NEW_SITE_METRICS]},
+         "a new site (leave-one-site-out, mean)": [f"{mean[m]:.1f}" for m in NEW_SITE_METRICS]},
         index=["AUC (%)", "sensitivity at the threshold (%)", "specificity at the threshold (%)"])
 
 
