@@ -148,19 +148,6 @@ def test_table1_paired_and_findings_describe_where_each_interval_lies():
     assert "below 0 for none" in lines[1] and "96 px" in lines[-1] and "2 seed(s)" in lines[-1]
 
 
-def test_a_backbone_gets_its_own_fine_tuning_only_where_the_profile_names_it():
-    prof = CPU.replace(**{"papers.p000.finetune_by_backbone": {
-        "convnext_tiny": {"lr": 1e-3, "epochs": 20, "patience": 5}}})
-    tuned = ex.finetuning_profile(prof, "convnext_tiny")
-    assert (tuned.finetune.lr, tuned.finetune.epochs, tuned.finetune.patience) == (1e-3, 20, 5)
-    assert tuned.model == prof.model and tuned.pretrain == prof.pretrain   # fine-tuning only
-    assert ex.finetuning_profile(prof, "resnet50") is prof            # not named: the shared one
-    assert ex.finetuning_profile(prof, None) is prof                  # the proposed model
-    with pytest.raises(ValueError, match="learning_rate is no"):      # a field [finetune] lacks
-        ex.finetuning_profile(CPU.replace(**{"papers.p000.finetune_by_backbone": {
-            "resnet50": {"learning_rate": 1e-3}}}), "resnet50")
-
-
 def test_table1_cv_pairs_every_row_with_the_proposed_model_on_every_image(monkeypatch):
     """Out of fold, per row; the proposed model minus each baseline on the same images."""
     rng = np.random.default_rng(3)

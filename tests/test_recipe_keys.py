@@ -20,7 +20,7 @@ import pathlib
 from bus_paper.config import PROFILE_NAMES, load_profile
 from bus_paper.models.baselines import BASELINES
 from bus_paper.papers.beyond.generalisation import pooled_key
-from bus_paper.papers.p000.experiments import finetuning_profile, pretraining_profile
+from bus_paper.papers.p000.experiments import pretraining_profile
 from bus_paper.papers.p001.experiments import network_for
 from bus_paper.papers.p002.train import run_key, settings_for
 from bus_paper.train.dino import dino_key
@@ -38,8 +38,6 @@ def keys() -> dict[str, str]:
         out[f"{name} pretrain proposed"] = pretrain_key(p, SUMS)
         for b in sorted(BASELINES):
             out[f"{name} pretrain {b}"] = pretrain_key(pretraining_profile(p, b), SUMS, baseline=b)
-            out[f"{name} finetune busi 0 {b}"] = finetune_key(finetuning_profile(p, b), "busi", 0,
-                                                             "enc", "c" * 64)
         out[f"{name} dino"] = dino_key(p, "vit_small", p.dino, SUMS)
         for d in ("busi", "udiat"):
             for s in (0, 1, 2):

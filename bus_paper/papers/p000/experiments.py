@@ -20,7 +20,7 @@ runs serve Table 1, the ablations (as "full") and the label-efficiency curve (at
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,36 +82,16 @@ def pretraining_summary(profile: Profile, row: Row, state: dict[str, Any]) -> di
     return {"row": row.key, "model": row.label, "objective": row.objective,
             "epochs": len(hist), "first loss": losses[0], "last loss": losses[-1],
             "chance loss": chance, "learned": ssl_loss_check(losses, chance).passed,
-            "pretraining minutes (when run)": state["seconds"] / 60,
-            "fine-tuning": finetuning_summary(finetuning_profile(profile, row.baseline))}
-
-
-def finetuning_summary(profile: Profile) -> str:
-    """A profile's fine-tuning schedule in words, for the table that compares rows (the best
-    validation epoch is kept in every case).
-
-    >>> from bus_paper.config import load_profile
-    >>> finetuning_summary(load_profile("cpu").replace(**{"finetune.lr": 1e-3}))
-    'lr 0.001, 5 epochs'
-    >>> finetuning_summary(load_profile("cpu").replace(**{"finetune.epochs": 20, "finetune.patience": 5}))
-    'lr 0.0001, up to 20 epochs (stops after 5 without a better validation AUC)'
-    """
-    f = profile.finetune
-    if f.patience is None:
-        return f"lr {f.lr:g}, {f.epochs} epochs"
-    return (f"lr {f.lr:g}, up to {f.epochs} epochs (stops after {f.patience} without a better "
-            "validation AUC)")
+            "pretraining minutes (when run)": state["seconds"] / 60}
 
 
 def table1_runs(profile: Profile, root: str | Path | None, row: Row | str,
                 datasets: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """Pretrain (once) and fine-tune one Table 1 row on every dataset and seed (with the row's
-    own fine-tuning settings: :func:`finetuning_profile`)."""
+    """Pretrain (once) and fine-tune one Table 1 row on every dataset and seed."""
     from ...train import finetune
     row = ROWS[row] if isinstance(row, str) else row
     enc = encoder_for(profile, root, row)
-    tuned = finetuning_profile(profile, row.baseline)
-    return [finetune(tuned, d, s, root, encoder_path=enc,
+    return [finetune(profile, d, s, root, encoder_path=enc,
                      baseline=row.baseline) | {"row": row.key}
             for d in datasets for s in seeds]
 
@@ -125,8 +105,7 @@ def table1_cv_runs(profile: Profile, root: str | Path | None, row: Row | str, da
     from ...train import finetune
     row = ROWS[row] if isinstance(row, str) else row
     enc = encoder_for(profile, root, row)
-    tuned = finetuning_profile(profile, row.baseline)
-    return [finetune(tuned, dataset, f.repeat, root, encoder_path=enc, baseline=row.baseline,
+    return [finetune(profile, dataset, f.repeat, root, encoder_path=enc, baseline=row.baseline,
                      fold=f) | {"row": row.key} for f in folds]
 
 
@@ -445,30 +424,6 @@ def ablation_differences(results: Sequence[dict[str, Any]], datasets: Sequence[s
                              "metric": m, "difference": p["diff"], "ci_low": p["lo"],
                              "ci_high": p["hi"], "p": p["p"], "paper difference": ref})
     return pd.DataFrame(rows)
-
-
-def finetuning_profile(profile: Profile, name: str | None) -> Profile:
-    """The profile to fine-tune Table 1 backbone ``name`` with (None: the proposed model): the
-    profile's own, with the ``[papers.p000] finetune_by_backbone`` settings that name it
-    (``{convnext_tiny = {lr = 1e-3, epochs = 20, patience = 5}}``: any ``[finetune]`` field).
-    For backbones that cannot learn in the shared setting at a profile's budget (chosen on
-    validation AUC; the cpu profile says which and why); the gpu profile keeps the paper's one
-    setting for every row.
-
-    >>> from bus_paper.config import load_profile
-    >>> cpu, gpu = load_profile("cpu"), load_profile("gpu")
-    >>> finetuning_profile(cpu, None) is cpu, finetuning_profile(gpu, "convnext_tiny") is gpu
-    (True, True)
-    """
-    if name is None:
-        return profile
-    own = profile.section("p000").get("finetune_by_backbone", {}).get(name, {})
-    unknown = sorted(set(own) - {f.name for f in fields(profile.finetune)})
-    if unknown:
-        raise ValueError(f"[papers.p000] finetune_by_backbone.{name}: {', '.join(unknown)} "
-                         "is no [finetune] setting")
-    changes = {f"finetune.{k}": v for k, v in own.items() if getattr(profile.finetune, k) != v}
-    return profile.replace(**changes) if changes else profile
 
 
 def pretraining_profile(profile: Profile, name: str) -> Profile:
