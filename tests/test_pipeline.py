@@ -641,3 +641,15 @@ def test_the_kernel_runs_encrypted_so_no_chapter_prints_a_transport_warning(tmp_
     outcomes = pipeline.run("smoke", notebooks_dir=tmp_path / "nb", out=tmp_path / "book" / "chapters")
     assert [o.status for o in outcomes] == ["executed"]
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_every_source_notebook_validates_with_cell_ids():
+    """nbformat 4.5 wants an id on every cell; a cell added by hand without one warns at every
+    plan and run, and a future nbformat refuses the notebook."""
+    for path in sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb")):
+        raw = json.loads(path.read_text())  # as written: nbformat.read would add missing ids
+        missing = [i for i, c in enumerate(raw["cells"]) if "id" not in c]
+        assert not missing, f"{path.name}: cells {missing} have no id"
+        ids = [c["id"] for c in raw["cells"]]
+        assert len(set(ids)) == len(ids), f"{path.name}: a cell id is used twice"
+        nbformat.validate(nbformat.from_dict(raw))
