@@ -235,6 +235,28 @@ def test_table1_claims_use_the_whole_data_set_where_the_chapter_cross_validated_
     assert "ssl loss below chance (DINO-ViT)" in dino["mechanism"]
     busi = by.loc["the proposed model beats ConvNeXt-Tiny on BUSI (AUC, paired)"]
     assert busi["source"] == "table1/paired.csv" and busi["n_test"] == 127
+    # every fold above 0.5 but the out-of-fold interval reaching below it: not shown to have learned
+    t = pd.read_csv(results / "table1" / "cv_metrics.csv")
+    t.loc[t["row"] == "convnext_tiny", "ci_low"] = 49.1
+    t.to_csv(results / "table1" / "cv_metrics.csv", index=False)
+    conv = papers.claims_table(results, "cpu").set_index("claim").loc[
+        "the proposed model beats ConvNeXt-Tiny on UDIAT (AUC, paired)"]
+    assert conv["verdict"] == S.NOT_TESTED
+    assert conv["mechanism"] == "failed: test AUC above 0.5 (ConvNeXt-Tiny, out of fold)"
+
+
+def test_a_baseline_whose_seeds_are_barely_above_chance_is_not_tested(results):
+    """On a split: seeds 0.51-0.56 pass the per-seed check, but the seed-mean interval that
+    reaches below 0.5 does not (EfficientNetV2-S on BUSI at 5 epochs)."""
+    t = pd.read_csv(results / "table1" / "metrics.csv")
+    by = papers.claims_table(results, "cpu").set_index("claim")
+    claim = "the proposed model beats ConvNeXt-Tiny on BUSI (AUC, paired)"
+    assert by.loc[claim, "mechanism"] == "passed"                     # interval from 73
+    t.loc[(t["row"] == "convnext_tiny") & (t["dataset"] == "busi"), "auc_lo"] = 42.6
+    t.to_csv(results / "table1" / "metrics.csv", index=False)
+    row = papers.claims_table(results, "cpu").set_index("claim").loc[claim]
+    assert row["verdict"] == S.NOT_TESTED
+    assert row["mechanism"] == "failed: test AUC above 0.5 (ConvNeXt-Tiny)"
 
 
 def test_direction_only_claims_and_seed_checks():
