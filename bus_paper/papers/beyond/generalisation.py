@@ -161,9 +161,8 @@ def site_capped_batches(sites: Sequence[str], cap: int, batch_size: int, seed: i
     """
     rng = np.random.default_rng(seed)
     sites = np.asarray(sites)
-    picked = np.concatenate([rng.choice(np.flatnonzero(sites == s),
-                                        min(cap, int((sites == s).sum())), replace=False)
-                             for s in sorted(set(sites.tolist()))])
+    members = [np.flatnonzero(sites == s) for s in sorted(set(sites.tolist()))]
+    picked = np.concatenate([rng.choice(i, min(cap, len(i)), replace=False) for i in members])
     order = torch.as_tensor(rng.permutation(picked), dtype=torch.long)
     stop = (len(order) // batch_size) * batch_size if drop_last else len(order)
     return [order[i:i + batch_size] for i in range(0, stop, batch_size)]

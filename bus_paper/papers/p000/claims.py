@@ -86,15 +86,19 @@ def proposed_checks(r: Results, d: str, runs: str = "table1") -> list[Check]:
     return [r.ssl_check(PROPOSED, loss), seeds_check(PROPOSED, aucs)]
 
 
-def baseline_checks(r: Results, b: str, d: str) -> list[Check]:
+def baseline_ssl_check(r: Results, b: str) -> Check:
+    """Baseline ``b``'s pretraining loss fell below chance (Table 1's pretraining table)."""
     pre = r.one("table1", "pretraining", row=b)
-    runs = r.csv("table1", "runs")
-    aucs = runs[(runs["row"] == b) & (runs["dataset"] == d)]["auc"]
     # the run's own chance loss where the table records it (older tables: the profile's)
     chance = pre.get("chance loss")
-    return [r.ssl_check(SHORT[b], [pre["first loss"], pre["last loss"]], pre["objective"],
-                        None if chance is None or math.isnan(chance) else float(chance)),
-            seeds_check(SHORT[b], aucs)]
+    return r.ssl_check(SHORT[b], [pre["first loss"], pre["last loss"]], pre["objective"],
+                       None if chance is None or math.isnan(chance) else float(chance))
+
+
+def baseline_checks(r: Results, b: str, d: str) -> list[Check]:
+    runs = r.csv("table1", "runs")
+    aucs = runs[(runs["row"] == b) & (runs["dataset"] == d)]["auc"]
+    return [baseline_ssl_check(r, b), seeds_check(SHORT[b], aucs)]
 
 
 def within_check(r: Results, site: str) -> Check:
@@ -135,11 +139,8 @@ def _beats(r: Results, d: str, b: str) -> Measured:
         if len(p) != 1 or m is None or folds is None or b not in set(m["row"]):
             raise MissingResult(f"table1/cv_*.csv: no cross-validation of {b} on {d}")
         p, m = p.iloc[0], m.set_index("row")
-        pre = r.one("table1", "pretraining", row=b)
-        chance = pre.get("chance loss")
         checks = [r.ssl_check(PROPOSED, r.csv("pretraining", "history")["train_loss"]),
-                  r.ssl_check(SHORT[b], [pre["first loss"], pre["last loss"]], pre["objective"],
-                              None if chance is None or math.isnan(chance) else float(chance)),
+                  baseline_ssl_check(r, b),
                   *(seeds_check(name, folds[folds["row"] == key]["test AUC"], unit="fold")
                     for key, name in (("proposed", PROPOSED), (b, SHORT[b]))),
                   *(named(f"{name}, out of fold", auc_above_chance_check(m.loc[key, "ci_low"],

@@ -360,6 +360,11 @@ def table1_findings(table: pd.DataFrame, pairs: pd.DataFrame, paper: pd.DataFram
 
     def short(labels: pd.Series) -> str:
         return " > ".join(labels.str.replace(r" \(.*\)", "", regex=True))
+
+    def where(p: pd.DataFrame) -> dict[str, str]:  # baselines by where their interval lies
+        side = [interval_position(lo, hi) for lo, hi in zip(p["95% CI low"], p["95% CI high"])]
+        return {w: ", ".join(b for b, s in zip(p["baseline"], side) if s == w) or "none"
+                for w in ("above 0", "below 0", "contains 0")}
     lines = []
     for d in datasets:
         t = table[table["dataset"] == d].sort_values("auc", ascending=False)
@@ -368,10 +373,7 @@ def table1_findings(table: pd.DataFrame, pairs: pd.DataFrame, paper: pd.DataFram
         lines.append(f"- **{d.upper()}**, ranked by our test AUC: {short(t['label'])}. The "
                      f"paper's ranking: {short(pp.sort_values('auc', ascending=False)['label'])}.")
         if "proposed" in order and len(pairs):
-            p = pairs[pairs["dataset"] == d]
-            side = [interval_position(lo, hi) for lo, hi in zip(p["95% CI low"], p["95% CI high"])]
-            names = {w: ", ".join(b for b, s in zip(p["baseline"], side) if s == w) or "none"
-                     for w in ("above 0", "below 0", "contains 0")}
+            names = where(pairs[pairs["dataset"] == d])
             prop = t[t["row"] == "proposed"].iloc[0]
             lines.append(
                 f"  The proposed model: AUC {prop['auc']:.1f} (95% CI {prop['auc_lo']:.1f}–"
@@ -380,13 +382,11 @@ def table1_findings(table: pd.DataFrame, pairs: pd.DataFrame, paper: pd.DataFram
                 f"{names['above 0']}; below 0 for {names['below 0']}; containing 0 for "
                 f"{names['contains 0']}. The verdicts, with the learning checks, are the claims "
                 "chapter's.")
-        m = cv["metrics"] if cv is not None else pd.DataFrame(columns=["dataset"])
-        if d in set(m["dataset"]) and "proposed" in set(m[m["dataset"] == d]["row"]):
-            prop = m[(m["dataset"] == d) & (m["row"] == "proposed")].iloc[0]
-            p = cv["paired"][cv["paired"]["dataset"] == d]
-            side = [interval_position(lo, hi) for lo, hi in zip(p["95% CI low"], p["95% CI high"])]
-            names = {w: ", ".join(b for b, s in zip(p["baseline"], side) if s == w) or "none"
-                     for w in ("above 0", "below 0", "contains 0")}
+        m = cv["metrics"] if cv is not None else None
+        prop_cv = None if m is None else m[(m["dataset"] == d) & (m["row"] == "proposed")]
+        if prop_cv is not None and len(prop_cv):
+            prop = prop_cv.iloc[0]
+            names = where(cv["paired"][cv["paired"]["dataset"] == d])
             lines.append(
                 f"  Used whole ({int(prop['images'])} images, {int(prop['repeats'])} x "
                 f"{int(prop['folds'])} folds): the proposed model's out-of-fold AUC is "
